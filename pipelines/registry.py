@@ -1,0 +1,94 @@
+"""Maps an event type and schema version to its model and handler; validates raw objects.
+
+Validation turns every problem into InvalidEvent with field-level errors; it never raises anything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Mapping
+
+from pydantic import ValidationError
+
+from pipelines.errors import FieldError, InvalidEvent
+from pipelines.handlers.base import Handler
+from pipelines.handlers.sensor import SensorHandler
+from pipelines.handlers.transaction import TransactionHandler
+from pipelines.handlers.user_action import UserActionHandler
+from pipelines.schemas import EventBase, SensorV1, TransactionV1, UserActionV1
+
+
+@dataclass(frozen=True)
+class EventTypeSpec:
+    name: str
+    versions: Mapping[int, type[EventBase]]
+    handler: Handler
+
+
+def field_errors(exc: ValidationError) -> tuple[FieldError, ...]:
+    return tuple(
+        FieldError(".".join(str(p) for p in err["loc"]) or "$", err["msg"], err["type"]) for err in exc.errors()
+    )
+
+
+@dataclass
+class Registry:
+    specs: dict[str, EventTypeSpec] = field(default_factory=dict)
+
+    def register(self, spec: EventTypeSpec) -> None:
+        if spec.name in self.specs:
+            raise ValueError(f"event type {spec.name!r} is already registered")
+        self.specs[spec.name] = spec
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        return tuple(self.specs)
+
+    def spec(self, event_type: str) -> EventTypeSpec:
+        return self.specs[event_type]
+
+    def parse(self, raw: Any) -> EventBase:
+        """Validate a decoded JSON value into its typed event."""
+        if not isinstance(raw, dict):
+            raise InvalidEvent("event must be a JSON object", (FieldError("$", "expected an object", "type_error"),))
+        event_type = raw.get("type")
+        if not isinstance(event_type, str) or event_type not in self.specs:
+            known = ", ".join(sorted(self.specs))
+            raise InvalidEvent(
+                f"unknown event type {event_type!r}",
+                (FieldError("type", f"must be one of: {known}", "unknown_type"),),
+            )
+        spec = self.specs[event_type]
+        version = raw.get("schema_version", 1)
+        model = spec.versions.get(version) if isinstance(version, int) else None
+        if model is None:
+            raise InvalidEvent(
+                f"unsupported schema_version {version!r} for {event_type}",
+                (FieldError("schema_version", f"supported: {sorted(spec.versions)}", "unsupported_version"),),
+            )
+        try:
+            return model.model_validate(raw)
+        except ValidationError as exc:
+            raise InvalidEvent(f"invalid {event_type} event", field_errors(exc)) from None
+
+    def json_schemas(self) -> dict[str, dict[str, Any]]:
+        """JSON Schema per type and version, as published at GET /schemas."""
+        return {
+            name: {str(v): model.model_json_schema() for v, model in sorted(spec.versions.items())}
+            for name, spec in self.specs.items()
+        }
+
+
+def default_registry(base_currency: str = "USD", risk_threshold: float = 10_000.0) -> Registry:
+    registry = Registry()
+    registry.register(
+        EventTypeSpec(
+            "transaction",
+            {1: TransactionV1},
+            TransactionHandler(base_currency=base_currency, risk_threshold=Decimal(str(risk_threshold))),
+        )
+    )
+    registry.register(EventTypeSpec("sensor", {1: SensorV1}, SensorHandler()))
+    registry.register(EventTypeSpec("user_action", {1: UserActionV1}, UserActionHandler()))
+    return registry

@@ -1,0 +1,92 @@
+"""Versioned pydantic models for the event types accepted at the edge.
+
+Pure data definitions: no I/O, no knowledge of Kafka, Ray or PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+EventId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+EntityId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+SUPPORTED_CURRENCIES = ("USD", "EUR", "GBP", "JPY", "CHF", "CAD", "AUD")
+SUPPORTED_UNITS = ("C", "F", "K", "Pa", "kPa", "bar", "psi", "%", "m", "cm", "ft", "lux")
+
+
+def _aware(value: datetime) -> datetime:
+    """Naive timestamps are read as UTC so every stored time is comparable."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+Timestamp = Annotated[datetime, AfterValidator(_aware)]
+Metadata = Annotated[dict[str, Any], Field(default_factory=dict, max_length=64)]
+
+
+class EventBase(BaseModel):
+    """Fields every event carries: identity, time, version and lineage."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    id: EventId | None = None
+    timestamp: Timestamp
+    schema_version: Literal[1] = 1
+    correlation_id: Annotated[str, StringConstraints(max_length=128)] | None = None
+    causation_id: Annotated[str, StringConstraints(max_length=128)] | None = None
+    parent_ids: Annotated[list[EventId], Field(max_length=32)] = Field(default_factory=list)
+
+    def entity_key(self) -> str:
+        """The key that orders this event's effects (Kafka message key)."""
+        raise NotImplementedError
+
+
+class TransactionV1(EventBase):
+    type: Literal["transaction"]
+    user_id: EntityId
+    amount: Annotated[Decimal, Field(max_digits=18, decimal_places=6, allow_inf_nan=False)]
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+    metadata: Metadata
+
+    def entity_key(self) -> str:
+        return self.user_id
+
+
+class Location(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lat: Annotated[float, Field(ge=-90, le=90)]
+    lon: Annotated[float, Field(ge=-180, le=180)]
+
+
+class SensorV1(EventBase):
+    type: Literal["sensor"]
+    device_id: EntityId
+    reading: Annotated[float, AfterValidator(_finite)]
+    unit: Literal["C", "F", "K", "Pa", "kPa", "bar", "psi", "%", "m", "cm", "ft", "lux"]
+    location: Location
+
+    def entity_key(self) -> str:
+        return self.device_id
+
+
+class UserActionV1(EventBase):
+    type: Literal["user_action"]
+    user_id: EntityId
+    action: ShortText
+    target: ShortText
+    metadata: Metadata
+
+    def entity_key(self) -> str:
+        return self.user_id
