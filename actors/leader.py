@@ -33,6 +33,7 @@ class Leader:
         self._log_id = cluster_id(settings.kafka_bootstrap)
         self._store = CheckpointStore(settings.database_url.get_secret_value(), pool_size=2)
         self._assignments: dict[tuple[str, int], Lease] = {}
+        self._fenced: list[dict[str, object]] = []  # owners found fenced, for operators and tests
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._ensure_writers()
@@ -58,6 +59,11 @@ class Leader:
         """True once every partition has an owner that claimed it."""
         with self._lock:
             return len(self._assignments) == len(self.partitions())
+
+    def fenced_owners(self) -> list[dict[str, object]]:
+        """Owners that found themselves fenced (a newer epoch committed) and were restarted by the leader."""
+        with self._lock:
+            return list(self._fenced)
 
     def owner_statuses(self, timeout_s: float = 5.0) -> list[dict[str, object]]:
         refs = []
@@ -124,7 +130,8 @@ class Leader:
                     if status.get("state") == "fenced":
                         name = names.owner_name(str(status["topic"]), int(status["partition"]))  # type: ignore[arg-type]
                         log.warning("restarting fenced owner %s", name)
+                        with self._lock:
+                            self._fenced.append({**status, "restarted_at": time.time()})
                         ray.kill(ray.get_actor(name), no_restart=False)
             except Exception:  # noqa: BLE001 - supervision must outlive any one failure
                 log.exception("supervision round failed")
-            time.sleep(0)

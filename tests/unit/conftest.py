@@ -5,7 +5,8 @@ Only plain data: no broker, no database, no Ray; each builder returns a fresh di
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
