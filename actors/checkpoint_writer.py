@@ -13,7 +13,8 @@ import ray
 
 from cluster.adapters.checkpoint_store import CheckpointStore
 from cluster.settings import Settings
-from pipelines.batch import CommitBatch, CommitOutcome
+from cluster.adapters.commit_doc import EncodedBatch
+from pipelines.batch import CommitOutcome
 
 log = logging.getLogger(__name__)
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
@@ -28,7 +29,7 @@ class CheckpointWriter:
         self._commits = 0
         self._events = 0
 
-    def commit(self, batch: CommitBatch) -> CommitOutcome:
+    def commit(self, batch: EncodedBatch) -> CommitOutcome:
         for attempt in range(1, 6):
             try:
                 outcome = self._store.commit(batch)

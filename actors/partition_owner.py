@@ -18,6 +18,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from actors import names
 from cluster.adapters.checkpoint_store import Fenced, Lease
+from cluster.adapters.commit_doc import encode
 from cluster.adapters.dlq_publisher import DeadLetterPublisher
 from cluster.adapters.kafka_config import consumer_config, producer_config
 from cluster.adapters.kafka_source import PartitionSource
@@ -152,10 +153,11 @@ class PartitionOwner:
     def _commit(self, writer: "ray.actor.ActorHandle", dlq: DeadLetterPublisher, batch: CommitBatch) -> CommitOutcome:
         """Keep the batch and retry until it commits or we are fenced: a dependency outage only pauses us."""
         delay = 0.05
+        encoded = encode(batch)
         while True:
             try:
                 dlq.publish(batch)
-                outcome: CommitOutcome = ray.get(writer.commit.remote(batch), timeout=60)
+                outcome: CommitOutcome = ray.get(writer.commit.remote(encoded), timeout=60)
                 if outcome.fenced:
                     raise Fenced(f"epoch {batch.epoch} superseded by {outcome.current_epoch}")
                 return outcome

@@ -44,7 +44,7 @@ class Settings(BaseSettings):
 
     # Partition owners and the checkpoint writers.
     consume_batch_max: int = Field(500, ge=1)
-    consume_batch_timeout_s: float = Field(0.02, gt=0)
+    consume_batch_timeout_s: float = Field(0.1, gt=0)  # wait for the first record; the rest are taken as they are
     checkpoint_writers: int = Field(2, ge=1)
     writer_pool_size: int = Field(4, ge=1)
 

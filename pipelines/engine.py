@@ -16,17 +16,30 @@ from pipelines import ids
 from pipelines.batch import CommitBatch, DeadLetter, ProcessedEvent, SourceRecord
 from pipelines.envelope import Envelope
 from pipelines.errors import InvalidEvent, PoisonEvent
+from pipelines.jsontext import dumps_storable
 from pipelines.policies.retry import RetryExhausted, RetryPolicy, call_with_retry
 from pipelines.registry import Registry
 from pipelines.schemas import EventBase
 
 
 def _json(value: object) -> str:
-    text = orjson.dumps(value).decode()
-    if "\\u0000" in text:
+    try:
+        return dumps_storable(value).decode()
+    except ValueError:
         # PostgreSQL jsonb cannot store NUL; such an event is dead-lettered with its raw bytes instead.
-        raise InvalidEvent("event contains a NUL character (\\u0000), which cannot be stored")
-    return text
+        raise InvalidEvent("event contains a NUL character (\\u0000), which cannot be stored") from None
+
+
+def _consistent(envelope: Envelope, event: EventBase) -> None:
+    """The envelope's routing fields must agree with the payload it carries, or the record is invalid."""
+    payload_type = envelope.payload.get("type")
+    if envelope.type != payload_type:
+        raise InvalidEvent(f"envelope type {envelope.type!r} does not match payload type {payload_type!r}")
+    if envelope.schema_version != event.schema_version:
+        raise InvalidEvent(
+            f"envelope schema_version {envelope.schema_version} does not match payload's {event.schema_version}")
+    if event.id is not None and event.id != envelope.id:
+        raise InvalidEvent(f"envelope id {envelope.id!r} does not match payload id {event.id!r}")
 
 
 @dataclass
@@ -56,7 +69,7 @@ class PartitionProcessor:
         seen: set[str] = set()
         duplicates: list[tuple[str, int]] = []
         for record in records:
-            outcome = self._one(record)
+            outcome = self._one(record, consumed_at)
             event_id = outcome.event_id
             if event_id is not None and event_id in seen:
                 duplicates.append((event_id, record.offset))
@@ -77,10 +90,12 @@ class PartitionProcessor:
             in_batch_duplicates=tuple(duplicates),
         )
 
-    def _received_at(self, record: SourceRecord) -> float:
-        return (record.timestamp_ms / 1000.0) if record.timestamp_ms else time.time()
+    @staticmethod
+    def _received_at(record: SourceRecord, consumed_at: float) -> float:
+        """The broker's timestamp for raw records; without one, the time we read it (never a fresh clock)."""
+        return (record.timestamp_ms / 1000.0) if record.timestamp_ms else consumed_at
 
-    def _envelope(self, record: SourceRecord) -> Envelope:
+    def _envelope(self, record: SourceRecord, consumed_at: float) -> Envelope:
         """Records on the raw ingest topic are bare events; everything else is an API envelope."""
         if record.value is None:
             raise InvalidEvent("record has no value")
@@ -94,13 +109,14 @@ class PartitionProcessor:
             raise InvalidEvent(f"record is not valid JSON: {exc}") from None
         event = self.registry.parse(raw)
         event_id = event.id or ids.from_log_position(record.topic, record.partition, record.offset)
-        return Envelope.wrap(event, event_id, self._received_at(record), source="kafka")
+        return Envelope.wrap(event, event_id, self._received_at(record, consumed_at), source="kafka")
 
-    def _one(self, record: SourceRecord) -> ProcessedEvent | DeadLetter:
+    def _one(self, record: SourceRecord, consumed_at: float) -> ProcessedEvent | DeadLetter:
         envelope: Envelope | None = None
         try:
-            envelope = self._envelope(record)
+            envelope = self._envelope(record, consumed_at)
             event = self.registry.parse(envelope.payload)
+            _consistent(envelope, event)
             payload_json = _json(envelope.payload)
             handler = self.registry.spec(envelope.type).handler
             result, attempts = call_with_retry(lambda: handler(event), self.retry, self.sleep, self.rng)
@@ -122,16 +138,17 @@ class PartitionProcessor:
                 trace_context=envelope.trace_context,
             )
         except InvalidEvent as exc:
-            return self._dead(record, envelope, "invalid", exc.describe(), 1)
+            return self._dead(record, envelope, "invalid", exc.describe(), 1, consumed_at)
         except PoisonEvent as exc:
-            return self._dead(record, envelope, "poison", str(exc), 1)
+            return self._dead(record, envelope, "poison", str(exc), 1, consumed_at)
         except RetryExhausted as exc:
-            return self._dead(record, envelope, "exhausted", str(exc), exc.attempts)
+            return self._dead(record, envelope, "exhausted", str(exc), exc.attempts, consumed_at)
         except Exception as exc:  # noqa: BLE001 - a handler bug must not stall the partition: classify and DLQ it
-            return self._dead(record, envelope, "handler_error", f"{type(exc).__name__}: {exc}", 1)
+            return self._dead(record, envelope, "handler_error", f"{type(exc).__name__}: {exc}", 1, consumed_at)
 
     def _dead(
-        self, record: SourceRecord, envelope: Envelope | None, kind: str, reason: str, attempts: int
+        self, record: SourceRecord, envelope: Envelope | None, kind: str, reason: str, attempts: int,
+        consumed_at: float,
     ) -> DeadLetter:
         known = envelope is not None
         payload_json: str | None = None
@@ -145,10 +162,10 @@ class PartitionProcessor:
         return DeadLetter(
             offset=record.offset,
             error_kind=kind,
-            reason=reason[:2000],
+            reason=reason.replace("\x00", "\\0")[:2000],
             attempts=attempts,
             payload=record.value,
-            received_at=envelope.received_at if envelope else self._received_at(record),
+            received_at=envelope.received_at if envelope else self._received_at(record, consumed_at),
             event_id=envelope.id if known and payload_json is not None else None,
             type=envelope.type if envelope else None,
             schema_version=envelope.schema_version if envelope else None,

@@ -5,12 +5,14 @@ Encoding is JSON (orjson); decode errors surface as InvalidEvent so a bad record
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from pipelines.errors import InvalidEvent
+from pipelines.jsontext import has_nul
 from pipelines.schemas import EventBase
 
 
@@ -78,20 +80,45 @@ class Envelope:
     def decode(cls, data: bytes) -> "Envelope":
         try:
             obj = orjson.loads(data)
-            return cls(
-                id=str(obj["id"]),
-                type=str(obj["type"]),
-                schema_version=int(obj.get("schema_version", 1)),
-                payload=dict(obj["payload"]),
-                received_at=float(obj["received_at"]),
-                correlation_id=obj.get("correlation_id"),
-                causation_id=obj.get("causation_id"),
-                parent_ids=tuple(obj.get("parent_ids") or ()),
-                idempotency_key=obj.get("idempotency_key"),
-                source=str(obj.get("source", "api")),
-                trace_context=obj.get("trace_context"),
-            )
         except orjson.JSONDecodeError as exc:
             raise InvalidEvent(f"record is not valid JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise InvalidEvent("record is not an eventpipe envelope: expected a JSON object")
+        if has_nul(data):
+            raise InvalidEvent("record contains a NUL character (\\u0000), which cannot be stored")
+        try:
+            received_at = obj["received_at"]
+            version = obj.get("schema_version", 1)
+            parents = obj.get("parent_ids") or []
+            if type(received_at) not in (int, float) or not math.isfinite(received_at):
+                raise ValueError("received_at must be a finite number")
+            if type(version) is not int:
+                raise ValueError("schema_version must be an integer")
+            if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+                raise ValueError("parent_ids must be a list of strings")
+            if not isinstance(obj["payload"], dict):
+                raise ValueError("payload must be an object")
+            return cls(
+                id=_text(obj, "id", required=True),  # type: ignore[arg-type]
+                type=_text(obj, "type", required=True),  # type: ignore[arg-type]
+                schema_version=version,
+                payload=obj["payload"],
+                received_at=float(received_at),
+                correlation_id=_text(obj, "correlation_id"),
+                causation_id=_text(obj, "causation_id"),
+                parent_ids=tuple(parents),
+                idempotency_key=_text(obj, "idempotency_key"),
+                source=_text(obj, "source") or "api",
+                trace_context=_text(obj, "trace_context"),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidEvent(f"record is not an eventpipe envelope: {exc!r}") from None
+
+
+def _text(obj: dict[str, Any], name: str, *, required: bool = False) -> str | None:
+    value = obj.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string")
+    return value

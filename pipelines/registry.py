@@ -61,7 +61,7 @@ class Registry:
             )
         spec = self.specs[event_type]
         version = raw.get("schema_version", 1)
-        model = spec.versions.get(version) if isinstance(version, int) else None
+        model = spec.versions.get(version) if type(version) is int else None  # bool is not a version
         if model is None:
             raise InvalidEvent(
                 f"unsupported schema_version {version!r} for {event_type}",

@@ -16,6 +16,7 @@ from cluster.settings import Settings
 from pipelines import ids
 from pipelines.envelope import Envelope
 from pipelines.errors import InvalidEvent
+from pipelines.jsontext import has_nul
 from pipelines.registry import Registry
 
 JSON_TYPES = ("application/json", "application/cloudevents+json", "text/json")
@@ -73,7 +74,7 @@ class Ingestor:
         envelope = Envelope.wrap(
             event, event_id, now, correlation_id=meta.correlation_id, idempotency_key=meta.idempotency_key
         )
-        if b"\\u0000" in orjson.dumps(envelope.payload):
+        if has_nul(orjson.dumps(envelope.payload)):
             raise InvalidEvent("event contains a NUL character (\\u0000), which cannot be stored")
         return envelope
 

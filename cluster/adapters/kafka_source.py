@@ -25,9 +25,18 @@ class PartitionSource:
         self._consumer.assign([TopicPartition(self.topic, self.partition, offset)])
 
     def poll_batch(self, max_records: int, timeout_s: float) -> list[SourceRecord]:
-        """Up to max_records records, waiting at most timeout_s: the batch's size and time bounds."""
+        """Up to max_records records, waiting at most timeout_s for the first one and not at all for the rest.
+
+        A batch is whatever has arrived: one record at low load (lowest latency), up to max_records under load.
+        """
+        messages = self._consumer.consume(max_records, 0)
+        if not messages:
+            first = self._consumer.poll(timeout_s)
+            if first is None:
+                return []
+            messages = [first, *self._consumer.consume(max_records - 1, 0)] if max_records > 1 else [first]
         out: list[SourceRecord] = []
-        for msg in self._consumer.consume(max_records, timeout_s):
+        for msg in messages:
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:

@@ -32,10 +32,13 @@ class RetryPolicy:
         return rng.uniform(0, ceiling)
 
 
-@dataclass(frozen=True)
 class RetryExhausted(Exception):
-    attempts: int
-    last_error: TransientError
+    """The retry budget is spent: the event goes to the dead-letter queue with the last error."""
+
+    def __init__(self, attempts: int, last_error: TransientError) -> None:
+        super().__init__(attempts, last_error)
+        self.attempts = attempts
+        self.last_error = last_error
 
     def __str__(self) -> str:
         return f"gave up after {self.attempts} attempts: {self.last_error}"
