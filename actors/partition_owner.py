@@ -11,6 +11,7 @@ import random
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 
 import ray
@@ -48,7 +49,27 @@ class OwnerStatus:
     last_record_at: float | None = None
     last_error: str | None = None
     in_flight: bool = False
-    extra: dict[str, float] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)  # p50/p99 of recent batches, per stage
+
+
+class StageTimings:
+    """Recent per-batch stage durations, for status and profiling (not the Prometheus histograms)."""
+
+    def __init__(self, window: int = 2000) -> None:
+        self._samples: dict[str, deque[float]] = {}
+        self._window = window
+
+    def add(self, **seconds: float) -> None:
+        for stage, value in seconds.items():
+            self._samples.setdefault(stage, deque(maxlen=self._window)).append(value)
+
+    def summary(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for stage, values in self._samples.items():
+            ordered = sorted(values)
+            out[f"{stage}_p50"] = round(ordered[len(ordered) // 2] * 1000, 2)
+            out[f"{stage}_p99"] = round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 2)
+        return out
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -58,6 +79,7 @@ class PartitionOwner:
         self._settings = settings
         self._status = OwnerStatus(topic, partition, f"{topic}:{partition}:{uuid.uuid4().hex[:8]}", os.getpid())
         self._stop = threading.Event()
+        self._timings = StageTimings()
         self._processor = PartitionProcessor(
             default_registry(settings.base_currency, settings.risk_amount_threshold),
             settings.ingest_topic,
@@ -69,6 +91,7 @@ class PartitionOwner:
 
     # -- Ray-facing API -------------------------------------------------------------------------
     def status(self) -> dict[str, object]:
+        self._status.timings_ms = self._timings.summary()
         return dict(self._status.__dict__)
 
     def stop(self, timeout_s: float = 10.0) -> dict[str, object]:
@@ -133,11 +156,16 @@ class PartitionOwner:
                     continue
                 st.last_record_at = time.time()
                 st.in_flight = True
+                t0 = time.perf_counter()
                 batch = self._processor.process(
                     records, epoch=lease.epoch, owner_id=st.owner_id, expected_offset=expected,
                     consumed_at=st.last_record_at,
                 )
+                t1 = time.perf_counter()
                 outcome = self._commit(writer, dlq, batch)
+                t2 = time.perf_counter()
+                self._timings.add(process=t1 - t0, commit_round_trip=t2 - t1, store=outcome.duration_s,
+                                  batch_size=len(records) / 1000.0)
                 expected = batch.next_offset
                 st.in_flight = False
                 st.committed_offset = expected

@@ -59,6 +59,38 @@ class Envelope:
             trace_context=trace_context,
         )
 
+    @staticmethod
+    def encode_event(
+        event: EventBase,
+        received_at: float,
+        *,
+        correlation_id: str | None = None,
+        idempotency_key: str | None = None,
+        source: str = "api",
+        trace_context: str | None = None,
+    ) -> bytes:
+        """The record for an event whose id is set, serialised once (pydantic's JSON, embedded as is)."""
+        if event.id is None:
+            raise ValueError("an event needs its id before it is published")
+        payload = event.model_dump_json().encode()
+        if has_nul(payload):
+            raise InvalidEvent("event contains a NUL character (\\u0000), which cannot be stored")
+        return orjson.dumps(
+            {
+                "id": event.id,
+                "type": event.type,  # type: ignore[attr-defined]
+                "schema_version": event.schema_version,
+                "received_at": received_at,
+                "correlation_id": event.correlation_id or correlation_id,
+                "causation_id": event.causation_id,
+                "parent_ids": event.parent_ids,
+                "idempotency_key": idempotency_key,
+                "source": source,
+                "trace_context": trace_context,
+                "payload": orjson.Fragment(payload),
+            }
+        )
+
     def encode(self) -> bytes:
         return orjson.dumps(
             {

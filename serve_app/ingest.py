@@ -11,12 +11,11 @@ from typing import Any
 
 import orjson
 
-from cluster.adapters.kafka_producer import Delivered, KafkaPublisher, PublishError
+from cluster.adapters.kafka_producer import Delivered, KafkaPublisher, PublishError, Record
 from cluster.settings import Settings
 from pipelines import ids
 from pipelines.envelope import Envelope
 from pipelines.errors import InvalidEvent
-from pipelines.jsontext import has_nul
 from pipelines.registry import Registry
 
 JSON_TYPES = ("application/json", "application/cloudevents+json", "text/json")
@@ -27,6 +26,15 @@ class Reply:
     status: int
     body: dict[str, Any]
     headers: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated event ready to publish: its id, type and the broker record."""
+
+    id: str
+    type: str
+    record: Record
 
 
 @dataclass(frozen=True)
@@ -63,24 +71,20 @@ class Ingestor:
         except orjson.JSONDecodeError as exc:
             return _error(400, "malformed_json", f"body is not valid JSON: {exc}")
 
-    def _envelope(self, raw: Any, meta: RequestMeta, index: int | None, now: float) -> Envelope:
+    def _prepare(self, raw: Any, meta: RequestMeta, index: int | None, now: float) -> Prepared:
+        """Validate, fix the event's id (client's, idempotency-derived, or new) and serialise its record."""
+        if isinstance(raw, dict) and raw.get("id") is None:
+            if meta.idempotency_key is not None:
+                raw = {**raw, "id": ids.from_idempotency_key(meta.scope, meta.idempotency_key, index)}
+            else:
+                raw = {**raw, "id": ids.new_id()}
         event = self._registry.parse(raw)
-        if event.id is not None:
-            event_id = event.id
-        elif meta.idempotency_key is not None:
-            event_id = ids.from_idempotency_key(meta.scope, meta.idempotency_key, index)
-        else:
-            event_id = ids.new_id()
-        envelope = Envelope.wrap(
-            event, event_id, now, correlation_id=meta.correlation_id, idempotency_key=meta.idempotency_key
+        record = Envelope.encode_event(
+            event, now, correlation_id=meta.correlation_id, idempotency_key=meta.idempotency_key
         )
-        if has_nul(orjson.dumps(envelope.payload)):
-            raise InvalidEvent("event contains a NUL character (\\u0000), which cannot be stored")
-        return envelope
-
-    def _record(self, envelope: Envelope) -> tuple[str, bytes, bytes, None]:
-        key = str(envelope.payload.get("user_id") or envelope.payload.get("device_id") or envelope.id)
-        return (self._settings.topic(envelope.type), key.encode(), envelope.encode(), None)
+        event_type: str = event.type  # type: ignore[attr-defined]
+        return Prepared(str(event.id), event_type, (self._settings.topic(event_type), event.entity_key().encode(),
+                                                     record, None))
 
     async def single(self, body: bytes, meta: RequestMeta) -> Reply:
         problem = self._precheck(body, meta, self._settings.max_event_bytes)
@@ -90,13 +94,13 @@ class Ingestor:
         if isinstance(raw, Reply):
             return raw
         try:
-            envelope = self._envelope(raw, meta, None, time.time())
+            prepared = self._prepare(raw, meta, None, time.time())
         except InvalidEvent as exc:
             return _error(422, "validation_failed", exc.reason, errors=[e.as_dict() for e in exc.errors])
-        (outcome,) = await self._publisher.publish_many([self._record(envelope)])
+        (outcome,) = await self._publisher.publish_many([prepared.record])
         if isinstance(outcome, PublishError):
             return Reply(503, {"error": "broker_unavailable", "reason": str(outcome)}, {"Retry-After": "1"})
-        return Reply(202, _accepted(envelope, outcome))
+        return Reply(202, _accepted(prepared, outcome))
 
     async def batch(self, body: bytes, meta: RequestMeta) -> Reply:
         problem = self._precheck(body, meta, self._settings.max_body_bytes)
@@ -115,19 +119,19 @@ class Ingestor:
                           f"{len(items)} events exceed the {self._settings.max_batch_events}-event batch limit")
         now = time.time()
         results: list[dict[str, Any] | None] = [None] * len(items)
-        valid: list[tuple[int, Envelope]] = []
+        valid: list[tuple[int, Prepared]] = []
         for index, item in enumerate(items):
             try:
-                valid.append((index, self._envelope(item, meta, index, now)))
+                valid.append((index, self._prepare(item, meta, index, now)))
             except InvalidEvent as exc:
                 results[index] = {"index": index, "status": "rejected", "reason": exc.reason,
                                   "errors": [e.as_dict() for e in exc.errors]}
-        outcomes = await self._publisher.publish_many([self._record(env) for _, env in valid]) if valid else []
-        for (index, envelope), outcome in zip(valid, outcomes):
+        outcomes = await self._publisher.publish_many([p.record for _, p in valid]) if valid else []
+        for (index, prepared), outcome in zip(valid, outcomes):
             if isinstance(outcome, PublishError):
-                results[index] = {"index": index, "status": "failed", "id": envelope.id, "reason": str(outcome)}
+                results[index] = {"index": index, "status": "failed", "id": prepared.id, "reason": str(outcome)}
             else:
-                results[index] = {"index": index, **_accepted(envelope, outcome)}
+                results[index] = {"index": index, **_accepted(prepared, outcome)}
         accepted = sum(1 for r in results if r and r["status"] == "accepted")
         failed = sum(1 for r in results if r and r["status"] == "failed")
         body_out = {"accepted": accepted, "rejected": len(items) - accepted - failed, "failed": failed,
@@ -139,6 +143,6 @@ class Ingestor:
         return Reply(422, {"error": "validation_failed", "reason": "no event in the batch is valid", **body_out})
 
 
-def _accepted(envelope: Envelope, delivered: Delivered) -> dict[str, Any]:
-    return {"id": envelope.id, "status": "accepted", "type": envelope.type, "topic": delivered.topic,
+def _accepted(prepared: Prepared, delivered: Delivered) -> dict[str, Any]:
+    return {"id": prepared.id, "status": "accepted", "type": prepared.type, "topic": delivered.topic,
             "partition": delivered.partition, "offset": delivered.offset}
