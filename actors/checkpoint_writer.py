@@ -12,8 +12,8 @@ import psycopg
 import ray
 
 from cluster.adapters.checkpoint_store import CheckpointStore
-from cluster.settings import Settings
 from cluster.adapters.commit_doc import EncodedBatch
+from cluster.settings import Settings
 from pipelines.batch import CommitOutcome
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ from cluster.settings import Settings
 
 log = logging.getLogger(__name__)
 _SUPERVISE_EVERY_S = 2.0
+_PURGE_DEDUP_EVERY_S = 600.0
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -53,7 +54,10 @@ class Leader:
 
     def assignments(self) -> dict[str, dict[str, object]]:
         with self._lock:
-            return {f"{t}:{p}": {"owner_id": l.owner_id, "epoch": l.epoch} for (t, p), l in self._assignments.items()}
+            return {
+                f"{t}:{p}": {"owner_id": lease.owner_id, "epoch": lease.epoch}
+                for (t, p), lease in self._assignments.items()
+            }
 
     def ready(self) -> bool:
         """True once every partition has an owner that claimed it."""
@@ -120,10 +124,20 @@ class Leader:
                 name=names.owner_name(topic, partition), lifetime="detached", get_if_exists=True, max_concurrency=4,
             ).remote(self._settings, topic, partition)
 
+    def purge_dedup(self) -> int:
+        """Delete dedup keys past their TTL (the events table still refuses a re-used id)."""
+        purged = self._store.purge_dedup()
+        log.info("purged %d expired dedup keys", purged)
+        return purged
+
     def _supervise(self) -> None:
         """Recreate missing actors; restart an owner that was fenced while still being the named owner."""
+        last_purge = time.monotonic()
         while not self._stopping.wait(_SUPERVISE_EVERY_S):
             try:
+                if time.monotonic() - last_purge > _PURGE_DEDUP_EVERY_S:
+                    last_purge = time.monotonic()
+                    self.purge_dedup()
                 self._ensure_writers()
                 self._ensure_owners()
                 for status in self.owner_statuses(timeout_s=2.0):

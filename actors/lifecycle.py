@@ -1,6 +1,7 @@
 """Starting and stopping the processing side: the leader (which creates writers and owners), readiness, drain.
 
-Used by the CLI and by tests; it holds no processing logic and never kills an owner with a batch in flight unless told to.
+Used by the CLI and by tests; it holds no processing logic and never kills an owner with a batch in flight
+unless told to.
 """
 
 from __future__ import annotations

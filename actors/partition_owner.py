@@ -143,7 +143,7 @@ class PartitionOwner:
         st.epoch, st.committed_offset, st.state = lease.epoch, lease.next_offset, "running"
         log.info("owner %s holds %s[%d] at epoch %d from offset %d", st.owner_id, st.topic, st.partition,
                  lease.epoch, lease.next_offset)
-        source = PartitionSource(consumer_config(s.kafka_bootstrap, "eventpipe-owners"), st.topic, st.partition)
+        source = PartitionSource(consumer_config(s.kafka_bootstrap, "eventpipe-owners", s.consumer_fetch_wait_ms), st.topic, st.partition)
         dlq = DeadLetterPublisher(producer_config(s.kafka_bootstrap, linger_ms=0), s.dlq_topic)
         writer = ray.get_actor(names.writer_name(names.writer_for(st.topic, st.partition, s.checkpoint_writers)))
         expected = lease.next_offset
@@ -178,7 +178,7 @@ class PartitionOwner:
             source.close()
             dlq.close()
 
-    def _commit(self, writer: "ray.actor.ActorHandle", dlq: DeadLetterPublisher, batch: CommitBatch) -> CommitOutcome:
+    def _commit(self, writer: ray.actor.ActorHandle, dlq: DeadLetterPublisher, batch: CommitBatch) -> CommitOutcome:
         """Keep the batch and retry until it commits or we are fenced: a dependency outage only pauses us."""
         delay = 0.05
         encoded = encode(batch)

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
 
     # Partition owners and the checkpoint writers.
     consume_batch_max: int = Field(500, ge=1)
+    # How long the broker may hold a fetch: low for latency (Tansu answers at this bound, not on data arrival),
+    # higher for less idle load with many partitions.
+    consumer_fetch_wait_ms: int = Field(10, ge=1, le=500)
     consume_batch_timeout_s: float = Field(0.1, gt=0)  # wait for the first record; the rest are taken as they are
     checkpoint_writers: int = Field(2, ge=1)
     writer_pool_size: int = Field(4, ge=1)

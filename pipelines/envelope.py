@@ -42,7 +42,7 @@ class Envelope:
         idempotency_key: str | None = None,
         source: str = "api",
         trace_context: str | None = None,
-    ) -> "Envelope":
+    ) -> Envelope:
         payload = event.model_dump(mode="json")
         payload["id"] = event_id
         return cls(
@@ -109,7 +109,7 @@ class Envelope:
         )
 
     @classmethod
-    def decode(cls, data: bytes) -> "Envelope":
+    def decode(cls, data: bytes) -> Envelope:
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError as exc:

@@ -5,9 +5,10 @@ Validation turns every problem into InvalidEvent with field-level errors; it nev
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Mapping
+from typing import Any
 
 from pydantic import ValidationError
 

@@ -6,7 +6,7 @@ Pure data definitions: no I/O, no knowledge of Kafka, Ray or PostgreSQL.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -22,7 +22,7 @@ SUPPORTED_UNITS = ("C", "F", "K", "Pa", "kPa", "bar", "psi", "%", "m", "cm", "ft
 
 def _aware(value: datetime) -> datetime:
     """Naive timestamps are read as UTC so every stored time is comparable."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _finite(value: float) -> float:

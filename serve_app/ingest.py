@@ -58,7 +58,8 @@ class Ingestor:
     def _precheck(self, body: bytes, meta: RequestMeta, limit: int) -> Reply | None:
         ctype = (meta.content_type or "").split(";")[0].strip().lower()
         if ctype not in JSON_TYPES:
-            return _error(415, "unsupported_media_type", f"Content-Type must be application/json, got {ctype or 'none'!r}")
+            got = ctype or "none"
+            return _error(415, "unsupported_media_type", f"Content-Type must be application/json, got {got!r}")
         if len(body) > limit:
             return _error(413, "payload_too_large", f"body of {len(body)} bytes exceeds the {limit}-byte limit")
         if meta.idempotency_key is not None and not (1 <= len(meta.idempotency_key) <= 256):
@@ -127,7 +128,7 @@ class Ingestor:
                 results[index] = {"index": index, "status": "rejected", "reason": exc.reason,
                                   "errors": [e.as_dict() for e in exc.errors]}
         outcomes = await self._publisher.publish_many([p.record for _, p in valid]) if valid else []
-        for (index, prepared), outcome in zip(valid, outcomes):
+        for (index, prepared), outcome in zip(valid, outcomes, strict=True):
             if isinstance(outcome, PublishError):
                 results[index] = {"index": index, "status": "failed", "id": prepared.id, "reason": str(outcome)}
             else:

@@ -5,13 +5,13 @@ Documentation only: validation itself happens in serve_app.ingest through the re
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 from pydantic import TypeAdapter
 
 from pipelines.schemas import SensorV1, TransactionV1, UserActionV1
 
-_EVENT = TypeAdapter(Union[TransactionV1, SensorV1, UserActionV1])
+_EVENT: TypeAdapter[TransactionV1 | SensorV1 | UserActionV1] = TypeAdapter(TransactionV1 | SensorV1 | UserActionV1)
 
 
 def _event_schema() -> dict[str, Any]:

@@ -8,9 +8,10 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import confluent_kafka
 import psycopg

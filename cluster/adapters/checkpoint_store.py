@@ -1,6 +1,7 @@
 """PostgreSQL side of the exactly-once contract: partition leases with epochs, and the one-transaction commit.
 
-Every statement is a constant; values travel only as parameters. It holds no business rules: the batch says what to write.
+Every statement is a constant; values travel only as parameters. It holds no business rules: the batch says
+what to write.
 """
 
 from __future__ import annotations
@@ -190,7 +191,8 @@ class CheckpointStore:
                     return Lease(topic, partition, 1, 0, owner_id)
                 except psycopg.errors.UniqueViolation:
                     row = conn.execute(_CLAIM_SELECT, params).fetchone()
-                    assert row is not None
+                    if row is None:
+                        raise RuntimeError(f"checkpoint row of {topic}[{partition}] vanished") from None
             _epoch, next_offset, old_log = row
             reset_from = None
             if old_log is not None and old_log != log_id and next_offset > 0:
@@ -199,7 +201,8 @@ class CheckpointStore:
                             topic, partition, old_log, log_id, next_offset)
                 reset_from, next_offset = next_offset, 0
             new = conn.execute(_CLAIM_UPDATE, {**params, "next_offset": next_offset}).fetchone()
-            assert new is not None
+            if new is None:
+                raise RuntimeError(f"checkpoint row of {topic}[{partition}] vanished while claiming")
             return Lease(topic, partition, int(new[0]), int(next_offset), owner_id, reset_from)
 
     def checkpoint(self, topic: str, partition: int) -> tuple[int, int] | None:
@@ -221,7 +224,8 @@ class CheckpointStore:
         with self._pool.connection() as conn:
             with conn.transaction():
                 row = conn.execute(_COMMIT, params, prepare=True).fetchone()
-            assert row is not None
+            if row is None:
+                raise RuntimeError("the commit statement returned no row")
             advanced, fresh, incoming = (int(v) for v in row)
             if advanced != 1:
                 return self._explain_not_advanced(conn, b, started)

@@ -12,7 +12,6 @@ from confluent_kafka import Producer
 
 from pipelines.batch import CommitBatch
 
-
 _MAX_DLQ_VALUE = 512 * 1024
 
 

@@ -20,14 +20,14 @@ def producer_config(bootstrap: str, linger_ms: int = 1, **extra: Any) -> dict[st
     }
 
 
-def consumer_config(bootstrap: str, group_id: str, **extra: Any) -> dict[str, Any]:
+def consumer_config(bootstrap: str, group_id: str, fetch_wait_ms: int = 10, **extra: Any) -> dict[str, Any]:
     return {
         "bootstrap.servers": bootstrap,
         "group.id": group_id,  # required by librdkafka; partitions are assign()ed, offsets live in PostgreSQL
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
-        "fetch.wait.max.ms": 10,  # the default 500 caps consumption near 4k msg/s on the embedded broker
+        "fetch.wait.max.ms": fetch_wait_ms,  # the default 500 caps consumption near 4k msg/s on the embedded broker
         "fetch.queue.backoff.ms": 10,  # the default 1000 stalls any consumer slower than the broker
         "fetch.message.max.bytes": 16 * 1024 * 1024,
         "max.partition.fetch.bytes": 16 * 1024 * 1024,

@@ -19,7 +19,10 @@ SELECT e.id, e.type, e.schema_version, e.status, e.topic, e.partition, e."offset
 """
 _AUDIT = "SELECT from_status, to_status, at, actor, detail FROM audit_log WHERE event_id = %s ORDER BY at, id"
 _DEAD_FOR_EVENT = "SELECT error_kind, reason, attempts, created_at FROM dead_letters WHERE event_id = %s ORDER BY id"
-_USER_TOTALS = "SELECT base_currency, total_amount::text AS total_amount, tx_count, flagged_count, updated_at FROM user_totals WHERE user_id = %s"
+_USER_TOTALS = """
+SELECT base_currency, total_amount::text AS total_amount, tx_count, flagged_count, updated_at
+  FROM user_totals WHERE user_id = %s
+"""
 _USER_ACTIONS = "SELECT action, count FROM user_action_counts WHERE user_id = %s ORDER BY action"
 _DEVICE = """
 SELECT si_unit, reading_count, reading_sum, reading_min, reading_max, out_of_range_count, updated_at

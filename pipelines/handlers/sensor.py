@@ -5,8 +5,8 @@ Conversion and range tables are plain data; nothing here reads a device or a clo
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 from pipelines.effects import DeviceReading
 from pipelines.handlers.base import HandlerResult

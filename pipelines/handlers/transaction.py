@@ -5,9 +5,9 @@ Reference data (rates, threshold) is injected; the handler never fetches it itse
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Mapping
 
 from pipelines.effects import UserSpend
 from pipelines.errors import PoisonEvent

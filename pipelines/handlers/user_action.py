@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pipelines.effects import ActionCount
 from pipelines.handlers.base import HandlerResult
@@ -26,6 +26,6 @@ class UserActionHandler:
         session_id = str(uuid.uuid5(_SESSION_NAMESPACE, f"{event.user_id}\x1f{window_start}"))
         result = {
             "session_id": session_id,
-            "session_window_start": datetime.fromtimestamp(window_start, tz=timezone.utc).isoformat(),
+            "session_window_start": datetime.fromtimestamp(window_start, tz=UTC).isoformat(),
         }
         return HandlerResult(result, (ActionCount(event.user_id, event.action),))

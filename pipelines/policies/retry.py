@@ -6,8 +6,9 @@ A frozen policy object; the clock and the sleep are injected so tests run instan
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from pipelines.errors import TransientError
 

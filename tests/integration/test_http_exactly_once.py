@@ -57,9 +57,9 @@ async def _send_all(pipeline: Pipeline, prefix: str) -> dict[str, Any]:
                 return str(r.json()["id"])
 
         keys = [f"{prefix}-key-{n}" for n in range(len(single_events))]
-        single_ids = await asyncio.gather(*(post_single(e, k) for e, k in zip(single_events, keys)))
+        single_ids = await asyncio.gather(*(post_single(e, k) for e, k in zip(single_events, keys, strict=True)))
         assert len(set(single_ids)) == 1_000
-        resent_ids = await asyncio.gather(*(post_single(e, k) for e, k in zip(single_events, keys)))
+        resent_ids = await asyncio.gather(*(post_single(e, k) for e, k in zip(single_events, keys, strict=True)))
         assert resent_ids == single_ids  # a retried request gets the same id
 
         statuses = []
