@@ -38,8 +38,13 @@ class CheckpointWriter:
                     self._events += outcome.new_events
                 return outcome
             except _RETRYABLE as exc:
-                log.warning("commit of %s[%d] hit %s, retrying (attempt %d)", batch.topic, batch.partition,
-                            type(exc).__name__, attempt)
+                log.warning(
+                    "commit of %s[%d] hit %s, retrying (attempt %d)",
+                    batch.topic,
+                    batch.partition,
+                    type(exc).__name__,
+                    attempt,
+                )
                 time.sleep(0.01 * attempt)
         return self._store.commit(batch)
 

@@ -114,14 +114,19 @@ class Leader:
     def _ensure_writers(self) -> None:
         for i in range(self._settings.checkpoint_writers):
             CheckpointWriter.options(  # type: ignore[attr-defined]
-                name=names.writer_name(i), lifetime="detached", get_if_exists=True,
+                name=names.writer_name(i),
+                lifetime="detached",
+                get_if_exists=True,
                 max_concurrency=self._settings.writer_pool_size,
             ).remote(self._settings)
 
     def _ensure_owners(self) -> None:
         for topic, partition in self.partitions():
             PartitionOwner.options(  # type: ignore[attr-defined]
-                name=names.owner_name(topic, partition), lifetime="detached", get_if_exists=True, max_concurrency=4,
+                name=names.owner_name(topic, partition),
+                lifetime="detached",
+                get_if_exists=True,
+                max_concurrency=4,
             ).remote(self._settings, topic, partition)
 
     def purge_dedup(self) -> int:

@@ -125,11 +125,13 @@ class PartitionOwner:
         while True:
             try:
                 leader = ray.get_actor(names.LEADER)
-                return ray.get(leader.assign.remote(self._status.topic, self._status.partition, self._status.owner_id),
-                               timeout=30)
+                return ray.get(
+                    leader.assign.remote(self._status.topic, self._status.partition, self._status.owner_id), timeout=30
+                )
             except (ValueError, RayActorError, GetTimeoutError) as exc:
-                log.warning("waiting for the leader to assign %s[%d]: %s", self._status.topic, self._status.partition,
-                            exc)
+                log.warning(
+                    "waiting for the leader to assign %s[%d]: %s", self._status.topic, self._status.partition, exc
+                )
                 if self._stop.wait(1.0):
                     raise
             except RayTaskError as exc:  # e.g. PostgreSQL down while claiming
@@ -141,31 +143,47 @@ class PartitionOwner:
         s, st = self._settings, self._status
         lease = self._claim()
         st.epoch, st.committed_offset, st.state = lease.epoch, lease.next_offset, "running"
-        log.info("owner %s holds %s[%d] at epoch %d from offset %d", st.owner_id, st.topic, st.partition,
-                 lease.epoch, lease.next_offset)
-        source = PartitionSource(consumer_config(s.kafka_bootstrap, "eventpipe-owners", s.consumer_fetch_wait_ms), st.topic, st.partition)
+        log.info(
+            "owner %s holds %s[%d] at epoch %d from offset %d",
+            st.owner_id,
+            st.topic,
+            st.partition,
+            lease.epoch,
+            lease.next_offset,
+        )
+        source = PartitionSource(
+            consumer_config(s.kafka_bootstrap, "eventpipe-owners", s.consumer_fetch_wait_ms), st.topic, st.partition
+        )
         dlq = DeadLetterPublisher(producer_config(s.kafka_bootstrap, linger_ms=0), s.dlq_topic)
         writer = ray.get_actor(names.writer_name(names.writer_for(st.topic, st.partition, s.checkpoint_writers)))
         expected = lease.next_offset
         source.seek(expected)
         try:
             while not self._stop.is_set():
-                records = [r for r in source.poll_batch(s.consume_batch_max, s.consume_batch_timeout_s)
-                           if r.offset >= expected]
+                records = [
+                    r for r in source.poll_batch(s.consume_batch_max, s.consume_batch_timeout_s) if r.offset >= expected
+                ]
                 if not records:
                     continue
                 st.last_record_at = time.time()
                 st.in_flight = True
                 t0 = time.perf_counter()
                 batch = self._processor.process(
-                    records, epoch=lease.epoch, owner_id=st.owner_id, expected_offset=expected,
+                    records,
+                    epoch=lease.epoch,
+                    owner_id=st.owner_id,
+                    expected_offset=expected,
                     consumed_at=st.last_record_at,
                 )
                 t1 = time.perf_counter()
                 outcome = self._commit(writer, dlq, batch)
                 t2 = time.perf_counter()
-                self._timings.add(process=t1 - t0, commit_round_trip=t2 - t1, store=outcome.duration_s,
-                                  batch_size=len(records) / 1000.0)
+                self._timings.add(
+                    process=t1 - t0,
+                    commit_round_trip=t2 - t1,
+                    store=outcome.duration_s,
+                    batch_size=len(records) / 1000.0,
+                )
                 expected = batch.next_offset
                 st.in_flight = False
                 st.committed_offset = expected
@@ -193,7 +211,14 @@ class PartitionOwner:
                 raise
             except Exception as exc:  # noqa: BLE001 - PostgreSQL, broker or writer down: back off and retry
                 self._status.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("commit of %s[%d] %d..%d failed (%s); retrying in %.2fs", batch.topic, batch.partition,
-                            batch.expected_offset, batch.next_offset, self._status.last_error, delay)
+                log.warning(
+                    "commit of %s[%d] %d..%d failed (%s); retrying in %.2fs",
+                    batch.topic,
+                    batch.partition,
+                    batch.expected_offset,
+                    batch.next_offset,
+                    self._status.last_error,
+                    delay,
+                )
                 time.sleep(delay + random.uniform(0, delay))
                 delay = min(delay * 2, 5.0)

@@ -112,8 +112,15 @@ def cmd_status(settings: Settings) -> int:
     statuses = ray.get(get_leader().owner_statuses.remote())
     table = Table("partition", "state", "epoch", "committed offset", "events", "duplicates", "dead letters")
     for s in sorted(statuses, key=lambda s: (s["topic"], s["partition"])):
-        table.add_row(f"{s['topic']}[{s['partition']}]", str(s["state"]), str(s["epoch"]), str(s["committed_offset"]),
-                      str(s["events"]), str(s["duplicates"]), str(s["dead_letters"]))
+        table.add_row(
+            f"{s['topic']}[{s['partition']}]",
+            str(s["state"]),
+            str(s["epoch"]),
+            str(s["committed_offset"]),
+            str(s["events"]),
+            str(s["duplicates"]),
+            str(s["dead_letters"]),
+        )
     console.print(table)
     return 0
 

@@ -37,7 +37,8 @@ def _consistent(envelope: Envelope, event: EventBase) -> None:
         raise InvalidEvent(f"envelope type {envelope.type!r} does not match payload type {payload_type!r}")
     if envelope.schema_version != event.schema_version:
         raise InvalidEvent(
-            f"envelope schema_version {envelope.schema_version} does not match payload's {event.schema_version}")
+            f"envelope schema_version {envelope.schema_version} does not match payload's {event.schema_version}"
+        )
     if event.id is not None and event.id != envelope.id:
         raise InvalidEvent(f"envelope id {envelope.id!r} does not match payload id {event.id!r}")
 
@@ -147,7 +148,12 @@ class PartitionProcessor:
             return self._dead(record, envelope, "handler_error", f"{type(exc).__name__}: {exc}", 1, consumed_at)
 
     def _dead(
-        self, record: SourceRecord, envelope: Envelope | None, kind: str, reason: str, attempts: int,
+        self,
+        record: SourceRecord,
+        envelope: Envelope | None,
+        kind: str,
+        reason: str,
+        attempts: int,
         consumed_at: float,
     ) -> DeadLetter:
         known = envelope is not None

@@ -3,7 +3,6 @@
 Clients (Kafka producer, PostgreSQL pool) are built once per replica in the constructor; routes only translate HTTP.
 """
 
-
 import logging
 from typing import Any
 

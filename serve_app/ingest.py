@@ -84,8 +84,9 @@ class Ingestor:
             event, now, correlation_id=meta.correlation_id, idempotency_key=meta.idempotency_key
         )
         event_type: str = event.type  # type: ignore[attr-defined]
-        return Prepared(str(event.id), event_type, (self._settings.topic(event_type), event.entity_key().encode(),
-                                                     record, None))
+        return Prepared(
+            str(event.id), event_type, (self._settings.topic(event_type), event.entity_key().encode(), record, None)
+        )
 
     async def single(self, body: bytes, meta: RequestMeta) -> Reply:
         problem = self._precheck(body, meta, self._settings.max_event_bytes)
@@ -112,12 +113,15 @@ class Ingestor:
             return raw
         items = raw.get("events") if isinstance(raw, dict) else raw
         if not isinstance(items, list):
-            return _error(422, "validation_failed", "body must be a JSON array of events (or {\"events\": [...]})")
+            return _error(422, "validation_failed", 'body must be a JSON array of events (or {"events": [...]})')
         if not items:
             return _error(422, "validation_failed", "the batch is empty")
         if len(items) > self._settings.max_batch_events:
-            return _error(413, "batch_too_large",
-                          f"{len(items)} events exceed the {self._settings.max_batch_events}-event batch limit")
+            return _error(
+                413,
+                "batch_too_large",
+                f"{len(items)} events exceed the {self._settings.max_batch_events}-event batch limit",
+            )
         now = time.time()
         results: list[dict[str, Any] | None] = [None] * len(items)
         valid: list[tuple[int, Prepared]] = []
@@ -125,8 +129,12 @@ class Ingestor:
             try:
                 valid.append((index, self._prepare(item, meta, index, now)))
             except InvalidEvent as exc:
-                results[index] = {"index": index, "status": "rejected", "reason": exc.reason,
-                                  "errors": [e.as_dict() for e in exc.errors]}
+                results[index] = {
+                    "index": index,
+                    "status": "rejected",
+                    "reason": exc.reason,
+                    "errors": [e.as_dict() for e in exc.errors],
+                }
         outcomes = await self._publisher.publish_many([p.record for _, p in valid]) if valid else []
         for (index, prepared), outcome in zip(valid, outcomes, strict=True):
             if isinstance(outcome, PublishError):
@@ -135,8 +143,12 @@ class Ingestor:
                 results[index] = {"index": index, **_accepted(prepared, outcome)}
         accepted = sum(1 for r in results if r and r["status"] == "accepted")
         failed = sum(1 for r in results if r and r["status"] == "failed")
-        body_out = {"accepted": accepted, "rejected": len(items) - accepted - failed, "failed": failed,
-                    "results": results}
+        body_out = {
+            "accepted": accepted,
+            "rejected": len(items) - accepted - failed,
+            "failed": failed,
+            "results": results,
+        }
         if accepted:
             return Reply(202, body_out)
         if failed:
@@ -145,5 +157,11 @@ class Ingestor:
 
 
 def _accepted(prepared: Prepared, delivered: Delivered) -> dict[str, Any]:
-    return {"id": prepared.id, "status": "accepted", "type": prepared.type, "topic": delivered.topic,
-            "partition": delivered.partition, "offset": delivered.offset}
+    return {
+        "id": prepared.id,
+        "status": "accepted",
+        "type": prepared.type,
+        "topic": delivered.topic,
+        "partition": delivered.partition,
+        "offset": delivered.offset,
+    }

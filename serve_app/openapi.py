@@ -27,5 +27,9 @@ def single_body_schema() -> dict[str, Any]:
 def batch_body_schema() -> dict[str, Any]:
     item = _event_schema()
     item.pop("$defs", None)
-    return {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"type": "array", "items": item, "maxItems": 1000}}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "array", "items": item, "maxItems": 1000}}},
+        }
+    }

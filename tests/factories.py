@@ -39,17 +39,32 @@ def valid_event(prefix: str, n: int, rng: random.Random, with_id: bool = True) -
     kind = n % 3
     event: dict[str, Any]
     if kind == 0:
-        event = {"type": "transaction", "timestamp": TS, "user_id": f"{prefix}-u{rng.randrange(20)}",
-                 "amount": f"{rng.randrange(1, 100000) / 100:.2f}", "currency": rng.choice(list(RATES)),
-                 "metadata": {"n": n}}
+        event = {
+            "type": "transaction",
+            "timestamp": TS,
+            "user_id": f"{prefix}-u{rng.randrange(20)}",
+            "amount": f"{rng.randrange(1, 100000) / 100:.2f}",
+            "currency": rng.choice(list(RATES)),
+            "metadata": {"n": n},
+        }
     elif kind == 1:
-        event = {"type": "sensor", "timestamp": TS, "device_id": f"{prefix}-d{rng.randrange(20)}",
-                 "reading": round(rng.uniform(-20, 40), 3), "unit": rng.choice(["C", "F", "kPa", "%"]),
-                 "location": {"lat": 52.5, "lon": 13.4}}
+        event = {
+            "type": "sensor",
+            "timestamp": TS,
+            "device_id": f"{prefix}-d{rng.randrange(20)}",
+            "reading": round(rng.uniform(-20, 40), 3),
+            "unit": rng.choice(["C", "F", "kPa", "%"]),
+            "location": {"lat": 52.5, "lon": 13.4},
+        }
     else:
-        event = {"type": "user_action", "timestamp": TS, "user_id": f"{prefix}-u{rng.randrange(20)}",
-                 "action": rng.choice(["click", "view", "buy"]), "target": f"item-{rng.randrange(5)}",
-                 "metadata": {}}
+        event = {
+            "type": "user_action",
+            "timestamp": TS,
+            "user_id": f"{prefix}-u{rng.randrange(20)}",
+            "action": rng.choice(["click", "view", "buy"]),
+            "target": f"item-{rng.randrange(5)}",
+            "metadata": {},
+        }
     if with_id:
         event["id"] = f"{prefix}:{n}"
     return event

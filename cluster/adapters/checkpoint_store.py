@@ -197,8 +197,14 @@ class CheckpointStore:
             reset_from = None
             if old_log is not None and old_log != log_id and next_offset > 0:
                 # The broker's log was replaced (the embedded memory broker restarted): its offsets start over.
-                log.warning("broker log changed for %s[%d] (%s -> %s): offsets restart at 0 from %d",
-                            topic, partition, old_log, log_id, next_offset)
+                log.warning(
+                    "broker log changed for %s[%d] (%s -> %s): offsets restart at 0 from %d",
+                    topic,
+                    partition,
+                    old_log,
+                    log_id,
+                    next_offset,
+                )
                 reset_from, next_offset = next_offset, 0
             new = conn.execute(_CLAIM_UPDATE, {**params, "next_offset": next_offset}).fetchone()
             if new is None:
@@ -217,8 +223,14 @@ class CheckpointStore:
         b = batch if isinstance(batch, EncodedBatch) else encode(batch)
         started = time.perf_counter()
         params = {
-            "doc": b.doc.decode(), "next": b.next_offset, "topic": b.topic, "partition": b.partition, "epoch": b.epoch,
-            "expected": b.expected_offset, "ttl_hours": self._ttl_hours, "consumed": b.consumed_at,
+            "doc": b.doc.decode(),
+            "next": b.next_offset,
+            "topic": b.topic,
+            "partition": b.partition,
+            "epoch": b.epoch,
+            "expected": b.expected_offset,
+            "ttl_hours": self._ttl_hours,
+            "consumed": b.consumed_at,
             "owner": b.owner_id,
         }
         with self._pool.connection() as conn:
@@ -243,13 +255,13 @@ class CheckpointStore:
         epoch, next_offset = (int(row[0]), int(row[1])) if row else (None, None)
         if epoch == batch.epoch and next_offset == batch.next_offset:
             # Our earlier attempt committed but its acknowledgement was lost: nothing to redo.
-            return CommitOutcome(committed=True, already_committed=True, current_epoch=epoch,
-                                 duration_s=time.perf_counter() - started)
-        return CommitOutcome(committed=False, fenced=True, current_epoch=epoch,
-                             duration_s=time.perf_counter() - started)
+            return CommitOutcome(
+                committed=True, already_committed=True, current_epoch=epoch, duration_s=time.perf_counter() - started
+            )
+        return CommitOutcome(
+            committed=False, fenced=True, current_epoch=epoch, duration_s=time.perf_counter() - started
+        )
 
     def purge_dedup(self) -> int:
         with self._pool.connection() as conn, conn.transaction():
             return conn.execute(PURGE_DEDUP).rowcount
-
-

@@ -34,14 +34,27 @@ class EncodedBatch:
     in_batch_duplicates: int
 
 
-def _event_row(status: str, e: ProcessedEvent | DeadLetter, result: bytes | None, kind: str | None,
-               reason: str | None) -> dict[str, object]:
+def _event_row(
+    status: str, e: ProcessedEvent | DeadLetter, result: bytes | None, kind: str | None, reason: str | None
+) -> dict[str, object]:
     return {
-        "id": e.event_id, "type": e.type, "v": e.schema_version, "status": status, "off": e.offset,
-        "key": e.entity_key, "corr": e.correlation_id, "caus": e.causation_id, "parents": list(e.parent_ids),
-        "idem": e.idempotency_key, "trace": getattr(e, "trace_context", None),
-        "payload": orjson.Fragment(e.payload_json or "null"), "recv": e.received_at, "att": e.attempts,
-        "result": orjson.Fragment(result) if result is not None else None, "dk": kind, "dr": reason,
+        "id": e.event_id,
+        "type": e.type,
+        "v": e.schema_version,
+        "status": status,
+        "off": e.offset,
+        "key": e.entity_key,
+        "corr": e.correlation_id,
+        "caus": e.causation_id,
+        "parents": list(e.parent_ids),
+        "idem": e.idempotency_key,
+        "trace": getattr(e, "trace_context", None),
+        "payload": orjson.Fragment(e.payload_json or "null"),
+        "recv": e.received_at,
+        "att": e.attempts,
+        "result": orjson.Fragment(result) if result is not None else None,
+        "dk": kind,
+        "dr": reason,
     }
 
 
@@ -54,28 +67,65 @@ def encode(batch: CommitBatch) -> EncodedBatch:
         events.append(_event_row("processed", p, p.result_json.encode(), None, None))
         for effect in p.effects:
             if isinstance(effect, UserSpend):
-                spend.append({"e": p.event_id, "u": effect.user_id, "c": effect.base_currency,
-                              "a": str(effect.amount), "f": int(effect.flagged)})
+                spend.append(
+                    {
+                        "e": p.event_id,
+                        "u": effect.user_id,
+                        "c": effect.base_currency,
+                        "a": str(effect.amount),
+                        "f": int(effect.flagged),
+                    }
+                )
             elif isinstance(effect, DeviceReading):
-                readings.append({"e": p.event_id, "d": effect.device_id, "u": effect.si_unit, "v": effect.value,
-                                 "o": int(effect.out_of_range)})
+                readings.append(
+                    {
+                        "e": p.event_id,
+                        "d": effect.device_id,
+                        "u": effect.si_unit,
+                        "v": effect.value,
+                        "o": int(effect.out_of_range),
+                    }
+                )
             elif isinstance(effect, ActionCount):
                 actions.append({"e": p.event_id, "u": effect.user_id, "a": effect.action})
     dead: list[dict[str, object]] = []
     for d in batch.dead:
         if d.event_id is not None:
             events.append(_event_row("dead_lettered", d, None, d.error_kind, d.reason))
-        dead.append({"e": d.event_id, "off": d.offset, "k": d.error_kind, "r": d.reason, "att": d.attempts,
-                     "p": base64.b64encode(d.payload).decode() if d.payload is not None else None})
+        dead.append(
+            {
+                "e": d.event_id,
+                "off": d.offset,
+                "k": d.error_kind,
+                "r": d.reason,
+                "att": d.attempts,
+                "p": base64.b64encode(d.payload).decode() if d.payload is not None else None,
+            }
+        )
     events.sort(key=lambda row: str(row["id"]))  # one lock order for dedup keys across concurrent commits
-    doc = orjson.dumps({
-        "events": events, "spend": spend, "readings": readings, "actions": actions, "dead": dead,
-        "dups": [{"e": e, "off": off} for e, off in batch.in_batch_duplicates],
-    })
+    doc = orjson.dumps(
+        {
+            "events": events,
+            "spend": spend,
+            "readings": readings,
+            "actions": actions,
+            "dead": dead,
+            "dups": [{"e": e, "off": off} for e, off in batch.in_batch_duplicates],
+        }
+    )
     if has_nul(doc):
         # The engine rejects NUL in everything it stores; this guard keeps one bad string from stalling a partition.
         log.error("commit document for %s[%d] carried a NUL escape; replaced", batch.topic, batch.partition)
         doc = doc.replace(b"\\u0000", b"\\ufffd")
-    return EncodedBatch(batch.topic, batch.partition, batch.epoch, batch.owner_id, batch.expected_offset,
-                        batch.next_offset, batch.consumed_at, doc, len(batch.dead),
-                        len(batch.in_batch_duplicates))
+    return EncodedBatch(
+        batch.topic,
+        batch.partition,
+        batch.epoch,
+        batch.owner_id,
+        batch.expected_offset,
+        batch.next_offset,
+        batch.consumed_at,
+        doc,
+        len(batch.dead),
+        len(batch.in_batch_duplicates),
+    )

@@ -70,7 +70,10 @@ class KafkaPublisher:
             while True:
                 try:
                     self._producer.produce(
-                        topic, value=value, key=key, headers=headers,
+                        topic,
+                        value=value,
+                        key=key,
+                        headers=headers,
                         on_delivery=lambda err, msg, fut=future: on_delivery(fut, err, msg),
                     )
                     break

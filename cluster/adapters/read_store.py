@@ -37,8 +37,9 @@ SELECT id, event_id, topic, partition, "offset", error_kind, reason, attempts, l
 
 class ReadStore:
     def __init__(self, database_url: str, max_size: int = 8) -> None:
-        self._pool = AsyncConnectionPool(database_url, min_size=1, max_size=max_size, open=False,
-                                         kwargs={"autocommit": True})
+        self._pool = AsyncConnectionPool(
+            database_url, min_size=1, max_size=max_size, open=False, kwargs={"autocommit": True}
+        )
 
     async def open(self) -> None:
         await self._pool.open()
@@ -72,8 +73,11 @@ class ReadStore:
         actions = await self._all(_USER_ACTIONS, user_id)
         if not totals and not actions:
             return None
-        return {"user_id": user_id, "transactions": totals[0] if totals else None,
-                "actions": {a["action"]: a["count"] for a in actions}}
+        return {
+            "user_id": user_id,
+            "transactions": totals[0] if totals else None,
+            "actions": {a["action"]: a["count"] for a in actions},
+        }
 
     async def device_summary(self, device_id: str) -> dict[str, Any] | None:
         rows = await self._all(_DEVICE, device_id)

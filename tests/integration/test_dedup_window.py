@@ -19,12 +19,26 @@ pytestmark = pytest.mark.integration
 
 def _one_event_batch(topic: str, epoch: int, offset: int, event_id: str, user: str) -> CommitBatch:
     event = ProcessedEvent(
-        event_id=event_id, type="user_action", schema_version=1, offset=offset, entity_key=user,
-        payload_json='{"type": "user_action"}', result_json='{"session_id": "s"}',
-        effects=(ActionCount(user, "click"),), received_at=time.time(),
+        event_id=event_id,
+        type="user_action",
+        schema_version=1,
+        offset=offset,
+        entity_key=user,
+        payload_json='{"type": "user_action"}',
+        result_json='{"session_id": "s"}',
+        effects=(ActionCount(user, "click"),),
+        received_at=time.time(),
     )
-    return CommitBatch(topic=topic, partition=0, epoch=epoch, owner_id="test", expected_offset=offset,
-                       next_offset=offset + 1, consumed_at=time.time(), processed=(event,))
+    return CommitBatch(
+        topic=topic,
+        partition=0,
+        epoch=epoch,
+        owner_id="test",
+        expected_offset=offset,
+        next_offset=offset + 1,
+        consumed_at=time.time(),
+        processed=(event,),
+    )
 
 
 def test_expired_dedup_keys_are_purged_and_the_event_table_still_refuses_the_id(pipeline: Pipeline) -> None:

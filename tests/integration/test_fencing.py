@@ -23,11 +23,26 @@ pytestmark = pytest.mark.integration
 
 def _batch(topic: str, epoch: int, expected: int, event_id: str) -> CommitBatch:
     event = ProcessedEvent(
-        event_id=event_id, type="sensor", schema_version=1, offset=expected, entity_key="d", payload_json="{}",
-        result_json="{}", effects=(), received_at=time.time(),
+        event_id=event_id,
+        type="sensor",
+        schema_version=1,
+        offset=expected,
+        entity_key="d",
+        payload_json="{}",
+        result_json="{}",
+        effects=(),
+        received_at=time.time(),
     )
-    return CommitBatch(topic=topic, partition=0, epoch=epoch, owner_id="test", expected_offset=expected,
-                       next_offset=expected + 1, consumed_at=time.time(), processed=(event,))
+    return CommitBatch(
+        topic=topic,
+        partition=0,
+        epoch=epoch,
+        owner_id="test",
+        expected_offset=expected,
+        next_offset=expected + 1,
+        consumed_at=time.time(),
+        processed=(event,),
+    )
 
 
 def test_commit_with_a_stale_epoch_writes_nothing(pipeline: Pipeline) -> None:
@@ -68,16 +83,20 @@ def test_superseded_owner_actor_is_fenced_and_effects_stay_exactly_once(pipeline
         events = [valid_event(prefix, 3 * n + 1, rng) for n in range(400)]  # sensor events only
         with httpx.Client(base_url=pipeline.base_url, timeout=30) as client:
             for start in range(0, 400, 100):
-                r = client.post("/events/batch", json=events[start:start + 100])
+                r = client.post("/events/batch", json=events[start : start + 100])
                 assert r.status_code == 202, r.text
         ids = [e["id"] for e in events]
-        wait_until(lambda: pipeline.scalar("SELECT count(*) FROM events WHERE id = ANY(%s)", ids) == 400,
-                   timeout_s=60, what="400 events committed")
+        wait_until(
+            lambda: pipeline.scalar("SELECT count(*) FROM events WHERE id = ANY(%s)", ids) == 400,
+            timeout_s=60,
+            what="400 events committed",
+        )
         expected = Expected()
         for e in events:
             expected.add(e)
         assert read_models(pipeline, prefix).device_count == expected.device_count
         assert pipeline.scalar("SELECT count(*) FROM results WHERE event_id = ANY(%s)", ids) == 400
+
         # the stale owner tried to commit, was refused by the database, and stopped
         def fenced_pids() -> set[int]:
             fenced = ray.get(pipeline.leader.fenced_owners.remote())
@@ -85,10 +104,16 @@ def test_superseded_owner_actor_is_fenced_and_effects_stay_exactly_once(pipeline
             if ray.get(usurper.status.remote())["state"] == "fenced":
                 pids.add(int(ray.get(usurper.status.remote())["pid"]))
             return pids
+
         assert named["pid"] in wait_until(fenced_pids, timeout_s=30, what="the stale owner to be fenced")
     finally:
         ray.kill(usurper, no_restart=True)
     # the named owner recovers on its own (the leader restarts a fenced owner) and keeps processing
-    wait_until(lambda: next(s for s in pipeline.owner_statuses()
-                            if s["topic"] == topic and s["partition"] == 0)["state"] == "running",
-               timeout_s=60, what="partition 0's owner to run again")
+    wait_until(
+        lambda: (
+            next(s for s in pipeline.owner_statuses() if s["topic"] == topic and s["partition"] == 0)["state"]
+            == "running"
+        ),
+        timeout_s=60,
+        what="partition 0's owner to run again",
+    )

@@ -41,7 +41,7 @@ async def _send_all(pipeline: Pipeline, prefix: str) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=pipeline.base_url, timeout=60, limits=limits) as client:
         ids: list[str] = []
         for start in range(0, len(batch_events), 500):
-            r = await client.post("/events/batch", json=batch_events[start:start + 500])
+            r = await client.post("/events/batch", json=batch_events[start : start + 500])
             assert r.status_code == 202, r.text
             body = r.json()
             assert body["accepted"] == 500 and body["rejected"] == 0
@@ -82,14 +82,20 @@ def test_ten_thousand_events_with_resends_and_invalid_ones_are_processed_exactly
 
     wait_until(
         lambda: pipeline.scalar("SELECT count(*) FROM events WHERE id = ANY(%s)", ids) == 10_000,
-        timeout_s=180, what="10,000 events committed",
+        timeout_s=180,
+        what="10,000 events committed",
     )
     # the re-sends reach the owners after the originals; wait until every one was seen and ignored
     wait_until(
-        lambda: pipeline.scalar(
-            "SELECT count(*) FROM audit_log WHERE event_id = ANY(%s) AND to_status = 'duplicate_ignored'",
-            sent["single_ids"]) >= 1_000,
-        timeout_s=120, what="1,000 re-sends recognised as duplicates",
+        lambda: (
+            pipeline.scalar(
+                "SELECT count(*) FROM audit_log WHERE event_id = ANY(%s) AND to_status = 'duplicate_ignored'",
+                sent["single_ids"],
+            )
+            >= 1_000
+        ),
+        timeout_s=120,
+        what="1,000 re-sends recognised as duplicates",
     )
 
     assert pipeline.scalar("SELECT count(*) FROM events WHERE id = ANY(%s) AND status = 'processed'", ids) == 10_000
@@ -109,11 +115,14 @@ def test_ten_thousand_events_with_resends_and_invalid_ones_are_processed_exactly
     # a complete audit trail: accepted -> consumed -> processed, once each, in that order
     trails = pipeline.query(
         """SELECT event_id, array_agg(to_status ORDER BY at, id) FILTER (WHERE to_status <> 'duplicate_ignored')
-             FROM audit_log WHERE event_id = ANY(%s) GROUP BY event_id""", ids)
+             FROM audit_log WHERE event_id = ANY(%s) GROUP BY event_id""",
+        ids,
+    )
     assert len(trails) == 10_000
     assert {tuple(t) for _, t in trails} == {("accepted", "consumed", "processed")}
     dup_notes = pipeline.scalar(
-        "SELECT count(*) FROM audit_log WHERE event_id = ANY(%s) AND to_status = 'duplicate_ignored'", ids)
+        "SELECT count(*) FROM audit_log WHERE event_id = ANY(%s) AND to_status = 'duplicate_ignored'", ids
+    )
     assert dup_notes == 1_000
 
 
@@ -133,7 +142,10 @@ def test_processed_event_is_readable_with_status_timestamps_position_and_audit(p
         body = wait_until(fetched, timeout_s=30, what="the event to be processed")
         assert body["status"] == "processed"
         assert (body["topic"], body["partition"], body["offset"]) == (
-            accepted["topic"], accepted["partition"], accepted["offset"])
+            accepted["topic"],
+            accepted["partition"],
+            accepted["offset"],
+        )
         assert body["received_at"] <= body["consumed_at"] <= body["committed_at"]
         assert body["result"]["base_currency"] == "USD"
         audit = client.get(f"/events/{event_id}/audit").json()["transitions"]

@@ -31,12 +31,30 @@ def records_for(prefix: str) -> tuple[list[bytes], list[bytes], list[dict[str, A
     bad: list[bytes] = []
     for i in range(25):
         bad.append(b'{"type": "sensor", "device_id": "' + f"{prefix}-bad-{i}".encode() + b'", "reading": ')
-        bad.append(orjson.dumps({"type": "transaction", "timestamp": "2026-11-24T10:00:00Z",
-                                 "user_id": f"{prefix}-bad-{i}", "amount": "a lot", "currency": "EUR"}))
+        bad.append(
+            orjson.dumps(
+                {
+                    "type": "transaction",
+                    "timestamp": "2026-11-24T10:00:00Z",
+                    "user_id": f"{prefix}-bad-{i}",
+                    "amount": "a lot",
+                    "currency": "EUR",
+                }
+            )
+        )
         bad.append(orjson.dumps({"type": "weather", "station": f"{prefix}-bad-{i}"}))
-        bad.append(orjson.dumps({"type": "user_action", "timestamp": "2026-11-24T10:00:00Z",
-                                 "user_id": f"{prefix}-bad-{i}", "action": "upload", "target": "x",
-                                 "metadata": {"blob": "x" * 300_000}}))
+        bad.append(
+            orjson.dumps(
+                {
+                    "type": "user_action",
+                    "timestamp": "2026-11-24T10:00:00Z",
+                    "user_id": f"{prefix}-bad-{i}",
+                    "action": "upload",
+                    "target": "x",
+                    "metadata": {"blob": "x" * 300_000},
+                }
+            )
+        )
     return valid, bad, valid_events
 
 
@@ -45,14 +63,20 @@ def kcat_produce(kcat: list[str], bootstrap: str, topic: str, records: list[byte
         raise ValueError("kcat -P splits records on newlines")
     subprocess.run(
         [*kcat, "-P", "-b", bootstrap, "-t", topic, "-X", "message.max.bytes=4000000", "-X", "linger.ms=5"],
-        input=b"\n".join(records) + b"\n", check=True, timeout=120, capture_output=True,
+        input=b"\n".join(records) + b"\n",
+        check=True,
+        timeout=120,
+        capture_output=True,
     )
 
 
 def ingest_checkpoint_total(pipeline: Pipeline) -> int:
-    return int(pipeline.scalar(
-        "SELECT coalesce(sum(next_offset), 0) FROM partition_checkpoints WHERE topic = %s",
-        pipeline.settings.ingest_topic))
+    return int(
+        pipeline.scalar(
+            "SELECT coalesce(sum(next_offset), 0) FROM partition_checkpoints WHERE topic = %s",
+            pipeline.settings.ingest_topic,
+        )
+    )
 
 
 def dlq_topic_keys(pipeline: Pipeline) -> set[bytes]:
@@ -70,22 +94,44 @@ def dlq_topic_keys(pipeline: Pipeline) -> set[bytes]:
     return keys
 
 
-def check_outcome(pipeline: Pipeline, prefix: str, valid_events: list[dict[str, Any]], dlq_baseline: int,
-                  offsets_before: int) -> None:
+def check_outcome(
+    pipeline: Pipeline, prefix: str, valid_events: list[dict[str, Any]], dlq_baseline: int, offsets_before: int
+) -> None:
     like = f"{prefix}-%"
-    wait_until(lambda: pipeline.scalar(
-        "SELECT count(*) FROM events WHERE entity_key LIKE %s AND status = 'processed'", like) == 500,
-        timeout_s=120, what="500 valid records processed")
-    wait_until(lambda: pipeline.scalar(
-        "SELECT count(*) FROM dead_letters WHERE topic = %s AND id > %s",
-        pipeline.settings.ingest_topic, dlq_baseline) == 100, timeout_s=60, what="100 dead letters")
+    wait_until(
+        lambda: (
+            pipeline.scalar("SELECT count(*) FROM events WHERE entity_key LIKE %s AND status = 'processed'", like)
+            == 500
+        ),
+        timeout_s=120,
+        what="500 valid records processed",
+    )
+    wait_until(
+        lambda: (
+            pipeline.scalar(
+                "SELECT count(*) FROM dead_letters WHERE topic = %s AND id > %s",
+                pipeline.settings.ingest_topic,
+                dlq_baseline,
+            )
+            == 100
+        ),
+        timeout_s=60,
+        what="100 dead letters",
+    )
     # no stall: every record written (600) is behind the committed checkpoint
-    wait_until(lambda: ingest_checkpoint_total(pipeline) == offsets_before + 600, timeout_s=60,
-               what="checkpoints to pass every record")
+    wait_until(
+        lambda: ingest_checkpoint_total(pipeline) == offsets_before + 600,
+        timeout_s=60,
+        what="checkpoints to pass every record",
+    )
 
     assert pipeline.scalar("SELECT count(*) FROM events WHERE entity_key LIKE %s", like) == 500
-    assert pipeline.scalar(
-        "SELECT count(*) FROM results r JOIN events e ON e.id = r.event_id WHERE e.entity_key LIKE %s", like) == 500
+    assert (
+        pipeline.scalar(
+            "SELECT count(*) FROM results r JOIN events e ON e.id = r.event_id WHERE e.entity_key LIKE %s", like
+        )
+        == 500
+    )
     with_ids = [e["id"] for e in valid_events if "id" in e]
     assert pipeline.scalar("SELECT count(*) FROM events WHERE id = ANY(%s)", with_ids) == 250  # their own ids kept
 
@@ -94,11 +140,17 @@ def check_outcome(pipeline: Pipeline, prefix: str, valid_events: list[dict[str, 
         expected.add(event)
     seen = read_models(pipeline, prefix)
     assert (seen.spend, seen.tx_count, seen.device_count, seen.action_count) == (
-        expected.spend, expected.tx_count, expected.device_count, expected.action_count)
+        expected.spend,
+        expected.tx_count,
+        expected.device_count,
+        expected.action_count,
+    )
 
     rows = pipeline.query(
-        "SELECT error_kind, reason, partition, \"offset\" FROM dead_letters WHERE topic = %s AND id > %s",
-        pipeline.settings.ingest_topic, dlq_baseline)
+        'SELECT error_kind, reason, partition, "offset" FROM dead_letters WHERE topic = %s AND id > %s',
+        pipeline.settings.ingest_topic,
+        dlq_baseline,
+    )
     assert {kind for kind, *_ in rows} == {"invalid"}
     reasons = Counter()
     for _, reason, _, _ in rows:
@@ -111,7 +163,9 @@ def check_outcome(pipeline: Pipeline, prefix: str, valid_events: list[dict[str, 
 
     trails = pipeline.query(
         """SELECT array_agg(to_status ORDER BY at, a.id) FROM audit_log a JOIN events e ON e.id = a.event_id
-            WHERE e.entity_key LIKE %s AND to_status <> 'duplicate_ignored' GROUP BY a.event_id""", like)
+            WHERE e.entity_key LIKE %s AND to_status <> 'duplicate_ignored' GROUP BY a.event_id""",
+        like,
+    )
     assert len(trails) == 500 and {tuple(t) for (t,) in trails} == {("accepted", "consumed", "processed")}
 
 
@@ -141,9 +195,15 @@ def test_owner_killed_mid_batch_resumes_by_itself_without_loss_or_duplicates(
     random.Random(11).shuffle(records)
     kcat_produce(kcat, pipeline.settings.kafka_bootstrap, topic, records[:300])
     # kill while it works through the first half
-    wait_until(lambda: next(s for s in pipeline.owner_statuses()
-                            if s["topic"] == topic and s["partition"] == 0)["batches"] > victim["batches"],
-               timeout_s=30, what="the victim to start committing", interval_s=0.01)
+    wait_until(
+        lambda: (
+            next(s for s in pipeline.owner_statuses() if s["topic"] == topic and s["partition"] == 0)["batches"]
+            > victim["batches"]
+        ),
+        timeout_s=30,
+        what="the victim to start committing",
+        interval_s=0.01,
+    )
     os.kill(int(victim["pid"]), signal.SIGKILL)
     kcat_produce(kcat, pipeline.settings.kafka_bootstrap, topic, records[300:])
 
