@@ -117,7 +117,7 @@ class Leader:
                 name=names.writer_name(i),
                 lifetime="detached",
                 get_if_exists=True,
-                max_concurrency=self._settings.writer_pool_size,
+                max_concurrency=64,  # every owner's call waits in the group committer, none in Ray's queue
             ).remote(self._settings)
 
     def _ensure_owners(self) -> None:

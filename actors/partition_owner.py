@@ -24,8 +24,9 @@ from cluster.adapters.dlq_publisher import DeadLetterPublisher
 from cluster.adapters.kafka_config import consumer_config, producer_config
 from cluster.adapters.kafka_source import PartitionSource
 from cluster.settings import Settings
-from pipelines.batch import CommitBatch, CommitOutcome
+from pipelines.batch import CommitBatch, CommitOutcome, SourceRecord
 from pipelines.engine import PartitionProcessor
+from pipelines.policies.gaps import GapPolicy, GapState, split_at_gap
 from pipelines.policies.retry import RetryPolicy
 from pipelines.registry import default_registry
 
@@ -49,6 +50,7 @@ class OwnerStatus:
     last_record_at: float | None = None
     last_error: str | None = None
     in_flight: bool = False
+    skipped_offsets: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)  # p50/p99 of recent batches, per stage
 
 
@@ -157,6 +159,7 @@ class PartitionOwner:
         dlq = DeadLetterPublisher(producer_config(s.kafka_bootstrap, linger_ms=0), s.dlq_topic)
         writer = ray.get_actor(names.writer_name(names.writer_for(st.topic, st.partition, s.checkpoint_writers)))
         expected = lease.next_offset
+        gaps = GapState(GapPolicy(s.offset_gap_grace_s))
         source.seek(expected)
         try:
             while not self._stop.is_set():
@@ -165,36 +168,68 @@ class PartitionOwner:
                 ]
                 if not records:
                     continue
-                st.last_record_at = time.time()
-                st.in_flight = True
-                t0 = time.perf_counter()
-                batch = self._processor.process(
-                    records,
-                    epoch=lease.epoch,
-                    owner_id=st.owner_id,
-                    expected_offset=expected,
-                    consumed_at=st.last_record_at,
-                )
-                t1 = time.perf_counter()
-                outcome = self._commit(writer, dlq, batch)
-                t2 = time.perf_counter()
-                self._timings.add(
-                    process=t1 - t0,
-                    commit_round_trip=t2 - t1,
-                    store=outcome.duration_s,
-                    batch_size=len(records) / 1000.0,
-                )
-                expected = batch.next_offset
-                st.in_flight = False
-                st.committed_offset = expected
-                st.batches += 1
-                st.events += outcome.new_events
-                st.duplicates += outcome.duplicates
-                st.dead_letters += outcome.dead_letters
-                st.last_commit_at = time.time()
+                head, _ = split_at_gap(records, expected)
+                skipped: tuple[int, int] | None = None
+                if not head:
+                    if not gaps.observe(expected, time.monotonic()):
+                        # Wait for the hole to fill: read again from it (a visibility race heals within ms).
+                        source.seek(expected)
+                        self._stop.wait(0.05)
+                        continue
+                    log.warning(
+                        "%s[%d]: offsets %d..%d stayed absent for %.0fs; skipping them",
+                        st.topic,
+                        st.partition,
+                        expected,
+                        records[0].offset - 1,
+                        gaps.policy.grace_s,
+                    )
+                    skipped = (expected, records[0].offset)
+                    head, _ = split_at_gap(records, records[0].offset)
+                gaps.clear()
+                if len(head) < len(records):
+                    source.seek(head[-1].offset + 1)  # what follows a hole is read again after this commit
+                expected = self._process_and_commit(writer, dlq, lease, head, expected, skipped)
         finally:
             source.close()
             dlq.close()
+
+    def _process_and_commit(
+        self,
+        writer: ray.actor.ActorHandle,
+        dlq: DeadLetterPublisher,
+        lease: Lease,
+        records: list[SourceRecord],
+        expected: int,
+        skipped: tuple[int, int] | None,
+    ) -> int:
+        st = self._status
+        st.last_record_at = time.time()
+        st.in_flight = True
+        t0 = time.perf_counter()
+        batch = self._processor.process(
+            records,
+            epoch=lease.epoch,
+            owner_id=st.owner_id,
+            expected_offset=expected,
+            consumed_at=st.last_record_at,
+            skipped=skipped,
+        )
+        t1 = time.perf_counter()
+        outcome = self._commit(writer, dlq, batch)
+        t2 = time.perf_counter()
+        self._timings.add(
+            process=t1 - t0, commit_round_trip=t2 - t1, store=outcome.duration_s, batch_size=len(records) / 1000.0
+        )
+        st.in_flight = False
+        st.committed_offset = batch.next_offset
+        st.batches += 1
+        st.events += outcome.new_events
+        st.duplicates += outcome.duplicates
+        st.dead_letters += outcome.dead_letters
+        st.skipped_offsets += (skipped[1] - skipped[0]) if skipped else 0
+        st.last_commit_at = time.time()
+        return batch.next_offset
 
     def _commit(self, writer: ray.actor.ActorHandle, dlq: DeadLetterPublisher, batch: CommitBatch) -> CommitOutcome:
         """Keep the batch and retry until it commits or we are fenced: a dependency outage only pauses us."""

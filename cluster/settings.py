@@ -46,8 +46,10 @@ class Settings(BaseSettings):
     consume_batch_max: int = Field(500, ge=1)
     # How long the broker may hold a fetch: low for latency (Tansu answers at this bound, not on data arrival),
     # higher for less idle load with many partitions.
-    consumer_fetch_wait_ms: int = Field(10, ge=1, le=500)
+    consumer_fetch_wait_ms: int = Field(50, ge=1, le=500)
     consume_batch_timeout_s: float = Field(0.1, gt=0)  # wait for the first record; the rest are taken as they are
+    # A hole in a partition's offsets is waited on this long before it is skipped (and recorded in offset_gaps).
+    offset_gap_grace_s: float = Field(5.0, ge=0)
     checkpoint_writers: int = Field(2, ge=1)
     writer_pool_size: int = Field(4, ge=1)
 

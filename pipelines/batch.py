@@ -76,6 +76,7 @@ class CommitBatch:
     processed: tuple[ProcessedEvent, ...] = ()
     dead: tuple[DeadLetter, ...] = ()
     in_batch_duplicates: tuple[tuple[str, int], ...] = field(default=())  # (event id, offset) seen twice
+    skipped: tuple[int, int] | None = None  # [from, to) offsets that stayed absent past the gap grace period
 
     @property
     def size(self) -> int:

@@ -60,6 +60,7 @@ class PartitionProcessor:
         owner_id: str,
         expected_offset: int,
         consumed_at: float,
+        skipped: tuple[int, int] | None = None,
     ) -> CommitBatch:
         """Records must be one partition's, in offset order, starting at or after expected_offset."""
         if not records:
@@ -89,6 +90,7 @@ class PartitionProcessor:
             processed=tuple(processed),
             dead=tuple(dead),
             in_batch_duplicates=tuple(duplicates),
+            skipped=skipped,
         )
 
     @staticmethod

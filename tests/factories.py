@@ -6,10 +6,14 @@ Test data only; expected totals are computed here independently of the handlers'
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+
+from pipelines.batch import CommitBatch, ProcessedEvent
+from pipelines.effects import Effect
 
 RATES = {"USD": "1", "EUR": "1.08", "GBP": "1.27", "JPY": "0.0067", "CHF": "1.13", "CAD": "0.73", "AUD": "0.66"}
 TS = "2026-11-24T10:00:00Z"
@@ -88,3 +92,30 @@ def read_models(pipeline: Any, prefix: str) -> Expected:
     ):
         seen.action_count[(user, action)] = count
     return seen
+
+
+def one_event_batch(
+    topic: str, epoch: int, offset: int, event_id: str, effects: tuple[Effect, ...] = (), entity_key: str = "d"
+) -> CommitBatch:
+    """A CommitBatch of one processed event at `offset`, continuing from it, for store-level tests."""
+    event = ProcessedEvent(
+        event_id=event_id,
+        type="user_action",
+        schema_version=1,
+        offset=offset,
+        entity_key=entity_key,
+        payload_json='{"type": "user_action"}',
+        result_json="{}",
+        effects=effects,
+        received_at=time.time(),
+    )
+    return CommitBatch(
+        topic=topic,
+        partition=0,
+        epoch=epoch,
+        owner_id="test",
+        expected_offset=offset,
+        next_offset=offset + 1,
+        consumed_at=time.time(),
+        processed=(event,),
+    )

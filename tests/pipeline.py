@@ -38,7 +38,8 @@ class Pipeline:
 
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.db_url, autocommit=True) as conn:
-            return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+            cur = conn.execute(sql, params)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description else []
 
     def scalar(self, sql: str, *params: Any) -> Any:
         return self.query(sql, *params)[0][0]

@@ -52,7 +52,8 @@ _READ_CHECKPOINT = "SELECT epoch, next_offset FROM partition_checkpoints WHERE t
 
 # The whole commit in ONE statement: (1) compare-and-set on the partition row; only if it advanced:
 # (2) dedup gate and event rows, insert-if-absent on id; (3) results and read models for the new ids only;
-# (4) audit rows; (5) dead letters. Zero rows advanced means fenced, or a retry of a commit that already landed.
+# (4) audit rows; (5) dead letters; (6) offsets skipped as holes.
+# Zero rows advanced means fenced, or a retry of a commit that already landed.
 _COMMIT = """
 WITH doc AS (SELECT %(doc)s::jsonb AS d),
 advanced AS (
@@ -160,6 +161,13 @@ dead AS (
      WHERE EXISTS (SELECT 1 FROM advanced)
     ON CONFLICT (topic, partition, "offset") DO NOTHING
     RETURNING 1
+),
+gaps AS (
+    INSERT INTO offset_gaps (topic, partition, from_offset, to_offset, epoch, owner_id)
+    SELECT %(topic)s, %(partition)s, g."from", g."to", %(epoch)s, %(owner)s
+      FROM doc CROSS JOIN LATERAL jsonb_to_recordset(doc.d -> 'gaps') AS g("from" bigint, "to" bigint)
+     WHERE EXISTS (SELECT 1 FROM advanced)
+    RETURNING 1
 )
 SELECT (SELECT count(*) FROM advanced), (SELECT count(*) FROM fresh), (SELECT count(*) FROM incoming)
 """
@@ -220,8 +228,40 @@ class CheckpointStore:
     # -- the commit ------------------------------------------------------------------------------
     def commit(self, batch: CommitBatch | EncodedBatch) -> CommitOutcome:
         """Write the batch's effects and advance the offset in ONE transaction, fenced by epoch and offset."""
-        b = batch if isinstance(batch, EncodedBatch) else encode(batch)
+        return self.commit_group([batch if isinstance(batch, EncodedBatch) else encode(batch)])[0]
+
+    def commit_group(self, batches: list[EncodedBatch]) -> list[CommitOutcome]:
+        """Group commit: each batch's statement under its own savepoint, one COMMIT (one WAL flush) for all.
+
+        Batches must be of distinct partitions. A fenced batch is rolled back to its savepoint and the others still
+        commit; an error in the transaction fails the whole group, and every batch may be retried as it is.
+        """
         started = time.perf_counter()
+        counts: list[tuple[int, int] | None] = []
+        with self._pool.connection() as conn:
+            with conn.transaction():
+                for b in batches:
+                    counts.append(self._apply(conn, b))
+            duration = time.perf_counter() - started
+            outcomes = []
+            for b, c in zip(batches, counts, strict=True):
+                if c is None:
+                    outcomes.append(self._explain_not_advanced(conn, b, started))
+                else:
+                    fresh, incoming = c
+                    outcomes.append(
+                        CommitOutcome(
+                            committed=True,
+                            new_events=fresh,
+                            duplicates=incoming - fresh + b.in_batch_duplicates,
+                            dead_letters=b.dead_letters,
+                            duration_s=duration,
+                        )
+                    )
+        return outcomes
+
+    def _apply(self, conn: psycopg.Connection, b: EncodedBatch) -> tuple[int, int] | None:
+        """Run one batch's statement in a savepoint; (new events, incoming) or None when it did not advance."""
         params = {
             "doc": b.doc.decode(),
             "next": b.next_offset,
@@ -233,21 +273,15 @@ class CheckpointStore:
             "consumed": b.consumed_at,
             "owner": b.owner_id,
         }
-        with self._pool.connection() as conn:
-            with conn.transaction():
-                row = conn.execute(_COMMIT, params, prepare=True).fetchone()
+        with conn.transaction() as savepoint:
+            row = conn.execute(_COMMIT, params, prepare=True).fetchone()
             if row is None:
                 raise RuntimeError("the commit statement returned no row")
             advanced, fresh, incoming = (int(v) for v in row)
             if advanced != 1:
-                return self._explain_not_advanced(conn, b, started)
-        return CommitOutcome(
-            committed=True,
-            new_events=fresh,
-            duplicates=incoming - fresh + b.in_batch_duplicates,
-            dead_letters=b.dead_letters,
-            duration_s=time.perf_counter() - started,
-        )
+                # Nothing was written (every step is conditional on the advance); drop the savepoint anyway.
+                raise psycopg.Rollback(savepoint)
+        return (fresh, incoming) if advanced == 1 else None
 
     def _explain_not_advanced(self, conn: psycopg.Connection, batch: EncodedBatch, started: float) -> CommitOutcome:
         row = conn.execute(_READ_CHECKPOINT, (batch.topic, batch.partition)).fetchone()

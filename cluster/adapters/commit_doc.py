@@ -111,6 +111,7 @@ def encode(batch: CommitBatch) -> EncodedBatch:
             "actions": actions,
             "dead": dead,
             "dups": [{"e": e, "off": off} for e, off in batch.in_batch_duplicates],
+            "gaps": [{"from": batch.skipped[0], "to": batch.skipped[1]}] if batch.skipped else [],
         }
     )
     if has_nul(doc):

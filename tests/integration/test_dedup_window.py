@@ -5,40 +5,14 @@ Runs against the real PostgreSQL schema through the checkpoint store.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from cluster.adapters.checkpoint_store import CheckpointStore
-from pipelines.batch import CommitBatch, ProcessedEvent
 from pipelines.effects import ActionCount
+from tests.factories import one_event_batch
 from tests.pipeline import Pipeline, unique_prefix
 
 pytestmark = pytest.mark.integration
-
-
-def _one_event_batch(topic: str, epoch: int, offset: int, event_id: str, user: str) -> CommitBatch:
-    event = ProcessedEvent(
-        event_id=event_id,
-        type="user_action",
-        schema_version=1,
-        offset=offset,
-        entity_key=user,
-        payload_json='{"type": "user_action"}',
-        result_json='{"session_id": "s"}',
-        effects=(ActionCount(user, "click"),),
-        received_at=time.time(),
-    )
-    return CommitBatch(
-        topic=topic,
-        partition=0,
-        epoch=epoch,
-        owner_id="test",
-        expected_offset=offset,
-        next_offset=offset + 1,
-        consumed_at=time.time(),
-        processed=(event,),
-    )
 
 
 def test_expired_dedup_keys_are_purged_and_the_event_table_still_refuses_the_id(pipeline: Pipeline) -> None:
@@ -48,7 +22,7 @@ def test_expired_dedup_keys_are_purged_and_the_event_table_still_refuses_the_id(
     store = CheckpointStore(pipeline.db_url, pool_size=1)
     try:
         lease = store.claim(topic, 0, "owner", "log")
-        first = store.commit(_one_event_batch(topic, lease.epoch, 0, event_id, user))
+        first = store.commit(one_event_batch(topic, lease.epoch, 0, event_id, (ActionCount(user, "click"),), user))
         assert first.new_events == 1
         expires = pipeline.scalar("SELECT expires_at - first_seen FROM dedup_keys WHERE event_id = %s", event_id)
         assert expires.total_seconds() == 24 * 3600
@@ -57,7 +31,7 @@ def test_expired_dedup_keys_are_purged_and_the_event_table_still_refuses_the_id(
         assert store.purge_dedup() >= 1
         assert pipeline.scalar("SELECT count(*) FROM dedup_keys WHERE event_id = %s", event_id) == 0
 
-        again = store.commit(_one_event_batch(topic, lease.epoch, 1, event_id, user))
+        again = store.commit(one_event_batch(topic, lease.epoch, 1, event_id, (ActionCount(user, "click"),), user))
         assert again.committed and again.new_events == 0 and again.duplicates == 1
         assert pipeline.scalar("SELECT count FROM user_action_counts WHERE user_id = %s", user) == 1
         assert pipeline.scalar("SELECT count(*) FROM results WHERE event_id = %s", event_id) == 1

@@ -5,8 +5,8 @@ Both at the store (compare-and-set on the partition row) and with a second live 
 
 from __future__ import annotations
 
+import dataclasses
 import random
-import time
 
 import httpx
 import pytest
@@ -14,35 +14,10 @@ import ray
 
 from actors.partition_owner import PartitionOwner
 from cluster.adapters.checkpoint_store import CheckpointStore
-from pipelines.batch import CommitBatch, ProcessedEvent
-from tests.factories import Expected, read_models, valid_event
+from tests.factories import Expected, one_event_batch, read_models, valid_event
 from tests.pipeline import Pipeline, unique_prefix, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def _batch(topic: str, epoch: int, expected: int, event_id: str) -> CommitBatch:
-    event = ProcessedEvent(
-        event_id=event_id,
-        type="sensor",
-        schema_version=1,
-        offset=expected,
-        entity_key="d",
-        payload_json="{}",
-        result_json="{}",
-        effects=(),
-        received_at=time.time(),
-    )
-    return CommitBatch(
-        topic=topic,
-        partition=0,
-        epoch=epoch,
-        owner_id="test",
-        expected_offset=expected,
-        next_offset=expected + 1,
-        consumed_at=time.time(),
-        processed=(event,),
-    )
 
 
 def test_commit_with_a_stale_epoch_writes_nothing(pipeline: Pipeline) -> None:
@@ -53,19 +28,19 @@ def test_commit_with_a_stale_epoch_writes_nothing(pipeline: Pipeline) -> None:
         new = store.claim(topic, 0, "new-owner", "log-a")
         assert new.epoch == old.epoch + 1
 
-        zombie = store.commit(_batch(topic, old.epoch, old.next_offset, f"{topic}:zombie"))
+        zombie = store.commit(one_event_batch(topic, old.epoch, old.next_offset, f"{topic}:zombie"))
         assert zombie.fenced and not zombie.committed and zombie.current_epoch == new.epoch
         assert pipeline.scalar("SELECT count(*) FROM events WHERE id = %s", f"{topic}:zombie") == 0
         assert pipeline.scalar("SELECT count(*) FROM dedup_keys WHERE event_id = %s", f"{topic}:zombie") == 0
         assert store.checkpoint(topic, 0) == (new.epoch, 0)
 
-        live = store.commit(_batch(topic, new.epoch, new.next_offset, f"{topic}:live"))
+        live = store.commit(one_event_batch(topic, new.epoch, new.next_offset, f"{topic}:live"))
         assert live.committed and live.new_events == 1
         # the same batch again (its acknowledgement lost): recognised, not applied twice
-        again = store.commit(_batch(topic, new.epoch, new.next_offset, f"{topic}:live"))
+        again = store.commit(one_event_batch(topic, new.epoch, new.next_offset, f"{topic}:live"))
         assert again.committed and again.already_committed and again.new_events == 0
         # a batch that does not continue from the checkpoint is refused too
-        gap = store.commit(_batch(topic, new.epoch, 5, f"{topic}:gap"))
+        gap = store.commit(one_event_batch(topic, new.epoch, 5, f"{topic}:gap"))
         assert not gap.committed
     finally:
         store.close()
@@ -117,3 +92,19 @@ def test_superseded_owner_actor_is_fenced_and_effects_stay_exactly_once(pipeline
         timeout_s=60,
         what="partition 0's owner to run again",
     )
+
+
+def test_offsets_skipped_as_a_hole_are_recorded_in_the_same_commit(pipeline: Pipeline) -> None:
+    topic = unique_prefix("gap-topic")
+    store = CheckpointStore(pipeline.db_url, pool_size=1)
+    try:
+        lease = store.claim(topic, 0, "owner", "log-a")
+        batch = dataclasses.replace(one_event_batch(topic, lease.epoch, 7, f"{topic}:after-hole"), expected_offset=0)
+        outcome = store.commit(dataclasses.replace(batch, skipped=(0, 7)))
+        assert outcome.committed and outcome.new_events == 1
+        assert store.checkpoint(topic, 0) == (lease.epoch, 8)
+        assert pipeline.query(
+            "SELECT from_offset, to_offset, epoch FROM offset_gaps WHERE topic = %s AND partition = 0", topic
+        ) == [(0, 7, lease.epoch)]
+    finally:
+        store.close()
