@@ -5,6 +5,7 @@ It starts everything once per test session and tears it down; tests isolate thei
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import uuid
@@ -70,6 +71,7 @@ def pipeline(infra_settings: Settings) -> Iterator[Pipeline]:
         update={"http_port": free_port(), "ray_namespace": unique_prefix("eventpipe-test")}
     )
     migrate(settings.database_url.get_secret_value())
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")  # no load balancer to wait for
     start_ray(settings, dashboard=False)
     try:
         leader = start_pipeline(settings)
