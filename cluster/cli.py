@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 
@@ -68,9 +67,10 @@ def cmd_run(settings: Settings) -> int:
     # Serve keeps a stopping replica reachable for 30 s so load balancers notice; on a laptop nobody needs that.
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
     os.environ.setdefault("RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S", "2")
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # The handler only flips a flag: taking a lock there (Event.set) can deadlock the main thread that is waiting.
+    stop_requested: list[bool] = []
+    signal.signal(signal.SIGINT, lambda *_: stop_requested.append(True))
+    signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
     console.print("[bold]eventpipe[/] starting: embedded broker and PostgreSQL unless configured…")
     with LocalStack(settings) as resolved:
         url = resolved.database_url.get_secret_value()
@@ -90,7 +90,8 @@ def cmd_run(settings: Settings) -> int:
         base = f"http://{resolved.http_host}:{resolved.http_port}"
         console.print(f"[green]✓[/] HTTP API    {base}  (docs {base}/docs, schemas {base}/schemas)")
         console.print("[bold]eventpipe is running.[/] Ctrl-C stops it cleanly (API first, then drain, then workers).")
-        stop.wait()
+        while not stop_requested:
+            time.sleep(0.2)
         with console.status("stopping: API, then draining partition owners…"):
             # Deleting the app stops its replicas, so nothing new is acknowledged; the proxies go with Ray below.
             t0 = time.monotonic()
