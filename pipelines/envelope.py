@@ -75,23 +75,26 @@ class Envelope:
         payload = event.model_dump_json().encode()
         if has_nul(payload):
             raise InvalidEvent("event contains a NUL character (\\u0000), which cannot be stored")
-        return orjson.dumps(
-            {
-                "id": event.id,
-                "type": event.type,  # type: ignore[attr-defined]
-                "schema_version": event.schema_version,
-                "received_at": received_at,
-                "correlation_id": event.correlation_id or correlation_id,
-                "causation_id": event.causation_id,
-                "parent_ids": event.parent_ids,
-                "idempotency_key": idempotency_key,
-                "source": source,
-                "trace_context": trace_context,
-                "payload": orjson.Fragment(payload),
-            }
+        envelope = Envelope(
+            id=event.id,
+            type=event.type,  # type: ignore[attr-defined]
+            schema_version=event.schema_version,
+            payload={},
+            received_at=received_at,
+            correlation_id=event.correlation_id or correlation_id,
+            causation_id=event.causation_id,
+            parent_ids=tuple(event.parent_ids),
+            idempotency_key=idempotency_key,
+            source=source,
+            trace_context=trace_context,
         )
+        return envelope._dumps(orjson.Fragment(payload))
 
     def encode(self) -> bytes:
+        return self._dumps(self.payload)
+
+    def _dumps(self, payload: object) -> bytes:
+        """The one definition of the record format; `decode` is its inverse."""
         return orjson.dumps(
             {
                 "id": self.id,
@@ -104,7 +107,7 @@ class Envelope:
                 "idempotency_key": self.idempotency_key,
                 "source": self.source,
                 "trace_context": self.trace_context,
-                "payload": self.payload,
+                "payload": payload,
             }
         )
 
