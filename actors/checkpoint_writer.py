@@ -35,6 +35,3 @@ class CheckpointWriter:
 
     def stats(self) -> dict[str, int]:
         return {"groups": self._committer.groups, "batches": self._committer.batches, "events": self._events}
-
-    def ping(self) -> bool:
-        return True

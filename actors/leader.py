@@ -52,13 +52,6 @@ class Leader:
         log.info("assigned %s[%d] to %s at epoch %d", topic, partition, owner_id, lease.epoch)
         return lease
 
-    def assignments(self) -> dict[str, dict[str, object]]:
-        with self._lock:
-            return {
-                f"{t}:{p}": {"owner_id": lease.owner_id, "epoch": lease.epoch}
-                for (t, p), lease in self._assignments.items()
-            }
-
     def ready(self) -> bool:
         """True once every partition has an owner that claimed it."""
         with self._lock:

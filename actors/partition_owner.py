@@ -51,6 +51,7 @@ class OwnerStatus:
     last_error: str | None = None
     in_flight: bool = False
     skipped_offsets: int = 0
+    last_batch_size: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)  # p50/p99 of recent batches, per stage
 
 
@@ -218,9 +219,8 @@ class PartitionOwner:
         t1 = time.perf_counter()
         outcome = self._commit(writer, dlq, batch)
         t2 = time.perf_counter()
-        self._timings.add(
-            process=t1 - t0, commit_round_trip=t2 - t1, store=outcome.duration_s, batch_size=len(records) / 1000.0
-        )
+        self._timings.add(process=t1 - t0, commit_round_trip=t2 - t1, store=outcome.duration_s)
+        self._status.last_batch_size = len(records)
         st.in_flight = False
         st.committed_offset = batch.next_offset
         st.batches += 1

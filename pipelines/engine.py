@@ -192,6 +192,3 @@ def _entity_key_of(payload: dict[str, object]) -> str | None:
         if isinstance(value, str):
             return value
     return None
-
-
-__all__ = ["PartitionProcessor", "EventBase"]

@@ -6,7 +6,7 @@ Encoding is JSON (orjson); decode errors surface as InvalidEvent so a bad record
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -29,7 +29,6 @@ class Envelope:
     idempotency_key: str | None = None
     source: str = "api"
     trace_context: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def wrap(
@@ -42,12 +41,15 @@ class Envelope:
         idempotency_key: str | None = None,
         source: str = "api",
         trace_context: str | None = None,
+        payload: dict[str, Any] | None = None,
     ) -> Envelope:
-        payload = event.model_dump(mode="json")
-        payload["id"] = event_id
+        """The envelope of a validated event; the payload is the event as JSON-ready data unless given."""
+        if payload is None:
+            payload = event.model_dump(mode="json")
+            payload["id"] = event_id
         return cls(
             id=event_id,
-            type=payload["type"],
+            type=event.type,  # type: ignore[attr-defined]
             schema_version=event.schema_version,
             payload=payload,
             received_at=received_at,
@@ -59,15 +61,14 @@ class Envelope:
             trace_context=trace_context,
         )
 
-    @staticmethod
+    @classmethod
     def encode_event(
+        cls,
         event: EventBase,
         received_at: float,
         *,
         correlation_id: str | None = None,
         idempotency_key: str | None = None,
-        source: str = "api",
-        trace_context: str | None = None,
     ) -> bytes:
         """The record for an event whose id is set, serialised once (pydantic's JSON, embedded as is)."""
         if event.id is None:
@@ -75,18 +76,8 @@ class Envelope:
         payload = event.model_dump_json().encode()
         if has_nul(payload):
             raise InvalidEvent("event contains a NUL character (\\u0000), which cannot be stored")
-        envelope = Envelope(
-            id=event.id,
-            type=event.type,  # type: ignore[attr-defined]
-            schema_version=event.schema_version,
-            payload={},
-            received_at=received_at,
-            correlation_id=event.correlation_id or correlation_id,
-            causation_id=event.causation_id,
-            parent_ids=tuple(event.parent_ids),
-            idempotency_key=idempotency_key,
-            source=source,
-            trace_context=trace_context,
+        envelope = cls.wrap(
+            event, event.id, received_at, correlation_id=correlation_id, idempotency_key=idempotency_key, payload={}
         )
         return envelope._dumps(orjson.Fragment(payload))
 

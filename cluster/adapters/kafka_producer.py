@@ -82,9 +82,6 @@ class KafkaPublisher:
                     await asyncio.sleep(0.005)
         return list(await asyncio.gather(*futures))
 
-    def flush(self, timeout: float = 10.0) -> int:
-        return self._producer.flush(timeout)
-
     def close(self, timeout: float = 10.0) -> None:
         self._producer.flush(timeout)
         self._closed.set()

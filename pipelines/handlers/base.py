@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pipelines.effects import Effect
-from pipelines.schemas import EventBase
 
 
 @dataclass(frozen=True)
@@ -20,6 +19,3 @@ class HandlerResult:
 
 class Handler(Protocol):
     def __call__(self, event: Any, /) -> HandlerResult: ...
-
-
-__all__ = ["EventBase", "Handler", "HandlerResult"]

@@ -94,6 +94,15 @@ def dlq_topic_keys(pipeline: Pipeline) -> set[bytes]:
     return keys
 
 
+def baseline(pipeline: Pipeline) -> tuple[int, int]:
+    """Where the DLQ table and the ingest checkpoints stand before a test writes its records."""
+    return int(pipeline.scalar("SELECT coalesce(max(id), 0) FROM dead_letters")), ingest_checkpoint_total(pipeline)
+
+
+def owner_of(pipeline: Pipeline, topic: str, partition: int) -> dict[str, Any]:
+    return next(s for s in pipeline.owner_statuses() if s["topic"] == topic and s["partition"] == partition)
+
+
 def check_outcome(
     pipeline: Pipeline, prefix: str, valid_events: list[dict[str, Any]], dlq_baseline: int, offsets_before: int
 ) -> None:
@@ -174,8 +183,7 @@ def test_records_written_with_kcat_are_processed_or_dead_lettered_with_reasons(
 ) -> None:
     prefix = unique_prefix("kcat")
     valid, bad, valid_events = records_for(prefix)
-    dlq_baseline = int(pipeline.scalar("SELECT coalesce(max(id), 0) FROM dead_letters"))
-    offsets_before = ingest_checkpoint_total(pipeline)
+    dlq_baseline, offsets_before = baseline(pipeline)
     mixed = bad + valid  # the poison comes first: the valid records behind it must still flow
     kcat_produce(kcat, pipeline.settings.kafka_bootstrap, pipeline.settings.ingest_topic, mixed)
     check_outcome(pipeline, prefix, valid_events, dlq_baseline, offsets_before)
@@ -186,20 +194,16 @@ def test_owner_killed_mid_batch_resumes_by_itself_without_loss_or_duplicates(
 ) -> None:
     prefix = unique_prefix("sigkill")
     valid, bad, valid_events = records_for(prefix)
-    dlq_baseline = int(pipeline.scalar("SELECT coalesce(max(id), 0) FROM dead_letters"))
-    offsets_before = ingest_checkpoint_total(pipeline)
+    dlq_baseline, offsets_before = baseline(pipeline)
     topic = pipeline.settings.ingest_topic
-    victim = next(s for s in pipeline.owner_statuses() if s["topic"] == topic and s["partition"] == 0)
+    victim = owner_of(pipeline, topic, 0)
 
     records = bad + valid
     random.Random(11).shuffle(records)
     kcat_produce(kcat, pipeline.settings.kafka_bootstrap, topic, records[:300])
     # kill while it works through the first half
     wait_until(
-        lambda: (
-            next(s for s in pipeline.owner_statuses() if s["topic"] == topic and s["partition"] == 0)["batches"]
-            > victim["batches"]
-        ),
+        lambda: owner_of(pipeline, topic, 0)["batches"] > victim["batches"],
         timeout_s=30,
         what="the victim to start committing",
         interval_s=0.01,
