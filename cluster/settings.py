@@ -40,7 +40,36 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576 * 4, ge=1024)
     max_event_bytes: int = Field(262_144, ge=256)
     ingest_replicas: int = 1
+    # Serve autoscaling of the ingress deployment: replicas between min and max, aiming at this many ongoing
+    # requests per replica. max 0 disables autoscaling (ingest_replicas fixed).
+    ingest_min_replicas: int = Field(1, ge=1)
+    ingest_max_replicas: int = Field(0, ge=0)
+    ingest_target_ongoing_requests: int = Field(64, ge=1)
     producer_linger_ms: int = 1
+    # How long the API waits for the broker's acknowledgement before it treats the publish as failed (and spools).
+    producer_message_timeout_ms: int = Field(5000, ge=100)
+    # Admission control: events being validated or published at once per API replica; beyond it the API answers
+    # 429 with Retry-After instead of queueing without bound.
+    max_inflight_events: int = Field(20_000, ge=1)
+
+    # Durable spool (PostgreSQL table ingest_spool) for events acknowledged while the broker is unreachable.
+    spool_enabled: bool = True
+    spool_max_rows: int = Field(2_000_000, ge=1)  # full spool and no broker: 503 with Retry-After
+    spool_drain_batch: int = Field(1000, ge=1)
+
+    # Circuit breakers (broker producer, PostgreSQL, enrichment service): open after this many consecutive
+    # failures, let one probe through after the timeout, close on its success.
+    breaker_failure_threshold: int = Field(5, ge=1)
+    breaker_reset_timeout_s: float = Field(60.0, ge=0)
+
+    # Enrichment service for transactions (merchant and FX reference data) at this base URL; empty: not used.
+    enrichment_url: str = ""
+    enrichment_timeout_s: float = Field(0.25, gt=0)
+    enrichment_cache_ttl_s: float = Field(300.0, ge=0)
+
+    # Leader lease in PostgreSQL: which Ray cluster may assign partitions (split brain, rolling upgrades).
+    cluster_name: str = ""  # stable holder id of this Ray cluster; empty: derived from the Ray cluster at start
+    leader_lease_ttl_s: float = Field(10.0, gt=0)
 
     # Partition owners and the checkpoint writers.
     consume_batch_max: int = Field(500, ge=1)

@@ -68,7 +68,14 @@ def unique_prefix(name: str) -> str:
 @pytest.fixture(scope="session")
 def pipeline(infra_settings: Settings) -> Iterator[Pipeline]:
     settings = infra_settings.model_copy(
-        update={"http_port": free_port(), "ray_namespace": unique_prefix("eventpipe-test")}
+        update={
+            "http_port": free_port(),
+            "ray_namespace": unique_prefix("eventpipe-test"),
+            # Faults heal within seconds in tests: probe dependencies sooner than production's 60 s.
+            "breaker_reset_timeout_s": 2.0,
+            "producer_message_timeout_ms": 3000,
+            "leader_lease_ttl_s": 6.0,
+        }
     )
     migrate(settings.database_url.get_secret_value())
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")  # no load balancer to wait for
