@@ -4,7 +4,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv tools run test bench clean
+.PHONY: venv tools run test chaos bench clean
 
 venv: $(VENV)/.installed
 
@@ -14,14 +14,20 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m pip install -q -e '.[dev]'
 	touch $@
 
+# Debian tools the tests use: kcat (a Kafka client we did not write), stress-ng (CPU load), promtool (alert rules).
 tools:
-	command -v kcat >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq kcat)
+	command -v kcat >/dev/null 2>&1 && command -v stress-ng >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq kcat stress-ng prometheus)
 
 run: venv
 	$(VENV)/bin/eventpipe run
 
 test: venv tools
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# The chaos suite with 30 s faults; prints the table and writes .data/chaos-report.md (`make test` runs 3 s faults).
+chaos: venv tools
+	EVENTPIPE_CHAOS_FAULT_S=30 $(PYTHON) -m pytest tests/chaos -p no:randomly -q $(PYTEST_ARGS)
 
 bench: venv
 	$(PYTHON) -m benchmarks.throughput

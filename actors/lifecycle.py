@@ -1,4 +1,5 @@
-"""Starting and stopping the processing side: the leader (which creates writers and owners), readiness, drain.
+"""Starting and stopping the processing side: the leader (which creates writers and owners), the spool drainer,
+readiness, drain.
 
 Used by the CLI and by tests; it holds no processing logic and never kills an owner with a batch in flight
 unless told to.
@@ -14,6 +15,7 @@ import ray
 
 from actors import names
 from actors.leader import Leader
+from actors.spool_drainer import SpoolDrainer
 from cluster.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,9 +29,32 @@ def start_pipeline(settings: Settings, ready_timeout_s: float = 120.0) -> Any:
     deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
         if ray.get(leader.ready.remote(), timeout=ready_timeout_s):
+            start_spool_drainer(settings)  # after the leader: it creates the topics on taking office
             return leader
         time.sleep(0.2)
     raise TimeoutError(f"partition owners were not all assigned within {ready_timeout_s}s")
+
+
+def start_spool_drainer(settings: Settings) -> Any | None:
+    """Create (or find) the drainer that publishes spooled events; None when the spool is disabled."""
+    if not settings.spool_enabled:
+        return None
+    return SpoolDrainer.options(  # type: ignore[attr-defined]
+        name=names.SPOOL_DRAINER, lifetime="detached", get_if_exists=True, max_concurrency=2
+    ).remote(settings)
+
+
+def stop_spool_drainer(timeout_s: float = 15.0) -> None:
+    """Let the drainer finish its batch in flight, then release it; spooled rows stay for the next start."""
+    try:
+        drainer = ray.get_actor(names.SPOOL_DRAINER)
+    except ValueError:
+        return
+    try:
+        ray.get(drainer.stop.remote(timeout_s), timeout=timeout_s + 5)
+    except (ray.exceptions.RayError, TimeoutError) as exc:
+        log.warning("spool drainer did not stop cleanly: %s", exc)
+    ray.kill(drainer, no_restart=True)
 
 
 def get_leader() -> Any:
@@ -52,6 +77,7 @@ def wait_idle(leader: Any, quiet_s: float = 1.0, timeout_s: float = 60.0) -> boo
 def stop_pipeline(leader: Any, drain_timeout_s: float = 30.0) -> None:
     """Drain (owners finish and commit what they read), then release every actor."""
     try:
+        stop_spool_drainer()
         wait_idle(leader, timeout_s=drain_timeout_s)
         ray.get(leader.stop_all.remote(10.0), timeout=drain_timeout_s)
         ray.get(leader.kill_all.remote(), timeout=30)

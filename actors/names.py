@@ -8,6 +8,7 @@ from __future__ import annotations
 import zlib
 
 LEADER = "eventpipe-leader"
+SPOOL_DRAINER = "spool-drainer"
 
 
 def owner_name(topic: str, partition: int) -> str:

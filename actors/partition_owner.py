@@ -15,17 +15,20 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import RayError
 
 from actors import names
+from actors.remote_errors import describe, retry_after_s
 from cluster.adapters.checkpoint_store import Fenced, Lease
 from cluster.adapters.commit_doc import encode
 from cluster.adapters.dlq_publisher import DeadLetterPublisher
+from cluster.adapters.enrichment_client import EnrichmentClient
 from cluster.adapters.kafka_config import consumer_config, producer_config
 from cluster.adapters.kafka_source import PartitionSource
 from cluster.settings import Settings
 from pipelines.batch import CommitBatch, CommitOutcome, SourceRecord
 from pipelines.engine import PartitionProcessor
+from pipelines.enrichment import merchant_ids
 from pipelines.policies.gaps import GapPolicy, GapState, split_at_gap
 from pipelines.policies.retry import RetryPolicy
 from pipelines.registry import default_registry
@@ -49,8 +52,10 @@ class OwnerStatus:
     last_commit_at: float | None = None
     last_record_at: float | None = None
     last_error: str | None = None
+    commit_error: str | None = None  # why the batch in flight has not committed yet; None once it has
     in_flight: bool = False
     skipped_offsets: int = 0
+    already_committed: int = 0  # retries that found their batch committed (the COMMIT's acknowledgement was lost)
     last_batch_size: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)  # p50/p99 of recent batches, per stage
 
@@ -83,8 +88,9 @@ class PartitionOwner:
         self._status = OwnerStatus(topic, partition, f"{topic}:{partition}:{uuid.uuid4().hex[:8]}", os.getpid())
         self._stop = threading.Event()
         self._timings = StageTimings()
+        self._enrichment = EnrichmentClient.from_settings(settings)  # None when no enrichment_url is configured
         self._processor = PartitionProcessor(
-            default_registry(settings.base_currency, settings.risk_amount_threshold),
+            default_registry(settings.base_currency, settings.risk_amount_threshold, self._enrichment),
             settings.ingest_topic,
             RetryPolicy(settings.retry_attempts, settings.retry_base_s, settings.retry_max_s),
             max_record_bytes=settings.max_event_bytes,
@@ -125,22 +131,28 @@ class PartitionOwner:
                 backoff = min(backoff * 2, 10.0)
 
     def _claim(self) -> Lease:
+        """Ask the leader for a new epoch until it gives one.
+
+        The leader may be missing or restarting (a claim cut short by its death is asked again: a duplicate claim can
+        only fence us, and the leader restarts fenced owners), on standby (another cluster holds the leader lease),
+        or refusing fast while PostgreSQL is down (its breaker's retry_after is honoured).
+        """
+        st = self._status
+        delay = 0.5
         while True:
             try:
                 leader = ray.get_actor(names.LEADER)
-                return ray.get(
-                    leader.assign.remote(self._status.topic, self._status.partition, self._status.owner_id), timeout=30
-                )
-            except (ValueError, RayActorError, GetTimeoutError) as exc:
+                return ray.get(leader.assign.remote(st.topic, st.partition, st.owner_id), timeout=30)
+            except (ValueError, RayError) as exc:  # ValueError: no leader by that name (yet)
+                hint = retry_after_s(exc)
+                wait = (hint if hint is not None else delay) + random.uniform(0, 0.25)
+                st.last_error = f"claim: {describe(exc)}"
                 log.warning(
-                    "waiting for the leader to assign %s[%d]: %s", self._status.topic, self._status.partition, exc
+                    "waiting to claim %s[%d] (%s); retrying in %.1fs", st.topic, st.partition, st.last_error, wait
                 )
-                if self._stop.wait(1.0):
+                if self._stop.wait(wait):
                     raise
-            except RayTaskError as exc:  # e.g. PostgreSQL down while claiming
-                log.warning("claim failed: %s", exc)
-                if self._stop.wait(1.0):
-                    raise
+                delay = min(delay * 2, 5.0)
 
     def _run(self) -> None:
         s, st = self._settings, self._status
@@ -208,6 +220,10 @@ class PartitionOwner:
         st.last_record_at = time.time()
         st.in_flight = True
         t0 = time.perf_counter()
+        if self._enrichment is not None:
+            # One lookup of the batch's uncached merchants, so a slow service costs a batch one timeout at most.
+            self._enrichment.prefetch(merchant_ids(records, self._settings.ingest_topic))
+        te = time.perf_counter()
         batch = self._processor.process(
             records,
             epoch=lease.epoch,
@@ -219,7 +235,7 @@ class PartitionOwner:
         t1 = time.perf_counter()
         outcome = self._commit(writer, dlq, batch)
         t2 = time.perf_counter()
-        self._timings.add(process=t1 - t0, commit_round_trip=t2 - t1, store=outcome.duration_s)
+        self._timings.add(enrich=te - t0, process=t1 - te, commit_round_trip=t2 - t1, store=outcome.duration_s)
         self._status.last_batch_size = len(records)
         st.in_flight = False
         st.committed_offset = batch.next_offset
@@ -227,12 +243,17 @@ class PartitionOwner:
         st.events += outcome.new_events
         st.duplicates += outcome.duplicates
         st.dead_letters += outcome.dead_letters
+        st.already_committed += int(outcome.already_committed)
         st.skipped_offsets += (skipped[1] - skipped[0]) if skipped else 0
         st.last_commit_at = time.time()
         return batch.next_offset
 
     def _commit(self, writer: ray.actor.ActorHandle, dlq: DeadLetterPublisher, batch: CommitBatch) -> CommitOutcome:
-        """Keep the batch and retry until it commits or we are fenced: a dependency outage only pauses us."""
+        """Keep the batch and retry until it commits or we are fenced: a dependency outage only pauses us.
+
+        A retry after a lost acknowledgement (the writer died after COMMIT) comes back as already_committed. While
+        the PostgreSQL breaker is open the writer refuses at once and says when to come back; we wait that long.
+        """
         delay = 0.05
         encoded = encode(batch)
         while True:
@@ -241,19 +262,25 @@ class PartitionOwner:
                 outcome: CommitOutcome = ray.get(writer.commit.remote(encoded), timeout=60)
                 if outcome.fenced:
                     raise Fenced(f"epoch {batch.epoch} superseded by {outcome.current_epoch}")
+                self._status.commit_error = None
                 return outcome
             except Fenced:
                 raise
             except Exception as exc:  # noqa: BLE001 - PostgreSQL, broker or writer down: back off and retry
-                self._status.last_error = f"{type(exc).__name__}: {exc}"
+                hint = retry_after_s(exc)
+                if hint is not None:  # fail-fast refusal: not a failed attempt, so the backoff does not grow
+                    wait = hint + random.uniform(0, min(1.0, hint / 4 + 0.05))
+                else:
+                    wait = delay + random.uniform(0, delay)
+                    delay = min(delay * 2, 5.0)
+                self._status.last_error = self._status.commit_error = describe(exc)
                 log.warning(
                     "commit of %s[%d] %d..%d failed (%s); retrying in %.2fs",
                     batch.topic,
                     batch.partition,
                     batch.expected_offset,
                     batch.next_offset,
-                    self._status.last_error,
-                    delay,
+                    self._status.commit_error,
+                    wait,
                 )
-                time.sleep(delay + random.uniform(0, delay))
-                delay = min(delay * 2, 5.0)
+                time.sleep(wait)

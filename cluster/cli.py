@@ -122,7 +122,11 @@ def cmd_status(settings: Settings) -> int:
     from actors.lifecycle import get_leader
 
     ray.init(address=settings.ray_address or "auto", namespace=settings.ray_namespace, log_to_driver=False)
-    statuses = ray.get(get_leader().owner_statuses.remote())
+    leader = get_leader()
+    lead = ray.get(leader.leadership.remote())
+    behind = f", lease held by {lead['held_by']}" if lead["held_by"] else ""
+    console.print(f"leader {lead['holder']}: {lead['role']} (lease epoch {lead['epoch']}, term {lead['term']}){behind}")
+    statuses = ray.get(leader.owner_statuses.remote())
     table = Table("partition", "state", "epoch", "committed offset", "events", "duplicates", "dead letters")
     for s in sorted(statuses, key=lambda s: (s["topic"], s["partition"])):
         table.add_row(

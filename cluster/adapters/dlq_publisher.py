@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Message, Producer
 
+from cluster.adapters.kafka_producer import PublishError, idempotence_lost
 from pipelines.batch import CommitBatch
 
 _MAX_DLQ_VALUE = 512 * 1024
@@ -17,12 +18,19 @@ _MAX_DLQ_VALUE = 512 * 1024
 
 class DeadLetterPublisher:
     def __init__(self, config: dict[str, Any], topic: str) -> None:
+        self._config = config
         self._producer = Producer(config)
         self._topic = topic
 
     def publish(self, batch: CommitBatch, timeout_s: float = 10.0) -> None:
         if not batch.dead:
             return
+        failed: list[KafkaError] = []
+
+        def report(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                failed.append(err)
+
         for dead in batch.dead:
             key = f"{batch.topic}:{batch.partition}:{dead.offset}".encode()
             headers = [
@@ -36,10 +44,15 @@ class DeadLetterPublisher:
                 # The table keeps the whole record; the topic carries a prefix so it stays under message.max.bytes.
                 payload = payload[:_MAX_DLQ_VALUE]
                 headers.append(("truncated_from", str(len(dead.payload or b"")).encode()))
-            self._producer.produce(self._topic, key=key, value=payload, headers=headers)
+            self._producer.produce(self._topic, key=key, value=payload, headers=headers, on_delivery=report)
         remaining = self._producer.flush(timeout_s)
         if remaining:
             raise TimeoutError(f"{remaining} dead letters not acknowledged by the broker within {timeout_s}s")
+        if failed:
+            if any(idempotence_lost(err) for err in failed):
+                self._producer = Producer(self._config)  # fenced by its own newer epoch: only a new id recovers
+            # Raised so the owner keeps its batch and publishes again: the topic is at least once, never at most.
+            raise PublishError(f"{len(failed)} dead letters not acknowledged: {failed[0].str()}")
 
     def close(self) -> None:
         self._producer.flush(5.0)

@@ -8,14 +8,21 @@ from __future__ import annotations
 from typing import Any
 
 
-def producer_config(bootstrap: str, linger_ms: int = 1, **extra: Any) -> dict[str, Any]:
+def producer_config(
+    bootstrap: str, linger_ms: int = 1, message_timeout_ms: int = 30_000, **extra: Any
+) -> dict[str, Any]:
     return {
         "bootstrap.servers": bootstrap,
         "enable.idempotence": True,  # implies acks=all, bounded in-flight, retries
         "acks": "all",
         "linger.ms": linger_ms,  # 1 ms: single-event ingestion does ~2.7x the req/s of 5 ms
         "compression.type": "none",
-        "message.timeout.ms": 30_000,
+        # A record not acknowledged within this bound fails its delivery report: the API spools it then.
+        "message.timeout.ms": message_timeout_ms,
+        # Bounded local queue (librdkafka's defaults allow 1 GiB): when full, produce() raises BufferError, which
+        # the publishers treat as backpressure, so a dead broker cannot grow a process without limit.
+        "queue.buffering.max.kbytes": 65_536,
+        "queue.buffering.max.messages": 100_000,
         **extra,
     }
 
@@ -31,5 +38,7 @@ def consumer_config(bootstrap: str, group_id: str, fetch_wait_ms: int = 10, **ex
         "fetch.queue.backoff.ms": 10,  # the default 1000 stalls any consumer slower than the broker
         "fetch.message.max.bytes": 16 * 1024 * 1024,
         "max.partition.fetch.bytes": 16 * 1024 * 1024,
+        # Pre-fetched records held per consumer (the default is 64 MiB); owners take at most a batch at a time.
+        "queued.max.messages.kbytes": 16_384,
         **extra,
     }

@@ -1,17 +1,22 @@
-"""Async publisher over confluent-kafka: each produce resolves an asyncio future on the broker's acknowledgement.
+"""Publishers over confluent-kafka: an async one (each record resolves a future on the broker's acknowledgement) for
+the API, and a blocking one that publishes a batch in order and waits for every report, for the spool drainer.
 
-A background thread polls for delivery reports and settles futures in batches; success is never reported before the
-broker acknowledged the record.
+Success is never reported before the broker acknowledged the record; a record the local queue could not take within
+the message timeout is reported failed, never left waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -27,11 +32,35 @@ class PublishError(Exception):
 
 Record = tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None]
 _Settled = tuple[asyncio.Future, "Delivered | PublishError"]
+_BUFFER_FULL_WAIT_S = 0.005
+
+
+def _message_timeout_s(config: dict[str, Any]) -> float:
+    return float(config.get("message.timeout.ms", 300_000)) / 1000.0
+
+
+# Delivery errors after which an idempotent producer never succeeds again: the broker holds a newer epoch for its
+# producer id (e.g. a stale InitProducerId, sent during a network partition, landed after it healed). librdkafka does
+# not flag them fatal, and every later record fails the same way; only a new producer (a new id) recovers.
+_IDEMPOTENCE_LOST = frozenset({KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
+
+
+def idempotence_lost(err: KafkaError) -> bool:
+    """Whether this producer is unusable from now on (fatal, or fenced by its own newer epoch)."""
+    return bool(err.fatal()) or err.code() in _IDEMPOTENCE_LOST
 
 
 class KafkaPublisher:
+    """Replaces its producer by itself when the old one lost its idempotence state; records still queued in the old
+    one fail (their callers answer as for any unacknowledged record) while it is polled until empty."""
+
     def __init__(self, config: dict[str, Any]) -> None:
+        self._config = config
         self._producer = Producer(config)
+        self._retired: list[Producer] = []
+        self._lost: str | None = None
+        # How long produce() may keep meeting a full local queue before the record is reported failed.
+        self._enqueue_timeout_s = _message_timeout_s(config)
         self._closed = threading.Event()
         # Delivery reports of one poll() are handed to each event loop in one call, not one wake-up per record.
         self._pending: dict[asyncio.AbstractEventLoop, list[_Settled]] = {}
@@ -41,7 +70,19 @@ class KafkaPublisher:
     def _poll_loop(self) -> None:
         while not self._closed.is_set():
             self._producer.poll(0.05)
+            for old in list(self._retired):
+                old.poll(0)
+                if len(old) == 0:
+                    self._retired.remove(old)
+            if self._lost is not None:
+                self._renew()
             self._hand_over()
+
+    def _renew(self) -> None:
+        log.warning("kafka producer unusable (%s); replacing it with a new one", self._lost)
+        old, self._producer, self._lost = self._producer, Producer(self._config), None
+        old.purge()  # what it still holds fails now instead of waiting out the message timeout
+        self._retired.append(old)
 
     def _hand_over(self) -> None:
         if not self._pending:
@@ -60,10 +101,13 @@ class KafkaPublisher:
             outcome: Delivered | PublishError
             if err is not None:
                 outcome = PublishError(f"broker did not acknowledge: {err.str()}")
+                if idempotence_lost(err):
+                    self._lost = err.str()
             else:
                 outcome = Delivered(msg.topic(), msg.partition(), msg.offset())
             self._pending.setdefault(loop, []).append((fut, outcome))
 
+        deadline = time.monotonic() + self._enqueue_timeout_s
         for topic, key, value, headers in records:
             future: asyncio.Future[Delivered | PublishError] = loop.create_future()
             futures.append(future)
@@ -78,8 +122,11 @@ class KafkaPublisher:
                     )
                     break
                 except BufferError:
-                    # The local queue is full: backpressure; wait for deliveries to drain it.
-                    await asyncio.sleep(0.005)
+                    # The local queue is full: backpressure; wait for deliveries to drain it, but not for ever.
+                    if time.monotonic() > deadline:
+                        future.set_result(PublishError("the local producer queue stayed full (broker not draining)"))
+                        break
+                    await asyncio.sleep(_BUFFER_FULL_WAIT_S)
         return list(await asyncio.gather(*futures))
 
     def close(self, timeout: float = 10.0) -> None:
@@ -87,6 +134,65 @@ class KafkaPublisher:
         self._closed.set()
         self._poller.join(timeout=1.0)
         self._hand_over()
+
+
+class BlockingPublisher:
+    """Publishes a batch in order from one thread and waits for every delivery report (the spool drainer's producer).
+
+    Per-key order holds across retries because the producer is idempotent and records are produced in list order.
+    After a fatal producer error (idempotence state lost) `broken` is set and the owner must build a new one.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._fatal: str | None = None
+        self._producer = Producer({**config, "error_cb": self._on_error})
+        self._timeout_s = _message_timeout_s(config)
+
+    @property
+    def broken(self) -> str | None:
+        """The fatal error that made this producer unusable, if any."""
+        return self._fatal
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._fatal = err.str()
+
+    def publish_in_order(self, records: list[Record]) -> list[Delivered | PublishError]:
+        """Produce every record in order, then wait up to the message timeout for all reports; one outcome each.
+
+        Once a record cannot even be queued, the rest are not produced (they would overtake it) and are failed.
+        """
+        outcomes: list[Delivered | PublishError | None] = [None] * len(records)
+
+        def report(index: int, err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                outcomes[index] = PublishError(f"broker did not acknowledge: {err.str()}")
+                if idempotence_lost(err) and self._fatal is None:
+                    self._fatal = err.str()  # fenced by its own newer epoch: only a new producer recovers
+            else:
+                outcomes[index] = Delivered(msg.topic(), msg.partition(), msg.offset())
+
+        deadline = time.monotonic() + self._timeout_s + 1.0
+        for index, (topic, key, value, headers) in enumerate(records):
+            queued = False
+            while not queued and time.monotonic() < deadline:
+                try:
+                    self._producer.produce(
+                        topic, value=value, key=key, headers=headers, on_delivery=lambda e, m, i=index: report(i, e, m)
+                    )
+                    queued = True
+                except BufferError:
+                    self._producer.poll(0.05)
+            if not queued:
+                for later in range(index, len(records)):
+                    outcomes[later] = PublishError("the local producer queue stayed full (broker not draining)")
+                break
+        while any(o is None for o in outcomes) and time.monotonic() < deadline:
+            self._producer.poll(0.05)
+        return [o if o is not None else PublishError("no delivery report within the message timeout") for o in outcomes]
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._producer.flush(timeout)
 
 
 def _settle_all(settled: list[_Settled]) -> None:

@@ -10,9 +10,11 @@ CREATE TABLE ingest_spool (
     spooled_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 
--- Cluster-wide leases. The row 'leader' says which Ray cluster's leader may assign partitions: a leader claims a
--- partition only in a transaction that finds its own unexpired lease, so two clusters on one database never both
--- own a partition. Each acquisition by a different holder bumps the epoch.
+-- Cluster-wide leases. The row 'leader' ('leader:<topic_prefix>' for a pipeline with another topic prefix) says
+-- which Ray cluster's leader may assign partitions: a leader claims a partition only in a transaction that finds its
+-- own unexpired lease (row share-locked), so two clusters on one database never both own a partition. Expiry is
+-- judged by the database clock. Each acquisition by a different holder bumps the epoch; a released lease expires
+-- instead of being deleted, so epochs only grow.
 CREATE TABLE cluster_leases (
     name        text        PRIMARY KEY,
     holder      text        NOT NULL,

@@ -1,6 +1,7 @@
-"""Transaction handler: converts the amount to the base currency and applies a simple risk rule.
+"""Transaction handler: converts the amount to the base currency, applies a simple risk rule, adds the merchant.
 
-Reference data (rates, threshold) is injected; the handler never fetches it itself.
+Reference data (rates, threshold, the merchant lookup) is injected; the handler never fetches anything itself, and an
+unavailable merchant service only marks the result (`enrichment: unavailable`), it never fails the event.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from pipelines.effects import UserSpend
+from pipelines.enrichment import MerchantLookup, enrich
 from pipelines.errors import PoisonEvent
 from pipelines.handlers.base import HandlerResult
 from pipelines.schemas import TransactionV1
@@ -32,6 +34,7 @@ class TransactionHandler:
     base_currency: str = "USD"
     risk_threshold: Decimal = Decimal("10000")
     rates_to_usd: Mapping[str, Decimal] = field(default_factory=lambda: dict(DEFAULT_RATES_TO_USD))
+    merchants: MerchantLookup | None = None  # None: no enrichment service configured
 
     def _rate(self, currency: str) -> Decimal:
         try:
@@ -55,5 +58,6 @@ class TransactionHandler:
             "base_currency": self.base_currency,
             "rate": str(rate.quantize(_QUANTUM)),
             "risk": {"flagged": flagged, "reasons": reasons},
+            **enrich(self.merchants, event.merchant_id).as_result(),
         }
         return HandlerResult(result, (UserSpend(event.user_id, self.base_currency, base_amount, flagged),))

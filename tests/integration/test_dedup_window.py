@@ -10,6 +10,7 @@ import pytest
 from cluster.adapters.checkpoint_store import CheckpointStore
 from pipelines.effects import ActionCount
 from tests.factories import one_event_batch
+from tests.leases import private_lease
 from tests.pipeline import Pipeline, unique_prefix
 
 pytestmark = pytest.mark.integration
@@ -21,7 +22,7 @@ def test_expired_dedup_keys_are_purged_and_the_event_table_still_refuses_the_id(
     event_id = f"{topic}:e1"
     store = CheckpointStore(pipeline.db_url, pool_size=1)
     try:
-        lease = store.claim(topic, 0, "owner", "log")
+        lease = store.claim(topic, 0, "owner", "log", private_lease(pipeline.db_url))
         first = store.commit(one_event_batch(topic, lease.epoch, 0, event_id, (ActionCount(user, "click"),), user))
         assert first.new_events == 1
         expires = pipeline.scalar("SELECT expires_at - first_seen FROM dedup_keys WHERE event_id = %s", event_id)

@@ -15,6 +15,7 @@ import ray
 from actors.partition_owner import PartitionOwner
 from cluster.adapters.checkpoint_store import CheckpointStore
 from tests.factories import Expected, one_event_batch, read_models, valid_event
+from tests.leases import private_lease
 from tests.pipeline import Pipeline, unique_prefix, wait_until
 
 pytestmark = pytest.mark.integration
@@ -24,8 +25,9 @@ def test_commit_with_a_stale_epoch_writes_nothing(pipeline: Pipeline) -> None:
     topic = unique_prefix("fence-topic")
     store = CheckpointStore(pipeline.db_url, pool_size=1)
     try:
-        old = store.claim(topic, 0, "old-owner", "log-a")
-        new = store.claim(topic, 0, "new-owner", "log-a")
+        leader = private_lease(pipeline.db_url)
+        old = store.claim(topic, 0, "old-owner", "log-a", leader)
+        new = store.claim(topic, 0, "new-owner", "log-a", leader)
         assert new.epoch == old.epoch + 1
 
         zombie = store.commit(one_event_batch(topic, old.epoch, old.next_offset, f"{topic}:zombie"))
@@ -98,7 +100,7 @@ def test_offsets_skipped_as_a_hole_are_recorded_in_the_same_commit(pipeline: Pip
     topic = unique_prefix("gap-topic")
     store = CheckpointStore(pipeline.db_url, pool_size=1)
     try:
-        lease = store.claim(topic, 0, "owner", "log-a")
+        lease = store.claim(topic, 0, "owner", "log-a", private_lease(pipeline.db_url))
         batch = dataclasses.replace(one_event_batch(topic, lease.epoch, 7, f"{topic}:after-hole"), expected_offset=0)
         outcome = store.commit(dataclasses.replace(batch, skipped=(0, 7)))
         assert outcome.committed and outcome.new_events == 1

@@ -16,7 +16,7 @@ from cluster.adapters.commit_doc import EncodedBatch
 from pipelines.batch import CommitOutcome
 
 
-def _until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+def _until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
@@ -40,7 +40,7 @@ class GatedStore:
     def commit_group(self, batches: list[EncodedBatch]) -> list[CommitOutcome]:
         if not self.first_started.is_set():
             self.first_started.set()
-            self.gate.wait(5)
+            self.gate.wait(30)
         partitions = [b.partition for b in batches]
         if self.bad in partitions:
             raise ValueError(f"partition {self.bad} carries a batch PostgreSQL refuses")
@@ -53,7 +53,7 @@ def test_batches_that_arrive_during_a_transaction_commit_together_in_the_next() 
     committer = GroupCommitter(store, threads=1)
     with ThreadPoolExecutor(8) as pool:
         first = pool.submit(committer.commit, _batch(0))
-        assert store.first_started.wait(5)
+        assert store.first_started.wait(30)
         rest = [pool.submit(committer.commit, _batch(p)) for p in range(1, 6)]
         _until(lambda: committer._queue.qsize() == 5)  # all five are waiting behind the first transaction
         store.gate.set()
@@ -67,7 +67,7 @@ def test_a_batch_that_fails_is_reported_to_its_caller_alone() -> None:
     committer = GroupCommitter(store, threads=1)
     with ThreadPoolExecutor(8) as pool:
         first = pool.submit(committer.commit, _batch(0))
-        assert store.first_started.wait(5)
+        assert store.first_started.wait(30)
         rest = {p: pool.submit(committer.commit, _batch(p)) for p in range(1, 6)}
         _until(lambda: committer._queue.qsize() == 5)
         store.gate.set()

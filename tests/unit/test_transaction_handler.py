@@ -1,4 +1,7 @@
-"""Specification of the transaction handler: conversion to the base currency and the risk rule."""
+"""Specification of the transaction handler: conversion to the base currency, the risk rule, merchant enrichment.
+
+Enrichment is specified with an in-memory lookup (this is a pure unit); the HTTP client has its own tests.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,9 @@ from decimal import Decimal
 import pytest
 
 from pipelines.effects import UserSpend
-from pipelines.errors import PoisonEvent
+from pipelines.enrichment import EnrichmentUnavailable, Merchant
+from pipelines.envelope import Envelope
+from pipelines.errors import InvalidEvent, PoisonEvent
 from pipelines.handlers.transaction import TransactionHandler
 from pipelines.registry import default_registry
 from pipelines.schemas import TransactionV1
@@ -33,6 +38,7 @@ def test_euro_amount_is_converted_to_usd_with_the_rate_table(transaction):
         "base_currency": "USD",
         "rate": "1.080000",
         "risk": {"flagged": False, "reasons": []},
+        "enrichment": "not_requested",
     }
     assert outcome.effects == (UserSpend("user-1", "USD", Decimal("13.500000"), False),)
 
@@ -120,3 +126,115 @@ def test_default_registry_passes_its_threshold_and_base_currency_to_the_handler(
 
     assert outcome.result["base_currency"] == "GBP"
     assert outcome.result["risk"]["flagged"] is True
+
+
+# --- merchant enrichment ------------------------------------------------------------------------------------------
+
+COFFEE = Merchant("m-coffee", "Corner Coffee", "food_and_drink", "US")
+
+
+class MerchantBook:
+    """An in-memory MerchantLookup: answers from `known`, or raises EnrichmentUnavailable while `down`."""
+
+    def __init__(self, *known: Merchant, down: bool = False) -> None:
+        self.known = {m.id: m for m in known}
+        self.down = down
+        self.asked: list[str] = []
+
+    def get(self, merchant_id: str) -> Merchant | None:
+        self.asked.append(merchant_id)
+        if self.down:
+            raise EnrichmentUnavailable("circuit for enrichment is open")
+        return self.known.get(merchant_id)
+
+
+def test_known_merchant_is_added_to_the_result(transaction):
+    book = MerchantBook(COFFEE)
+
+    outcome = TransactionHandler(merchants=book)(transaction(merchant_id="m-coffee"))
+
+    assert outcome.result["enrichment"] == "ok"
+    assert outcome.result["merchant"] == {
+        "id": "m-coffee",
+        "name": "Corner Coffee",
+        "category": "food_and_drink",
+        "country": "US",
+    }
+    assert book.asked == ["m-coffee"]
+
+
+def test_merchant_the_service_does_not_know_is_processed_and_marked_unknown(transaction):
+    outcome = TransactionHandler(merchants=MerchantBook(COFFEE))(transaction(merchant_id="m-nobody"))
+
+    assert outcome.result["enrichment"] == "unknown_merchant"
+    assert "merchant" not in outcome.result
+    assert outcome.result["base_amount"] == "13.500000"
+
+
+def test_unavailable_service_is_the_fallback_processed_with_the_rate_table_and_marked_unavailable(transaction):
+    enriched = TransactionHandler(merchants=MerchantBook(COFFEE))(transaction(merchant_id="m-coffee"))
+
+    outcome = TransactionHandler(merchants=MerchantBook(COFFEE, down=True))(transaction(merchant_id="m-coffee"))
+
+    assert outcome.result["enrichment"] == "unavailable"
+    assert "merchant" not in outcome.result
+    # Everything but the enrichment is what it would have been: same conversion, same risk, same effect.
+    assert {k: v for k, v in outcome.result.items() if k not in ("enrichment", "merchant")} == {
+        k: v for k, v in enriched.result.items() if k not in ("enrichment", "merchant")
+    }
+    assert outcome.effects == enriched.effects == (UserSpend("user-1", "USD", Decimal("13.500000"), False),)
+
+
+def test_transaction_without_merchant_is_not_looked_up(transaction):
+    book = MerchantBook(COFFEE)
+
+    outcome = TransactionHandler(merchants=book)(transaction())
+
+    assert outcome.result["enrichment"] == "not_requested"
+    assert book.asked == []
+
+
+def test_without_an_enrichment_service_nothing_is_looked_up(transaction):
+    outcome = TransactionHandler()(transaction(merchant_id="m-coffee"))
+
+    assert outcome.result["enrichment"] == "not_configured"
+    assert "merchant" not in outcome.result
+
+
+def test_currency_without_a_rate_is_poison_before_any_lookup(transaction):
+    book = MerchantBook(COFFEE)
+
+    with pytest.raises(PoisonEvent):
+        TransactionHandler(merchants=book)(transaction(currency="XYZ", merchant_id="m-coffee"))
+    assert book.asked == []
+
+
+def test_default_registry_gives_the_transaction_handler_its_merchant_lookup(transaction):
+    handler = default_registry(merchants=MerchantBook(COFFEE)).spec("transaction").handler
+
+    assert handler(transaction(merchant_id="m-coffee")).result["enrichment"] == "ok"
+
+
+# --- merchant_id in schema version 1 ------------------------------------------------------------------------------
+
+
+def test_merchant_id_is_optional_and_stripped(transaction):
+    assert transaction().merchant_id is None
+    assert transaction(merchant_id="  m-coffee ").merchant_id == "m-coffee"
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "m" * 129, 42])
+def test_blank_overlong_or_non_text_merchant_id_is_refused(transaction_data, bad):
+    with pytest.raises(InvalidEvent) as caught:
+        default_registry().parse(transaction_data(merchant_id=bad))
+
+    assert [e.loc for e in caught.value.errors] == ["merchant_id"]
+
+
+def test_event_without_merchant_id_keeps_its_version_1_payload(transaction):
+    # Records of events without a merchant are what they were before the field existed, byte for byte.
+    event = transaction(id="tx-1")
+
+    assert "merchant_id" not in event.model_dump(mode="json")
+    assert b"merchant_id" not in Envelope.encode_event(event, 1.0)
+    assert transaction(id="tx-1", merchant_id="m-coffee").model_dump(mode="json")["merchant_id"] == "m-coffee"

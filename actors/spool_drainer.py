@@ -1,0 +1,122 @@
+"""SpoolDrainer: the one named, detached actor that moves events from the durable ingest spool to the broker.
+
+It publishes the oldest rows in seq order and deletes exactly the rows the broker acknowledged; it never deletes a row
+before its ack and never publishes a row ahead of an older one that failed. A crash between publish and delete
+re-publishes those rows, which the owners drop by event id.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import ray
+
+from cluster.adapters.kafka_config import producer_config
+from cluster.adapters.kafka_producer import BlockingPublisher, Delivered
+from cluster.adapters.spool import SpooledRecord, SpoolStore
+from cluster.observability.breakers import breaker
+from cluster.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_IDLE_POLL_S = 0.25  # empty spool (or another drainer holds the lock): look again after this
+_FAILURE_PAUSE_S = 0.5  # after a failed publish, before the breaker has opened
+_ERROR_BACKOFF_MIN_S = 0.5  # PostgreSQL unreachable: exponential backoff between these bounds
+_ERROR_BACKOFF_MAX_S = 10.0
+
+
+def _publisher(settings: Settings) -> BlockingPublisher:
+    return BlockingPublisher(
+        producer_config(settings.kafka_bootstrap, linger_ms=5, message_timeout_ms=settings.producer_message_timeout_ms)
+    )
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class SpoolDrainer:
+    def __init__(self, settings: Settings) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self._settings = settings
+        self._store = SpoolStore(settings.database_url.get_secret_value())
+        self._publisher = _publisher(settings)
+        self._breaker = breaker("kafka", settings)
+        self._stopping = threading.Event()
+        self._drained = 0
+        self._batches = 0
+        self._last_error: str | None = None
+        self._holds_lock = False
+        self._thread = threading.Thread(target=self._run, name="spool-drainer", daemon=True)
+        self._thread.start()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "breaker": self._breaker.state.value,
+            "drained": self._drained,
+            "batches": self._batches,
+            "holds_lock": self._holds_lock,
+            "last_error": self._last_error,
+            "running": self._thread.is_alive(),
+        }
+
+    def stop(self, timeout_s: float = 10.0) -> dict[str, Any]:
+        """Finish the batch in flight, then stop; rows not yet published stay in the spool for the next drainer."""
+        self._stopping.set()
+        self._thread.join(timeout_s)
+        self._publisher.close(1.0)
+        self._store.close()
+        return self.status()
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _run(self) -> None:
+        backoff = _ERROR_BACKOFF_MIN_S
+        while not self._stopping.is_set():
+            try:
+                pause = self._round()
+                backoff = _ERROR_BACKOFF_MIN_S
+            except Exception as exc:  # noqa: BLE001 - the drainer must outlive any one failure; it retries from the oldest row
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("spool drain round failed, retrying in %.1fs: %s", backoff, self._last_error)
+                pause, backoff = backoff, min(backoff * 2, _ERROR_BACKOFF_MAX_S)
+            if pause:
+                self._stopping.wait(pause)
+
+    def _round(self) -> float:
+        """One drain step; returns how long to pause before the next."""
+        rows = self._store.oldest(self._settings.spool_drain_batch)
+        if not rows:
+            return _IDLE_POLL_S
+        self._holds_lock = self._store.hold_drain_lock()
+        if not self._holds_lock:
+            return _IDLE_POLL_S
+        if not self._breaker.allow():
+            return max(0.05, min(self._breaker.retry_after_s(), 1.0))
+        return self._publish(rows)
+
+    def _publish(self, rows: list[SpooledRecord]) -> float:
+        started = time.monotonic()
+        outcomes = self._publisher.publish_in_order([row.record for row in rows])
+        acked = 0
+        for outcome in outcomes:  # only the acknowledged prefix: a later row must not overtake a failed one
+            if not isinstance(outcome, Delivered):
+                break
+            acked += 1
+        if acked:
+            self._store.delete([row.seq for row in rows[:acked]])
+            self._drained += acked
+            self._batches += 1
+        if acked == len(rows):
+            self._breaker.record_success()
+            self._last_error = None
+            log.debug("drained %d spooled events in %.0f ms", acked, (time.monotonic() - started) * 1000)
+            return 0.0
+        failure = str(outcomes[acked])
+        self._breaker.record_failure(failure)
+        self._last_error = failure
+        log.debug("drained %d of %d spooled events; stopped at seq %d: %s", acked, len(rows), rows[acked].seq, failure)
+        if self._publisher.broken:
+            log.warning("spool producer failed fatally (%s); building a new one", self._publisher.broken)
+            self._publisher.close(0)
+            self._publisher = _publisher(self._settings)
+        return _FAILURE_PAUSE_S

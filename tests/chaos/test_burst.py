@@ -1,0 +1,70 @@
+"""A 10x traffic spike within one second, on a CPU loaded by stress-ng: every request is answered 202, or 429/503
+with a Retry-After header; clients retry with the same id, and nothing acknowledged is lost or applied twice.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+from tests.chaos.harness import FAULT_S, Scenario
+
+BASELINE_RATE = 100.0
+SPIKES = max(1, round(FAULT_S / 10))
+SPIKE_EVENTS = 1_000
+ALLOWED = {"202", "429", "503"}  # anything else (a 500, a timeout, a reset connection) is a defect under load
+
+
+def stop_stress(stress: subprocess.Popen[bytes]) -> None:
+    """SIGTERM makes stress-ng stop its workers; SIGKILL its process group if that did not work."""
+    stress.terminate()
+    try:
+        stress.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(stress.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    stress.wait(10)
+
+
+def test_ten_x_spike_on_a_loaded_cpu_is_absorbed_or_refused_with_retry_after(scenario: Scenario) -> None:
+    binary = shutil.which("stress-ng")
+    assert binary, "stress-ng is not installed: run `make tools` (Debian package stress-ng)"
+    spikes = []
+    with scenario.workload(rate=BASELINE_RATE) as baseline:
+        time.sleep(1.0)  # baseline load before the spike
+        stress = subprocess.Popen(
+            [binary, "--cpu", "2", "--timeout", f"{int(FAULT_S) + 30}s", "--quiet"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: its workers are stopped with it, and nothing else
+        )
+        try:
+            with scenario.fault(f"stress-ng --cpu 2 (pid {stress.pid}) and {SPIKES} spike(s) of 10x for 1 s"):
+                for i in range(SPIKES):
+                    # 1,000 events within one second as 100 parallel batch requests of 10: a Python client on a
+                    # CPU that stress-ng saturates cannot open 1,000 single requests a second by itself
+                    spike = scenario.workload(rate=10 * BASELINE_RATE, keys=64, batch_size=10, limit=SPIKE_EVENTS)
+                    spikes.append(spike)
+                    with spike:
+                        scenario.note(f"spike {i + 1}: {SPIKE_EVENTS} events at {10 * BASELINE_RATE:g} events/s")
+                        assert spike.wait_all_sent(30), f"the spike sent only {spike.sent} events in 30 s"
+                        scenario.note(f"spike {i + 1} sent")
+                    scenario.note(f"spike {i + 1} answered: {dict(spike.stats.statuses)}")
+                    time.sleep(max(0.0, FAULT_S / SPIKES - 1.0))
+        finally:
+            stop_stress(stress)
+            scenario.note("stress-ng stopped")
+    row = scenario.verify()
+
+    assert row.acknowledged >= SPIKES * SPIKE_EVENTS
+    for load in (baseline, *spikes):
+        assert set(load.stats.statuses) <= ALLOWED, load.stats.statuses
+        assert load.stats.missing_retry_after == 0, f"429/503 without Retry-After: {load.stats}"
+    outcomes = scenario.checker.outcomes()
+    assert outcomes["unknown"] == 0 and outcomes["failed"] == 0, outcomes  # every event got in, after retries
