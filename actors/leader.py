@@ -127,20 +127,7 @@ class Leader:
             return list(self._fenced)
 
     def owner_statuses(self, timeout_s: float = 5.0) -> list[dict[str, object]]:
-        refs = []
-        for topic, partition in self.partitions():
-            try:
-                refs.append(ray.get_actor(names.owner_name(topic, partition)).status.remote())
-            except ValueError:
-                continue
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-        out = []
-        for ref in ready:
-            try:
-                out.append(ray.get(ref))
-            except ray.exceptions.RayError as exc:
-                log.warning("owner status failed: %s", exc)
-        return out
+        return self._ask_owners("status", timeout_s)
 
     def stop_all(self, timeout_s: float = 30.0) -> list[dict[str, object]]:
         """Graceful shutdown: owners finish their batch in flight and stop; then actors are released.
@@ -207,19 +194,23 @@ class Leader:
         self._kill_owners()
 
     def _stop_owners(self, timeout_s: float) -> list[dict[str, object]]:
+        return self._ask_owners("stop", timeout_s + 1, timeout_s)
+
+    def _ask_owners(self, method: str, timeout_s: float, *args: object) -> list[dict[str, object]]:
+        """Call `method` on every existing owner at once; the answers that came within timeout_s."""
         refs = []
         for topic, partition in self.partitions():
             try:
-                refs.append(ray.get_actor(names.owner_name(topic, partition)).stop.remote(timeout_s))
+                refs.append(getattr(ray.get_actor(names.owner_name(topic, partition)), method).remote(*args))
             except ValueError:
                 continue
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s + 1)
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
         out = []
         for ref in ready:
             try:
                 out.append(ray.get(ref))
             except ray.exceptions.RayError as exc:
-                log.warning("owner stop failed: %s", exc)
+                log.warning("owner %s failed: %s", method, exc)
         return out
 
     def _kill_owners(self) -> None:

@@ -209,6 +209,9 @@ class CheckpointStore:
                 "keepalives_idle": 10,
                 "keepalives_interval": 3,
                 "keepalives_count": 3,
+                # A statement sent into a network black hole (unacknowledged data) fails after 15 s instead of
+                # hanging for the kernel's ~15 min of retransmissions; keepalives only cover an idle connection.
+                "tcp_user_timeout": 15_000,
             },
         )
         self._ttl_hours = dedup_ttl_hours
