@@ -14,10 +14,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m pip install -q -e '.[dev]'
 	touch $@
 
-# Debian tools the tests use: kcat (a Kafka client we did not write), stress-ng (CPU load), promtool (alert rules).
+# Debian tools the tests use: kcat (a Kafka client we did not write), stress-ng (CPU load), promtool (alert rules),
+# chromium and chromedriver (the status page test drives a headless browser).
 tools:
-	command -v kcat >/dev/null 2>&1 && command -v stress-ng >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || \
-		(apt-get update -qq && apt-get install -y -qq kcat stress-ng prometheus)
+	command -v kcat >/dev/null 2>&1 && command -v stress-ng >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 && \
+		command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq kcat stress-ng prometheus chromium chromium-driver)
 
 run: venv
 	$(VENV)/bin/eventpipe run

@@ -14,9 +14,11 @@ import os
 import ray
 
 from actors.group_commit import GroupCommitter
+from actors.metrics_hub import start_metrics_push
 from cluster.adapters.checkpoint_store import CheckpointStore, is_unavailable
 from cluster.adapters.commit_doc import EncodedBatch
 from cluster.observability.breakers import breaker
+from cluster.observability.logs import setup_logging
 from cluster.settings import Settings
 from pipelines.batch import CommitOutcome
 
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
 class CheckpointWriter:
     def __init__(self, settings: Settings) -> None:
-        logging.basicConfig(level=logging.INFO)
+        setup_logging(settings, "checkpoint-writer")
         self._store = CheckpointStore(
             settings.database_url.get_secret_value(), settings.writer_pool_size, settings.dedup_ttl_hours
         )
@@ -40,6 +42,7 @@ class CheckpointWriter:
             is_failure=is_unavailable,
         )
         self._events = 0
+        start_metrics_push(settings, "writer")
 
     def commit(self, batch: EncodedBatch) -> CommitOutcome:
         outcome = self._committer.commit(batch)

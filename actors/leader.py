@@ -19,11 +19,13 @@ import ray
 from actors import names
 from actors.checkpoint_writer import CheckpointWriter
 from actors.lease_keeper import LeaseKeeper, Role
+from actors.metrics_hub import start_metrics_push
 from actors.partition_owner import PartitionOwner
 from cluster.adapters.checkpoint_store import CheckpointStore, Lease, is_unavailable
 from cluster.adapters.kafka_admin import cluster_id, ensure_topics
 from cluster.adapters.leases import LeaseNotHeld, LeaseStore, leader_lease_name
 from cluster.observability.breakers import breaker
+from cluster.observability.logs import setup_logging
 from cluster.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ def holder_id(settings: Settings) -> str:
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class Leader:
     def __init__(self, settings: Settings) -> None:
-        logging.basicConfig(level=logging.INFO)
+        setup_logging(settings, "leader")
         self._settings = settings
         url = settings.database_url.get_secret_value()
         self._store = CheckpointStore(url, pool_size=4)  # claims come in bursts when owners restart
@@ -66,6 +68,7 @@ class Leader:
         self._fenced: list[dict[str, object]] = []  # owners found fenced, for operators and tests
         self._stopping = threading.Event()
         self._lock = threading.Lock()
+        start_metrics_push(settings, "leader")
         # Nothing that can block on the broker or PostgreSQL runs here: a dependency outage must not crash-loop us.
         threading.Thread(target=self._keeper.run, name="leader-lease", daemon=True).start()
         threading.Thread(target=self._supervise, name="leader-supervisor", daemon=True).start()

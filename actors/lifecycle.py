@@ -1,5 +1,5 @@
-"""Starting and stopping the processing side: the leader (which creates writers and owners), the spool drainer,
-readiness, drain.
+"""Starting and stopping the processing side: the metrics hub, the leader (which creates writers and owners), the
+spool drainer, readiness, drain.
 
 Used by the CLI and by tests; it holds no processing logic and never kills an owner with a batch in flight
 unless told to.
@@ -15,6 +15,7 @@ import ray
 
 from actors import names
 from actors.leader import Leader
+from actors.metrics_hub import MetricsHub
 from actors.spool_drainer import SpoolDrainer
 from cluster.settings import Settings
 
@@ -22,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def start_pipeline(settings: Settings, ready_timeout_s: float = 120.0) -> Any:
-    """Create (or find) the leader and wait until every partition has a live owner."""
+    """Create (or find) the metrics hub and the leader, and wait until every partition has a live owner."""
+    start_metrics_hub(settings)  # first: every worker pushes its metrics to it from the start
     leader = Leader.options(  # type: ignore[attr-defined]
         name=names.LEADER, lifetime="detached", get_if_exists=True, max_concurrency=64
     ).remote(settings)
@@ -42,6 +44,40 @@ def start_spool_drainer(settings: Settings) -> Any | None:
     return SpoolDrainer.options(  # type: ignore[attr-defined]
         name=names.SPOOL_DRAINER, lifetime="detached", get_if_exists=True, max_concurrency=2
     ).remote(settings)
+
+
+def start_metrics_hub(settings: Settings) -> Any:
+    """Create (or find) the hub behind the cluster's one /metrics endpoint, on the head node (a stable address)."""
+    return MetricsHub.options(  # type: ignore[attr-defined]
+        name=names.METRICS_HUB,
+        lifetime="detached",
+        get_if_exists=True,
+        max_concurrency=8,
+        resources={"node:__internal_head__": 0.001},
+    ).remote(settings)
+
+
+def metrics_url(timeout_s: float = 10.0) -> str | None:
+    """Base URL of the running hub's /metrics and /status, None while its port is not bound."""
+    hub = ray.get_actor(names.METRICS_HUB)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        url: str | None = ray.get(hub.address.remote(), timeout=timeout_s)
+        if url is not None or time.monotonic() > deadline:
+            return url
+        time.sleep(0.2)
+
+
+def stop_metrics_hub() -> None:
+    try:
+        hub = ray.get_actor(names.METRICS_HUB)
+    except ValueError:
+        return
+    try:
+        ray.get(hub.stop.remote(), timeout=5)
+    except (ray.exceptions.RayError, TimeoutError) as exc:
+        log.warning("metrics hub did not stop cleanly: %s", exc)
+    ray.kill(hub, no_restart=True)
 
 
 def stop_spool_drainer(timeout_s: float = 15.0) -> None:
@@ -83,3 +119,4 @@ def stop_pipeline(leader: Any, drain_timeout_s: float = 30.0) -> None:
         ray.get(leader.kill_all.remote(), timeout=30)
     finally:
         ray.kill(leader, no_restart=True)
+        stop_metrics_hub()

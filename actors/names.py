@@ -9,6 +9,7 @@ import zlib
 
 LEADER = "eventpipe-leader"
 SPOOL_DRAINER = "spool-drainer"
+METRICS_HUB = "metrics-hub"
 
 
 def owner_name(topic: str, partition: int) -> str:

@@ -18,6 +18,7 @@ import ray
 from ray.exceptions import RayError
 
 from actors import names
+from actors.metrics_hub import start_metrics_push
 from actors.remote_errors import describe, retry_after_s
 from cluster.adapters.checkpoint_store import Fenced, Lease
 from cluster.adapters.commit_doc import encode
@@ -25,8 +26,13 @@ from cluster.adapters.dlq_publisher import DeadLetterPublisher
 from cluster.adapters.enrichment_client import EnrichmentClient
 from cluster.adapters.kafka_config import consumer_config, producer_config
 from cluster.adapters.kafka_source import PartitionSource
+from cluster.observability import metrics as catalogue  # a module: Ray pickles methods by value
+from cluster.observability.event_spans import ProcessingSpans
+from cluster.observability.logs import setup_logging
+from cluster.observability.recording import record_commit, record_processing
+from cluster.observability.tracing import Tracing
 from cluster.settings import Settings
-from pipelines.batch import CommitBatch, CommitOutcome, SourceRecord
+from pipelines.batch import CommitBatch, CommitOutcome, DeadLetter, ProcessedEvent, SourceRecord
 from pipelines.engine import PartitionProcessor
 from pipelines.enrichment import merchant_ids
 from pipelines.policies.gaps import GapPolicy, GapState, split_at_gap
@@ -83,18 +89,23 @@ class StageTimings:
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class PartitionOwner:
     def __init__(self, settings: Settings, topic: str, partition: int) -> None:
-        logging.basicConfig(level=logging.INFO)
+        setup_logging(settings, "partition-owner")
+        self._spans = ProcessingSpans(Tracing.start(settings, "partition-owner"))
         self._settings = settings
         self._status = OwnerStatus(topic, partition, f"{topic}:{partition}:{uuid.uuid4().hex[:8]}", os.getpid())
         self._stop = threading.Event()
         self._timings = StageTimings()
         self._enrichment = EnrichmentClient.from_settings(settings)  # None when no enrichment_url is configured
+        registry = default_registry(settings.base_currency, settings.risk_amount_threshold, self._enrichment)
+        self._types = frozenset(registry.types)
         self._processor = PartitionProcessor(
-            default_registry(settings.base_currency, settings.risk_amount_threshold, self._enrichment),
+            registry,
             settings.ingest_topic,
             RetryPolicy(settings.retry_attempts, settings.retry_base_s, settings.retry_max_s),
             max_record_bytes=settings.max_event_bytes,
+            on_outcome=self._observe,
         )
+        start_metrics_push(settings, "owner")
         self._thread = threading.Thread(target=self._run_guarded, name=f"owner-{topic}-{partition}", daemon=True)
         self._thread.start()
 
@@ -112,6 +123,11 @@ class PartitionOwner:
         return self.status()
 
     # -- the loop -------------------------------------------------------------------------------
+    def _observe(self, outcome: ProcessedEvent | DeadLetter, seconds: float) -> None:
+        """Each record's outcome and processing time, as the engine hands them over (loop thread)."""
+        record_processing(catalogue.METRICS, outcome, seconds, self._types)
+        self._spans.observe(outcome, seconds)
+
     def _run_guarded(self) -> None:
         backoff = 0.5
         while not self._stop.is_set():
@@ -224,6 +240,7 @@ class PartitionOwner:
             # One lookup of the batch's uncached merchants, so a slow service costs a batch one timeout at most.
             self._enrichment.prefetch(merchant_ids(records, self._settings.ingest_topic))
         te = time.perf_counter()
+        traced = self._spans.begin(records)
         batch = self._processor.process(
             records,
             epoch=lease.epoch,
@@ -232,9 +249,18 @@ class PartitionOwner:
             consumed_at=st.last_record_at,
             skipped=skipped,
         )
-        t1 = time.perf_counter()
-        outcome = self._commit(writer, dlq, batch)
+        t1, commit_started_ns = time.perf_counter(), time.time_ns()
+        outcome = self._commit(writer, dlq, batch, traced.trace_contexts)
         t2 = time.perf_counter()
+        self._spans.committed(traced, batch, outcome, commit_started_ns)
+        record_commit(
+            catalogue.METRICS,
+            batch,
+            outcome,
+            time.time(),
+            ingest_topic=self._settings.ingest_topic,
+            known_types=self._types,
+        )
         self._timings.add(enrich=te - t0, process=t1 - te, commit_round_trip=t2 - t1, store=outcome.duration_s)
         self._status.last_batch_size = len(records)
         st.in_flight = False
@@ -248,14 +274,20 @@ class PartitionOwner:
         st.last_commit_at = time.time()
         return batch.next_offset
 
-    def _commit(self, writer: ray.actor.ActorHandle, dlq: DeadLetterPublisher, batch: CommitBatch) -> CommitOutcome:
+    def _commit(
+        self,
+        writer: ray.actor.ActorHandle,
+        dlq: DeadLetterPublisher,
+        batch: CommitBatch,
+        trace_contexts: dict[int, str] | None = None,
+    ) -> CommitOutcome:
         """Keep the batch and retry until it commits or we are fenced: a dependency outage only pauses us.
 
         A retry after a lost acknowledgement (the writer died after COMMIT) comes back as already_committed. While
         the PostgreSQL breaker is open the writer refuses at once and says when to come back; we wait that long.
         """
         delay = 0.05
-        encoded = encode(batch)
+        encoded = encode(batch, trace_contexts)
         while True:
             try:
                 dlq.publish(batch)

@@ -14,10 +14,15 @@ from typing import Any
 
 import ray
 
+from actors.metrics_hub import start_metrics_push
 from cluster.adapters.kafka_config import producer_config
 from cluster.adapters.kafka_producer import BlockingPublisher, Delivered
 from cluster.adapters.spool import SpooledRecord, SpoolStore
+from cluster.observability import metrics as catalogue  # a module: Ray pickles methods by value
 from cluster.observability.breakers import breaker
+from cluster.observability.event_spans import DrainSpans
+from cluster.observability.logs import setup_logging
+from cluster.observability.tracing import Tracing
 from cluster.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,6 +31,7 @@ _IDLE_POLL_S = 0.25  # empty spool (or another drainer holds the lock): look aga
 _FAILURE_PAUSE_S = 0.5  # after a failed publish, before the breaker has opened
 _ERROR_BACKOFF_MIN_S = 0.5  # PostgreSQL unreachable: exponential backoff between these bounds
 _ERROR_BACKOFF_MAX_S = 10.0
+_COUNT_EVERY_S = 1.0  # spool_depth: an exact count of a non-empty spool at most this often
 
 
 def _publisher(settings: Settings) -> BlockingPublisher:
@@ -37,7 +43,8 @@ def _publisher(settings: Settings) -> BlockingPublisher:
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class SpoolDrainer:
     def __init__(self, settings: Settings) -> None:
-        logging.basicConfig(level=logging.INFO)
+        setup_logging(settings, "spool-drainer")
+        self._spans = DrainSpans(Tracing.start(settings, "spool-drainer"))
         self._settings = settings
         self._store = SpoolStore(settings.database_url.get_secret_value())
         self._publisher = _publisher(settings)
@@ -47,6 +54,8 @@ class SpoolDrainer:
         self._batches = 0
         self._last_error: str | None = None
         self._holds_lock = False
+        self._counted_at = 0.0
+        start_metrics_push(settings, "spool-drainer")
         self._thread = threading.Thread(target=self._run, name="spool-drainer", daemon=True)
         self._thread.start()
 
@@ -85,6 +94,7 @@ class SpoolDrainer:
     def _round(self) -> float:
         """One drain step; returns how long to pause before the next."""
         rows = self._store.oldest(self._settings.spool_drain_batch)
+        self._measure_depth(bool(rows))
         if not rows:
             return _IDLE_POLL_S
         self._holds_lock = self._store.hold_drain_lock()
@@ -94,9 +104,18 @@ class SpoolDrainer:
             return max(0.05, min(self._breaker.retry_after_s(), 1.0))
         return self._publish(rows)
 
+    def _measure_depth(self, has_rows: bool) -> None:
+        if not has_rows:
+            catalogue.METRICS.spool_depth.set(0)
+        elif time.monotonic() - self._counted_at >= _COUNT_EVERY_S:
+            catalogue.METRICS.spool_depth.set(self._store.count())
+            self._counted_at = time.monotonic()
+
     def _publish(self, rows: list[SpooledRecord]) -> float:
         started = time.monotonic()
-        outcomes = self._publisher.publish_in_order([row.record for row in rows])
+        records, spans = self._spans.publishing([row.event_id for row in rows], [row.record for row in rows])
+        outcomes = self._publisher.publish_in_order(records)
+        self._spans.published(spans, outcomes)
         acked = 0
         for outcome in outcomes:  # only the acknowledged prefix: a later row must not overtake a failed one
             if not isinstance(outcome, Delivered):

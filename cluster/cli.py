@@ -1,4 +1,5 @@
-"""The `eventpipe` command: run the whole pipeline on embedded defaults, migrate, show status, purge dedup keys.
+"""The `eventpipe` command: run the whole pipeline on embedded defaults, migrate, show status, purge dedup keys, show
+an event's trace.
 
 A thin shell over cluster.local, actors.lifecycle and serve_app: it starts and stops things, it does not process events.
 """
@@ -7,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import logging
 import os
 import signal
 import sys
@@ -19,6 +19,7 @@ from rich.table import Table
 
 from cluster.adapters.checkpoint_store import CheckpointStore
 from cluster.adapters.migrations import migrate
+from cluster.observability.logs import setup_logging
 from cluster.settings import Settings
 
 console = Console()
@@ -60,7 +61,7 @@ def cmd_run(settings: Settings) -> int:
     import ray
     from ray import serve
 
-    from actors.lifecycle import start_pipeline, stop_pipeline
+    from actors.lifecycle import metrics_url, start_pipeline, stop_pipeline
     from cluster.local import LocalStack
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -85,6 +86,11 @@ def cmd_run(settings: Settings) -> int:
             leader = start_pipeline(resolved)
         n = len(resolved.owned_topics()) * resolved.partitions
         console.print(f"[green]✓[/] Processing  {n} partition owners, {resolved.checkpoint_writers} checkpoint writers")
+        hub = metrics_url()
+        if hub is None:
+            console.print(f"[red]✗[/] Metrics     port {resolved.metrics_port} is taken: no /metrics, no status page")
+        else:
+            console.print(f"[green]✓[/] Metrics     {hub}/metrics  (live status page {hub}/status)")
         with console.status("starting Ray Serve ingress…"):
             start_serve(resolved)
         base = f"http://{resolved.http_host}:{resolved.http_port}"
@@ -152,6 +158,23 @@ def cmd_purge_dedup(settings: Settings) -> int:
     return 0
 
 
+def cmd_trace(settings: Settings, event_id: str) -> int:
+    """Print the span tree of one event from the span files of every process (`<data_dir>/traces/`)."""
+    from cluster.observability.trace_view import build_trees, render, spans_of_event
+    from cluster.observability.tracing import traces_dir
+
+    directory = traces_dir(settings)
+    spans = spans_of_event(directory, event_id)
+    if not spans:
+        elsewhere = f"; spans are exported to {settings.otlp_endpoint}" if settings.otlp_endpoint else ""
+        if settings.trace_sample_ratio < 1:
+            elsewhere += f"; only {settings.trace_sample_ratio:.0%} of events are traced (EVENTPIPE_TRACE_SAMPLE_RATIO)"
+        console.print(f"no spans of event {event_id!r} in {directory}{elsewhere}")
+        return 1
+    console.print(render(event_id, build_trees(spans, event_id)))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="eventpipe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -159,9 +182,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("migrate", help="apply database migrations")
     sub.add_parser("status", help="show partition owners of a running pipeline")
     sub.add_parser("purge-dedup", help="delete dedup keys past their TTL")
+    trace = sub.add_parser("trace", help="show one event's spans as a tree with timings (local span files)")
+    trace.add_argument("event_id")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = Settings()
+    setup_logging(settings, "cli")
+    if args.command == "trace":
+        return cmd_trace(settings, args.event_id)
     commands = {"run": cmd_run, "migrate": cmd_migrate, "status": cmd_status, "purge-dedup": cmd_purge_dedup}
     return commands[args.command](settings)
 

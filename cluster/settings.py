@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EVENT_TYPES = ("transaction", "sensor", "user_action")
@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     dashboard_port: int = 8265
+    # The ONE Prometheus scrape target of the whole cluster (the metrics hub, on http_host): /metrics, and the live
+    # status page at /status. 0 picks a free port (the hub reports it). Processes push their metrics every interval.
+    metrics_port: int = Field(9464, ge=0, le=65535)
+    metrics_push_interval_s: float = Field(1.0, gt=0)
     max_batch_events: int = Field(1000, ge=1)
     max_body_bytes: int = Field(1_048_576 * 4, ge=1024)
     max_event_bytes: int = Field(262_144, ge=256)
@@ -96,6 +100,29 @@ class Settings(BaseSettings):
 
     ray_namespace: str = "eventpipe"
     ray_address: str = ""
+
+    # Tracing (ADR 0011): OTLP/HTTP to this collector when set (base URL, /v1/traces is added); otherwise JSON lines
+    # per process under <data_dir>/traces/, read by `eventpipe trace <event-id>`. Parent-based sampling: a trace is
+    # started (API request, raw ingest record) with this probability and followed wherever it goes.
+    tracing_enabled: bool = True
+    otlp_endpoint: str = Field(
+        "", validation_alias=AliasChoices("EVENTPIPE_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT", "otlp_endpoint")
+    )
+    trace_sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    trace_file_max_mb: int = Field(64, ge=1)  # per process; one rotated file is kept besides
+    # JSON log lines on stderr, and in <data_dir>/logs/<service>-<pid>.jsonl unless log_to_files is off. Per-event
+    # lines (accepted, processed) are INFO on the "eventpipe.events" logger, off unless log_events; dead letters are
+    # WARNING and always logged.
+    log_level: str = "INFO"
+    log_events: bool = False
+    log_to_files: bool = True
+    log_file_max_mb: int = Field(64, ge=1)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        """Ray workers do not share the CLI's working directory: every process gets the same absolute path."""
+        return value.expanduser().resolve()
 
     def topic(self, event_type: str) -> str:
         return f"{self.topic_prefix}.{event_type}"

@@ -20,6 +20,8 @@ class SourceRecord:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int | None = None
+    # Kafka record headers (W3C traceparent among them); the engine does not read them.
+    headers: tuple[tuple[str, bytes | None], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -95,3 +97,4 @@ class CommitOutcome:
     dead_letters: int = 0
     current_epoch: int | None = None
     duration_s: float = 0.0
+    duplicate_ids: tuple[str, ...] = ()  # ids the store already knew (not counting in-batch duplicates)

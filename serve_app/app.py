@@ -6,21 +6,27 @@ only translate HTTP.
 
 import asyncio
 import logging
+import uuid
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import ORJSONResponse, Response
 from ray import serve
 
+from actors.metrics_hub import start_metrics_push
 from cluster.adapters.kafka_config import producer_config
 from cluster.adapters.kafka_producer import KafkaPublisher
 from cluster.adapters.read_store import ReadStore
 from cluster.adapters.spool import AsyncSpool
 from cluster.observability.breakers import breaker
+from cluster.observability.event_spans import IngestSpans
+from cluster.observability.logs import bind_correlation, setup_logging
+from cluster.observability.tracing import Tracing
 from cluster.settings import Settings
 from pipelines.registry import default_registry
 from serve_app.admission import InflightGate
 from serve_app.delivery import Delivery, SpoolWatch
+from serve_app.http_metrics import RequestMetrics
 from serve_app.ingest import Ingestor, Reply, RequestMeta
 from serve_app.openapi import batch_body_schema, single_body_schema
 
@@ -32,15 +38,22 @@ app = FastAPI(
     "acknowledged them; processing status, audit trail and read models are served from PostgreSQL.",
     default_response_class=ORJSONResponse,
 )
+app.add_middleware(RequestMetrics)  # http_requests_total{route,method,status}
 
 
-def _reply(reply: Reply) -> Response:
-    return ORJSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
+def _reply(reply: Reply, meta: RequestMeta) -> Response:
+    headers = {**(reply.headers or {}), "X-Correlation-ID": meta.correlation_id or ""}
+    return ORJSONResponse(reply.body, status_code=reply.status, headers=headers)
 
 
 def _meta(request: Request) -> RequestMeta:
+    """The request's metadata; its X-Correlation-ID (1-128 characters), else a new one, is bound to its log lines."""
     h = request.headers
-    return RequestMeta(h.get("content-type"), h.get("idempotency-key"), h.get("x-correlation-id"))
+    correlation_id = h.get("x-correlation-id")
+    if not correlation_id or len(correlation_id) > 128:
+        correlation_id = uuid.uuid4().hex
+    bind_correlation(correlation_id)
+    return RequestMeta(h.get("content-type"), h.get("idempotency-key"), correlation_id)
 
 
 def _not_found(what: str, key: str) -> Response:
@@ -57,6 +70,9 @@ def _not_found(what: str, key: str) -> Response:
 @serve.ingress(app)
 class ApiGateway:
     def __init__(self, settings: Settings) -> None:
+        setup_logging(settings, "api")
+        self._tracing = Tracing.start(settings, "api")
+        start_metrics_push(settings, "api")
         self._settings = settings
         self._registry = default_registry(settings.base_currency, settings.risk_amount_threshold)
         self._publisher = KafkaPublisher(
@@ -72,7 +88,13 @@ class ApiGateway:
         self._delivery = Delivery(
             self._publisher, breaker("kafka", settings), self._spool, self._watch, settings.spool_max_rows
         )
-        self._ingestor = Ingestor(settings, self._registry, self._delivery, InflightGate(settings.max_inflight_events))
+        self._ingestor = Ingestor(
+            settings,
+            self._registry,
+            self._delivery,
+            InflightGate(settings.max_inflight_events),
+            IngestSpans(self._tracing),
+        )
         self._reads = ReadStore(database_url)
         self._reads_open = False
         self._startup: asyncio.Task[None] | None = None
@@ -106,12 +128,14 @@ class ApiGateway:
     @app.post("/events", status_code=202, openapi_extra=single_body_schema(), summary="Ingest one event")
     async def post_event(self, request: Request) -> Response:
         await self._started()
-        return _reply(await self._ingestor.single(await request.body(), _meta(request)))
+        meta = _meta(request)
+        return _reply(await self._ingestor.single(await request.body(), meta), meta)
 
     @app.post("/events/batch", status_code=202, openapi_extra=batch_body_schema(), summary="Ingest a batch of events")
     async def post_batch(self, request: Request) -> Response:
         await self._started()
-        return _reply(await self._ingestor.batch(await request.body(), _meta(request)))
+        meta = _meta(request)
+        return _reply(await self._ingestor.batch(await request.body(), meta), meta)
 
     @app.get("/events/{event_id}", summary="An event's processing status, timestamps, position and result")
     async def get_event(self, event_id: str) -> Response:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import psycopg
 
 from cluster.adapters.kafka_producer import Delivered, KafkaPublisher, PublishError, Record
 from cluster.adapters.spool import AsyncSpool
+from cluster.observability.metrics import METRICS
 from pipelines.policies.breaker import CircuitBreaker
 from serve_app.admission import Route, SpoolCondition, choose_route, readiness, route_after_publish_failure
 
@@ -117,7 +119,12 @@ class Delivery:
         return await self._publish(items)
 
     async def _publish(self, items: list[tuple[str, Record]]) -> list[Outcome]:
+        started = time.perf_counter()
         outcomes: list[Outcome | PublishError] = list(await self._publisher.publish_many([r for _, r in items]))
+        acked_after = time.perf_counter() - started  # the request's records are acknowledged together
+        for outcome in outcomes:
+            if isinstance(outcome, Delivered):
+                METRICS.publish_duration_seconds.observe(acked_after)
         failed = [i for i, o in enumerate(outcomes) if isinstance(o, PublishError)]
         if not failed:
             self._breaker.record_success()

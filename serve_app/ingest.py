@@ -14,6 +14,10 @@ from typing import Any
 import orjson
 
 from cluster.adapters.kafka_producer import Delivered, Record
+from cluster.observability.event_spans import IngestSpans, IngestTrace
+from cluster.observability.metrics import METRICS
+from cluster.observability.recording import invalid_reason
+from cluster.observability.tracing import Tracing
 from cluster.settings import Settings
 from pipelines import ids
 from pipelines.envelope import Envelope
@@ -34,11 +38,12 @@ class Reply:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A validated event ready to publish: its id, type and the broker record."""
+    """A validated event ready to publish: its id, type, the broker record and its spans."""
 
     id: str
     type: str
     record: Record
+    trace: IngestTrace
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,9 @@ class RequestMeta:
 
 
 def _error(status: int, error: str, reason: str, **extra: Any) -> Reply:
+    """A rejected input, counted in validation_errors_total by its code (an invalid event: its first field error's)."""
+    field_errors = extra.get("errors")
+    METRICS.validation_errors.labels(field_errors[0]["type"] if field_errors else error).inc()
     return Reply(status, {"error": error, "reason": reason, **extra})
 
 
@@ -67,11 +75,19 @@ def _refused(refused: Refused, **extra: Any) -> Reply:
 
 
 class Ingestor:
-    def __init__(self, settings: Settings, registry: Registry, delivery: Delivery, gate: InflightGate) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        delivery: Delivery,
+        gate: InflightGate,
+        spans: IngestSpans | None = None,
+    ) -> None:
         self._settings = settings
         self._registry = registry
         self._delivery = delivery
         self._gate = gate
+        self._spans = spans or IngestSpans(Tracing.disabled())
 
     def _precheck(self, body: bytes, meta: RequestMeta, limit: int) -> Reply | None:
         ctype = (meta.content_type or "").split(";")[0].strip().lower()
@@ -90,7 +106,7 @@ class Ingestor:
         except orjson.JSONDecodeError as exc:
             return _error(400, "malformed_json", f"body is not valid JSON: {exc}")
 
-    def _prepare(self, raw: Any, meta: RequestMeta, index: int | None, now: float) -> Prepared:
+    def _prepare(self, raw: Any, meta: RequestMeta, index: int | None, now: float, traced: IngestTrace) -> Prepared:
         """Validate, fix the event's id (client's, idempotency-derived, or new) and serialise its record."""
         if isinstance(raw, dict) and raw.get("id") is None:
             if meta.idempotency_key is not None:
@@ -102,8 +118,12 @@ class Ingestor:
             event, now, correlation_id=meta.correlation_id, idempotency_key=meta.idempotency_key
         )
         event_type: str = event.type  # type: ignore[attr-defined]
+        self._spans.identified(traced, str(event.id), event_type, getattr(event, "user_id", None))
         return Prepared(
-            str(event.id), event_type, (self._settings.topic(event_type), event.entity_key().encode(), record, None)
+            str(event.id),
+            event_type,
+            (self._settings.topic(event_type), event.entity_key().encode(), record, None),
+            traced,
         )
 
     async def single(self, body: bytes, meta: RequestMeta) -> Reply:
@@ -121,13 +141,16 @@ class Ingestor:
             self._gate.release(1)
 
     async def _single(self, raw: Any, meta: RequestMeta) -> Reply:
+        traced = self._spans.begin(meta.correlation_id)
         try:
-            prepared = self._prepare(raw, meta, None, time.time())
+            prepared = self._prepare(raw, meta, None, time.time(), traced)
         except InvalidEvent as exc:
+            self._spans.rejected(traced, exc.reason)
             return _error(422, "validation_failed", exc.reason, errors=[e.as_dict() for e in exc.errors])
-        (outcome,) = await self._delivery.deliver([(prepared.id, prepared.record)])
+        (outcome,) = await self._deliver([prepared])
         if isinstance(outcome, Refused):
             return _refused(outcome)
+        METRICS.events_received.labels(prepared.type).inc()
         return Reply(202, _accepted(prepared, outcome))
 
     async def batch(self, body: bytes, meta: RequestMeta) -> Reply:
@@ -156,26 +179,30 @@ class Ingestor:
             self._gate.release(len(items))
 
     async def _batch(self, items: list[Any], meta: RequestMeta) -> Reply:
-        now = time.time()
+        now, started_ns = time.time(), time.time_ns()
         results: list[dict[str, Any] | None] = [None] * len(items)
         valid: list[tuple[int, Prepared]] = []
         for index, item in enumerate(items):
+            traced = self._spans.begin(meta.correlation_id, started_ns)  # one trace per event, not per request
             try:
-                valid.append((index, self._prepare(item, meta, index, now)))
+                valid.append((index, self._prepare(item, meta, index, now, traced)))
             except InvalidEvent as exc:
+                self._spans.rejected(traced, exc.reason)
+                METRICS.validation_errors.labels(invalid_reason(exc)).inc()
                 results[index] = {
                     "index": index,
                     "status": "rejected",
                     "reason": exc.reason,
                     "errors": [e.as_dict() for e in exc.errors],
                 }
-        outcomes = await self._delivery.deliver([(p.id, p.record) for _, p in valid])
+        outcomes = await self._deliver([p for _, p in valid])
         refusal: Refused | None = None
         for (index, prepared), outcome in zip(valid, outcomes, strict=True):
             if isinstance(outcome, Refused):
                 refusal = refusal or outcome
                 results[index] = {"index": index, "status": "failed", "id": prepared.id, "reason": outcome.reason}
             else:
+                METRICS.events_received.labels(prepared.type).inc()
                 results[index] = {"index": index, **_accepted(prepared, outcome)}
         accepted = sum(1 for r in results if r and r["status"] == "accepted")
         failed = sum(1 for r in results if r and r["status"] == "failed")
@@ -191,6 +218,24 @@ class Ingestor:
         if refusal is not None:
             return _refused(refusal, **body_out)
         return Reply(422, {"error": "validation_failed", "reason": "no event in the batch is valid", **body_out})
+
+    async def _deliver(self, prepared: list[Prepared]) -> list[Outcome]:
+        """Deliver with `event-publish` spans: each record carries its span's context as the `traceparent` header."""
+        items = [(p.id, self._spans.publishing(p.trace, p.record)) for p in prepared]
+        try:
+            outcomes = await self._delivery.deliver(items)
+        except BaseException as exc:
+            for p in prepared:
+                self._spans.published(p.trace, None, error=f"{type(exc).__name__}: {exc}")
+            raise
+        for p, outcome in zip(prepared, outcomes, strict=True):
+            if isinstance(outcome, Refused):
+                self._spans.published(p.trace, None, error=outcome.reason)
+            else:
+                self._spans.published(
+                    p.trace, outcome if isinstance(outcome, Delivered) else None, spooled=isinstance(outcome, Spooled)
+                )
+        return outcomes
 
 
 def _accepted(prepared: Prepared, outcome: Outcome) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import pytest
 import ray
 from ray import serve
 
-from actors.lifecycle import start_pipeline
+from actors.lifecycle import metrics_url, start_pipeline
 from cluster.adapters.migrations import migrate
 from cluster.cli import start_ray, start_serve
 from cluster.local import free_port
@@ -50,6 +50,14 @@ class Pipeline:
 
     def owner_statuses(self) -> list[dict[str, Any]]:
         return list(ray.get(self.leader.owner_statuses.remote()))
+
+    @property
+    def metrics_url(self) -> str:
+        """Base URL of the metrics hub: `/metrics` (the one scrape target) and `/status`."""
+        url = metrics_url()
+        if url is None:
+            raise AssertionError(f"the metrics hub has not bound port {self.settings.metrics_port}")
+        return url
 
 
 def wait_until(condition: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.2) -> Any:
@@ -100,6 +108,7 @@ def pipeline(infra_settings: Settings, pg_url: str, enrichment_service: FakeEnri
     settings = infra_settings.model_copy(
         update={
             "http_port": free_port(),
+            "metrics_port": free_port(),
             "ray_namespace": unique_prefix("eventpipe-test"),
             # Faults heal within seconds in tests: probe dependencies sooner than production's 60 s.
             "breaker_reset_timeout_s": 2.0,
@@ -107,6 +116,7 @@ def pipeline(infra_settings: Settings, pg_url: str, enrichment_service: FakeEnri
             "leader_lease_ttl_s": 6.0,
             "enrichment_url": enrichment_service.url,
             "enrichment_cache_ttl_s": 1.0,  # a fixed set of merchants: a long TTL would hide the service's faults
+            "log_events": True,  # per-event log lines, which tests/integration/test_logs.py checks
         }
     )
     migrate(settings.database_url.get_secret_value())

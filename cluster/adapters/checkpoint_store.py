@@ -178,7 +178,9 @@ gaps AS (
      WHERE EXISTS (SELECT 1 FROM advanced)
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM advanced), (SELECT count(*) FROM fresh), (SELECT count(*) FROM incoming)
+SELECT (SELECT count(*) FROM advanced), (SELECT count(*) FROM fresh), (SELECT count(*) FROM incoming),
+       (SELECT coalesce(array_agg(i.id ORDER BY i.id), '{}') FROM incoming i
+         WHERE NOT EXISTS (SELECT 1 FROM fresh f WHERE f.id = i.id))
 """
 PURGE_DEDUP = "DELETE FROM dedup_keys WHERE expires_at < now()"
 
@@ -275,7 +277,7 @@ class CheckpointStore:
         commit; an error in the transaction fails the whole group, and every batch may be retried as it is.
         """
         started = time.perf_counter()
-        counts: list[tuple[int, int] | None] = []
+        counts: list[tuple[int, int, list[str]] | None] = []
         with self._pool.connection() as conn:
             with conn.transaction():
                 for b in batches:
@@ -286,7 +288,7 @@ class CheckpointStore:
                 if c is None:
                     outcomes.append(self._explain_not_advanced(conn, b, started))
                 else:
-                    fresh, incoming = c
+                    fresh, incoming, known = c
                     outcomes.append(
                         CommitOutcome(
                             committed=True,
@@ -294,12 +296,14 @@ class CheckpointStore:
                             duplicates=incoming - fresh + b.in_batch_duplicates,
                             dead_letters=b.dead_letters,
                             duration_s=duration,
+                            duplicate_ids=tuple(known),
                         )
                     )
         return outcomes
 
-    def _apply(self, conn: psycopg.Connection, b: EncodedBatch) -> tuple[int, int] | None:
-        """Run one batch's statement in a savepoint; (new events, incoming) or None when it did not advance."""
+    def _apply(self, conn: psycopg.Connection, b: EncodedBatch) -> tuple[int, int, list[str]] | None:
+        """Run one batch's statement in a savepoint; (new events, incoming, ids already known) or None when it did
+        not advance."""
         params = {
             "doc": b.doc.decode(),
             "next": b.next_offset,
@@ -315,11 +319,11 @@ class CheckpointStore:
             row = conn.execute(_COMMIT, params, prepare=True).fetchone()
             if row is None:
                 raise RuntimeError("the commit statement returned no row")
-            advanced, fresh, incoming = (int(v) for v in row)
+            advanced, fresh, incoming = (int(v) for v in row[:3])
             if advanced != 1:
                 # Nothing was written (every step is conditional on the advance); drop the savepoint anyway.
                 raise psycopg.Rollback(savepoint)
-        return (fresh, incoming) if advanced == 1 else None
+        return (fresh, incoming, list(row[3])) if advanced == 1 else None
 
     def _explain_not_advanced(self, conn: psycopg.Connection, batch: EncodedBatch, started: float) -> CommitOutcome:
         row = conn.execute(_READ_CHECKPOINT, (batch.topic, batch.partition)).fetchone()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import orjson
@@ -35,7 +36,12 @@ class EncodedBatch:
 
 
 def _event_row(
-    status: str, e: ProcessedEvent | DeadLetter, result: bytes | None, kind: str | None, reason: str | None
+    status: str,
+    e: ProcessedEvent | DeadLetter,
+    result: bytes | None,
+    kind: str | None,
+    reason: str | None,
+    trace: str | None,
 ) -> dict[str, object]:
     return {
         "id": e.event_id,
@@ -48,7 +54,7 @@ def _event_row(
         "caus": e.causation_id,
         "parents": list(e.parent_ids),
         "idem": e.idempotency_key,
-        "trace": getattr(e, "trace_context", None),
+        "trace": trace or getattr(e, "trace_context", None),
         "payload": orjson.Fragment(e.payload_json or "null"),
         "recv": e.received_at,
         "att": e.attempts,
@@ -58,13 +64,15 @@ def _event_row(
     }
 
 
-def encode(batch: CommitBatch) -> EncodedBatch:
+def encode(batch: CommitBatch, trace_contexts: Mapping[int, str] | None = None) -> EncodedBatch:
+    """`trace_contexts` (offset -> W3C traceparent of the event's processing span) is stored with each event."""
+    traces = trace_contexts or {}
     events: list[dict[str, object]] = []
     spend: list[dict[str, object]] = []
     readings: list[dict[str, object]] = []
     actions: list[dict[str, object]] = []
     for p in batch.processed:
-        events.append(_event_row("processed", p, p.result_json.encode(), None, None))
+        events.append(_event_row("processed", p, p.result_json.encode(), None, None, traces.get(p.offset)))
         for effect in p.effects:
             if isinstance(effect, UserSpend):
                 spend.append(
@@ -91,7 +99,7 @@ def encode(batch: CommitBatch) -> EncodedBatch:
     dead: list[dict[str, object]] = []
     for d in batch.dead:
         if d.event_id is not None:
-            events.append(_event_row("dead_lettered", d, None, d.error_kind, d.reason))
+            events.append(_event_row("dead_lettered", d, None, d.error_kind, d.reason, traces.get(d.offset)))
         dead.append(
             {
                 "e": d.event_id,

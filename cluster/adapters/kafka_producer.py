@@ -11,7 +11,7 @@ import asyncio
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -24,6 +24,7 @@ class Delivered:
     topic: str
     partition: int
     offset: int
+    acked_ns: int = field(default=0, compare=False)  # wall clock (ns) when the acknowledgement reached us
 
 
 class PublishError(Exception):
@@ -104,7 +105,7 @@ class KafkaPublisher:
                 if idempotence_lost(err):
                     self._lost = err.str()
             else:
-                outcome = Delivered(msg.topic(), msg.partition(), msg.offset())
+                outcome = Delivered(msg.topic(), msg.partition(), msg.offset(), time.time_ns())
             self._pending.setdefault(loop, []).append((fut, outcome))
 
         deadline = time.monotonic() + self._enqueue_timeout_s
@@ -170,7 +171,7 @@ class BlockingPublisher:
                 if idempotence_lost(err) and self._fatal is None:
                     self._fatal = err.str()  # fenced by its own newer epoch: only a new producer recovers
             else:
-                outcomes[index] = Delivered(msg.topic(), msg.partition(), msg.offset())
+                outcomes[index] = Delivered(msg.topic(), msg.partition(), msg.offset(), time.time_ns())
 
         deadline = time.monotonic() + self._timeout_s + 1.0
         for index, (topic, key, value, headers) in enumerate(records):

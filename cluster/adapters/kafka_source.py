@@ -54,6 +54,7 @@ class PartitionSource:
                     key=msg.key(),
                     value=msg.value(),
                     timestamp_ms=ts if ts_type != 0 and ts > 0 else None,
+                    headers=tuple(msg.headers() or ()) or None,
                 )
             )
         return out

@@ -18,6 +18,7 @@ CIRCUIT_BREAKER_STATE = Gauge(
     "circuit_breaker_state",
     "State of the circuit breaker around a dependency: 0 closed, 1 open, 2 half-open",
     ["dependency"],
+    registry=None,  # not prometheus-client's default registry: the catalogue's (metrics.REGISTRY) holds it
 )
 
 

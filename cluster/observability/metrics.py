@@ -93,7 +93,7 @@ def build(registry: CollectorRegistry) -> Metrics:
         ),
         worker_health=Gauge(
             "worker_health",
-            "1 when a worker (owner, writer, leader) is healthy, 0 when it is not",
+            "1 when a worker (owner, writer, leader, spool drainer) answers the hub and is running, else 0",
             ["worker"],
             registry=registry,
         ),

@@ -133,6 +133,7 @@ class Scenario:
         retry_for_s: float | None = None,
         limit: int | None = None,
         extend: Callable[[dict[str, Any], int], None] | None = None,
+        request_timeout_s: float = 10.0,
     ) -> Workload:
         """A background client (see Workload); retries run for max(60 s, 3 x FAULT_S) unless told otherwise;
         with `limit`, it stops sending after that many events."""
@@ -147,6 +148,7 @@ class Scenario:
             first_n=(len(self.workloads) + 1) * _WORKLOAD_SPACING,
             limit=limit,
             extend=extend,
+            request_timeout_s=request_timeout_s,
         )
         self.workloads.append(w)
         return w
@@ -216,7 +218,8 @@ class Scenario:
             self.notes.append(
                 f"workload {i}: {w.sent} events at {w.rate:g}/s in {st.requests} requests, {st.retries} retries,"
                 f" statuses {dict(st.statuses)},"
-                f" 429/503 without Retry-After {st.missing_retry_after}, fell behind by {st.behind_s:.2f}s"
+                f" 429/503 without Retry-After {st.missing_retry_after}, fell behind by {st.behind_s:.2f}s,"
+                f" slowest answer {st.slowest_s:.2f}s"
             )
         if unresolved:
             self.notes.append(f"{len(unresolved)} acknowledged events unresolved at the deadline")

@@ -69,6 +69,7 @@ class WorkloadStats:
     statuses: Counter[str] = field(default_factory=Counter)  # per attempt: "202", "503", "ReadTimeout", ...
     missing_retry_after: int = 0  # 429/503 answers without a Retry-After header (a defect of the API)
     behind_s: float = 0.0  # how far the sender fell behind its schedule at worst
+    slowest_s: float = 0.0  # the longest a request waited for its answer (or its timeout)
 
 
 class Workload:
@@ -213,16 +214,19 @@ class Workload:
         """One request; returns (seconds to wait before retrying, the events still without a definite answer)."""
         single = self.batch_size == 1
         self.stats.requests += 1
+        asked = time.monotonic()
         try:
             if single:
                 r = await client.post("/events", json=events[0])
             else:
                 r = await client.post("/events/batch", json=events)
         except httpx.HTTPError as exc:
+            self.stats.slowest_s = max(self.stats.slowest_s, time.monotonic() - asked)
             self._attempted(events, type(exc).__name__)
             for event in events:
                 self.checker.record_outcome(event["id"], "unknown")
             return 0.0, events
+        self.stats.slowest_s = max(self.stats.slowest_s, time.monotonic() - asked)
         status = str(r.status_code)
         self._attempted(events, status)
         if r.status_code in (429, 503):

@@ -1,0 +1,368 @@
+"""The spans of one event's path, and the per-event log lines that go with them:
+`event-ingestion` and `event-publish` at the API (IngestSpans), `event-publish` again when the spool drainer sends a
+spooled event (DrainSpans), `event-processing` and `state-store` in the partition owner (ProcessingSpans).
+
+The API injects its publish span's context as the record's W3C `traceparent` header; the owner continues the trace
+from that header and stores its processing span's context with the event. Nothing here decides what happens to an
+event, and nothing here blocks: spans are handed to the batching processor of `Tracing`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from opentelemetry import trace
+from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanContext, SpanKind, Status, StatusCode
+
+from cluster.adapters.kafka_producer import Delivered, Record
+from cluster.observability.logs import EVENT_LOGGER, event_extra, event_lines_enabled
+from cluster.observability.tracing import (
+    Tracing,
+    format_traceparent,
+    header,
+    parse_traceparent,
+    remote_parent,
+    with_header,
+)
+from pipelines.batch import CommitBatch, CommitOutcome, DeadLetter, ProcessedEvent, SourceRecord
+
+events_log = logging.getLogger(EVENT_LOGGER)
+
+INGESTION, PUBLISH, PROCESSING, STATE_STORE = "event-ingestion", "event-publish", "event-processing", "state-store"
+
+
+def _ms(ns: int) -> float:
+    return ns / 1_000_000
+
+
+def _identity(event_id: str | None, event_type: str | None, correlation_id: str | None) -> dict[str, Any]:
+    attributes: dict[str, Any] = {}
+    if event_id is not None:
+        attributes["event.id"] = event_id
+    if event_type is not None:
+        attributes["event.type"] = event_type
+    if correlation_id is not None:
+        attributes["correlation.id"] = correlation_id
+    return attributes
+
+
+def _entities(payload_json: str | None) -> dict[str, Any]:
+    """user.id (and device.id) of an event, read from its payload; only for spans that are recorded."""
+    if not payload_json:
+        return {}
+    try:
+        payload = orjson.loads(payload_json)
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(payload, dict):
+        return {}
+    out = {}
+    for name, attribute in (("user_id", "user.id"), ("device_id", "device.id")):
+        if isinstance(payload.get(name), str):
+            out[attribute] = payload[name]
+    return out
+
+
+# -- the API -----------------------------------------------------------------------------------------------------------
+@dataclass
+class IngestTrace:
+    """One event's spans in one request: its own trace (a batch request starts one trace per event). The ingestion
+    span is created once the event is validated or rejected, with every attribute at once (cheaper than setting them
+    later), and back-dated to when the request was taken."""
+
+    started_ns: int
+    correlation_id: str | None
+    ingestion: Span = INVALID_SPAN
+    publish: Span | None = None
+    event_id: str | None = None
+    event_type: str | None = None
+
+
+class IngestSpans:
+    def __init__(self, tracing: Tracing) -> None:
+        self._tracer = tracing.tracer
+
+    def begin(self, correlation_id: str | None, started_ns: int | None = None) -> IngestTrace:
+        """`event-ingestion` of one event, timed from `started_ns` (now by default)."""
+        return IngestTrace(started_ns or time.time_ns(), correlation_id)
+
+    def rejected(self, t: IngestTrace, reason: str) -> None:
+        attributes = {**_identity(None, None, t.correlation_id), "event.rejected": True}
+        span = self._tracer.start_span(INGESTION, kind=SpanKind.SERVER, start_time=t.started_ns, attributes=attributes)
+        span.set_status(Status(StatusCode.ERROR, reason))
+        span.end()
+
+    def identified(self, t: IngestTrace, event_id: str, event_type: str, user_id: str | None) -> None:
+        """The event validated: `event-ingestion` (a root) with its id, type, user and correlation id."""
+        t.event_id, t.event_type = event_id, event_type
+        identity = _identity(event_id, event_type, t.correlation_id)
+        if user_id is not None:
+            identity["user.id"] = user_id
+        t.ingestion = self._tracer.start_span(
+            INGESTION, kind=SpanKind.SERVER, start_time=t.started_ns, attributes=identity
+        )
+
+    def publishing(self, t: IngestTrace, record: Record) -> Record:
+        """Start `event-publish` (child of ingestion); the record comes back carrying its context as `traceparent`."""
+        topic, key, value, headers = record
+        t.publish = self._tracer.start_span(
+            PUBLISH,
+            context=trace.set_span_in_context(t.ingestion),
+            kind=SpanKind.PRODUCER,
+            attributes={"event.id": t.event_id or "", "messaging.destination.name": topic},
+        )
+        return topic, key, value, with_header(headers, format_traceparent(t.publish.get_span_context()))
+
+    def published(
+        self, t: IngestTrace, delivered: Delivered | None, *, spooled: bool = False, error: str | None = None
+    ) -> None:
+        """End `event-publish` at the broker's acknowledgement (or now, at the spool commit or the refusal), then
+        `event-ingestion`; one per-event log line when they are enabled."""
+        now = time.time_ns()
+        publish = t.publish
+        if publish is not None:
+            if publish.is_recording():
+                done: dict[str, Any] = {"spooled": spooled}
+                if delivered is not None:
+                    done["messaging.destination.partition.id"] = str(delivered.partition)
+                    done["messaging.kafka.offset"] = delivered.offset
+                publish.set_attributes(done)
+                if error is not None:
+                    publish.set_status(Status(StatusCode.ERROR, error))
+            acked = delivered.acked_ns if delivered is not None and delivered.acked_ns else now
+            publish.end(end_time=min(acked, now))
+        if error is not None:
+            t.ingestion.set_status(Status(StatusCode.ERROR, error))
+        t.ingestion.end(end_time=now)
+        if error is None and event_lines_enabled():
+            events_log.info(
+                "event accepted",
+                extra=event_extra(
+                    t.event_id,
+                    t.event_type,
+                    t.ingestion.get_span_context(),
+                    correlation_id=t.correlation_id,
+                    duration_ms=_ms(now - t.started_ns),
+                    spooled=spooled,
+                ),
+            )
+
+
+# -- the spool drainer -------------------------------------------------------------------------------------------------
+class DrainSpans:
+    """`event-publish` of a spooled event by the drainer: a child of the API's publish span (stored in the spooled
+    record's headers), and the parent the owner then sees."""
+
+    def __init__(self, tracing: Tracing) -> None:
+        self._tracer = tracing.tracer
+
+    def publishing(self, event_ids: Sequence[str], records: Sequence[Record]) -> tuple[list[Record], list[Span]]:
+        out: list[Record] = []
+        spans: list[Span] = []
+        for event_id, (topic, key, value, headers) in zip(event_ids, records, strict=True):
+            parent = parse_traceparent(header(headers))
+            span = self._tracer.start_span(
+                PUBLISH,
+                context=remote_parent(parent),
+                kind=SpanKind.PRODUCER,
+                attributes={
+                    "event.id": event_id,
+                    "messaging.system": "kafka",
+                    "messaging.destination.name": topic,
+                    "from_spool": True,
+                },
+            )
+            spans.append(span)
+            out.append((topic, key, value, with_header(headers, format_traceparent(span.get_span_context()))))
+        return out, spans
+
+    def published(self, spans: Sequence[Span], outcomes: Sequence[Delivered | Exception]) -> None:
+        now = time.time_ns()
+        for span, outcome in zip(spans, outcomes, strict=True):
+            if isinstance(outcome, Delivered):
+                span.set_attribute("messaging.kafka.offset", outcome.offset)
+                span.end(end_time=min(outcome.acked_ns or now, now))
+            else:
+                span.set_status(Status(StatusCode.ERROR, str(outcome)))
+                span.end(end_time=now)
+
+
+# -- the partition owner -----------------------------------------------------------------------------------------------
+@dataclass
+class EventSpan:
+    """What the owner knows of one record after processing it: its span, outcome and time."""
+
+    offset: int
+    event_id: str | None
+    event_type: str | None
+    context: SpanContext
+    outcome: str  # processed | dead_lettered | duplicate
+    duration_ms: float
+    correlation_id: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class BatchTrace:
+    """The processing spans of one batch, in record order; `trace_contexts` (offset -> traceparent) is stored with
+    the events."""
+
+    records: dict[int, SourceRecord]
+    events: list[EventSpan] = field(default_factory=list)
+    trace_contexts: dict[int, str] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)
+
+
+class ProcessingSpans:
+    """Used from the owner's one loop thread: `begin(records)`, `observe` per outcome (the engine's `on_outcome`
+    hook), then `committed` once the batch's commit returned."""
+
+    def __init__(self, tracing: Tracing) -> None:
+        self._tracer = tracing.tracer
+        self.enabled = tracing.enabled
+        self._batch: BatchTrace | None = None
+
+    def begin(self, records: Sequence[SourceRecord]) -> BatchTrace:
+        self._batch = BatchTrace({r.offset: r for r in records})
+        return self._batch
+
+    def observe(self, outcome: ProcessedEvent | DeadLetter, seconds: float) -> None:
+        """`event-processing` of one record: child of the record's `traceparent` (a new trace without one)."""
+        batch = self._batch
+        if batch is None:
+            return
+        end_ns = time.time_ns()
+        record = batch.records.get(outcome.offset)
+        parent = parse_traceparent(header(record.headers)) if record is not None else None
+        duplicate = outcome.event_id is not None and outcome.event_id in batch.seen
+        kind = "duplicate" if duplicate else "processed" if isinstance(outcome, ProcessedEvent) else "dead_lettered"
+        reason = outcome.reason if isinstance(outcome, DeadLetter) else None
+        attributes: dict[str, Any] | None = None
+        if self.enabled and (parent is None or parent.trace_flags.sampled):  # else the span will not be recorded
+            attributes = _identity(outcome.event_id, outcome.type, outcome.correlation_id)
+            attributes.update(_entities(outcome.payload_json))
+            attributes["event.outcome"] = kind
+            attributes["event.processing_time_ms"] = round(seconds * 1000, 3)
+            attributes["messaging.kafka.offset"] = outcome.offset  # topic and partition: on the batch commit span
+            if outcome.attempts > 1:
+                attributes["event.attempts"] = outcome.attempts
+            if isinstance(outcome, DeadLetter):
+                attributes["dead_letter.kind"] = outcome.error_kind
+                attributes["dead_letter.reason"] = outcome.reason
+        span = self._tracer.start_span(
+            PROCESSING,
+            context=remote_parent(parent),
+            kind=SpanKind.CONSUMER,
+            start_time=end_ns - int(seconds * 1e9),
+            attributes=attributes,
+        )
+        context = span.get_span_context()
+        if isinstance(outcome, DeadLetter) and span.is_recording():
+            span.set_status(Status(StatusCode.ERROR, f"dead-lettered: {outcome.error_kind}"))
+        span.end(end_time=end_ns)
+        if outcome.event_id is not None and not duplicate:
+            batch.seen.add(outcome.event_id)
+            traceparent = format_traceparent(context)
+            if traceparent is not None:
+                batch.trace_contexts[outcome.offset] = traceparent
+        batch.events.append(
+            EventSpan(
+                outcome.offset,
+                outcome.event_id,
+                outcome.type,
+                context,
+                kind,
+                seconds * 1000,
+                outcome.correlation_id,
+                reason,
+            )
+        )
+
+    def committed(self, trace_: BatchTrace, batch: CommitBatch, outcome: CommitOutcome, started_ns: int) -> None:
+        """`state-store`: one span for the batch commit linking to every event's processing span, and a child of
+        each event's processing span (so each event's trace shows its commit); then the per-event log lines."""
+        self._batch = None
+        end_ns = time.time_ns()
+        if self.enabled:
+            self._commit_spans(trace_, batch, outcome, started_ns, end_ns)
+        _log_events(trace_, batch, _ms(end_ns - started_ns))
+
+    def _commit_spans(
+        self, trace_: BatchTrace, batch: CommitBatch, outcome: CommitOutcome, started_ns: int, end_ns: int
+    ) -> None:
+        sampled = [e for e in trace_.events if e.context.trace_flags.sampled]
+        store = {
+            "db.system": "postgresql",
+            "messaging.destination.name": batch.topic,
+            "messaging.destination.partition.id": str(batch.partition),
+            "eventpipe.epoch": batch.epoch,
+        }
+        commit = self._tracer.start_span(
+            STATE_STORE,
+            kind=SpanKind.CLIENT,
+            start_time=started_ns,
+            links=[Link(e.context) for e in sampled],
+            attributes={
+                **store,
+                "eventpipe.commit": "batch",
+                "eventpipe.batch.records": batch.size,
+                "eventpipe.batch.first_offset": batch.expected_offset,
+                "eventpipe.batch.next_offset": batch.next_offset,
+                "eventpipe.batch.new_events": outcome.new_events,
+                "eventpipe.batch.duplicates": outcome.duplicates,
+                "eventpipe.batch.dead_letters": outcome.dead_letters,
+                "eventpipe.already_committed": outcome.already_committed,
+                "db.transaction_ms": round(outcome.duration_s * 1000, 3),
+            },
+        )
+        commit.end(end_time=end_ns)
+        batch_link = [Link(commit.get_span_context())]
+        known = set(outcome.duplicate_ids)
+        for e in sampled:
+            if e.outcome == "duplicate":
+                continue
+            attributes = {"event.id": e.event_id or "", "eventpipe.commit": "event"}
+            if e.event_id in known:
+                attributes["event.already_stored"] = True
+            span = self._tracer.start_span(
+                STATE_STORE,
+                context=remote_parent(e.context),
+                kind=SpanKind.CLIENT,
+                start_time=started_ns,
+                links=batch_link,
+                attributes=attributes,
+            )
+            span.end(end_time=end_ns)
+
+
+def _log_events(trace_: BatchTrace, batch: CommitBatch, commit_ms: float) -> None:
+    """One line per event of a committed batch: dead letters always (WARNING), the rest when per-event lines are on."""
+    lines = event_lines_enabled()
+    for e in trace_.events:
+        if e.outcome == "dead_lettered":
+            log, message, detail = events_log.warning, "event dead-lettered: %s", e.reason
+        elif lines:
+            log, message = events_log.info, "event %s"
+            detail = "processed" if e.outcome == "processed" else "ignored as a duplicate in its batch"
+        else:
+            continue
+        log(
+            message,
+            detail,
+            extra=event_extra(
+                e.event_id,
+                e.event_type,
+                e.context,
+                correlation_id=e.correlation_id,
+                duration_ms=e.duration_ms,
+                offset=e.offset,
+                commit_ms=round(commit_ms, 3),
+                topic=batch.topic,
+                partition=batch.partition,
+            ),
+        )

@@ -1,0 +1,81 @@
+"""What the pipeline records in the metric catalogue, derived from its own values: a committed batch and its outcome,
+one event's processing time, an invalid event's reason.
+
+It records into a `Metrics` it is given and never decides anything about the events themselves. Label values are
+kept to bounded sets (known event types, error type codes) so no input can create unbounded series.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Collection
+
+from cluster.observability.metrics import DEAD_LETTERED, DUPLICATE, PROCESSED, Metrics
+from pipelines.batch import CommitBatch, CommitOutcome, DeadLetter, ProcessedEvent
+from pipelines.errors import InvalidEvent
+
+UNKNOWN = "unknown"
+
+
+def type_label(event_type: str | None, known_types: Collection[str]) -> str:
+    """The event type as a label value: a registered type, else "unknown" (records may claim any type)."""
+    return event_type if event_type in known_types else UNKNOWN
+
+
+def invalid_reason(exc: InvalidEvent) -> str:
+    """The reason label of a rejected event: the code of its first field error (`missing`, `unknown_type`, ...)."""
+    return exc.errors[0].type if exc.errors else "validation_failed"
+
+
+def outcome_counts(
+    batch: CommitBatch, outcome: CommitOutcome, known_types: Collection[str]
+) -> Counter[tuple[str, str]]:
+    """Events of a committed batch by (type, status): processed, dead_lettered, or duplicate (an id PostgreSQL already
+    had, or seen twice in the batch)."""
+    known_ids = set(outcome.duplicate_ids)
+    type_of: dict[str, str] = {}
+    counts: Counter[tuple[str, str]] = Counter()
+    for event in (*batch.processed, *batch.dead):
+        label = type_label(event.type, known_types)
+        if event.event_id is not None:
+            type_of[event.event_id] = label
+        if event.event_id is not None and event.event_id in known_ids:
+            counts[(label, DUPLICATE)] += 1
+        else:
+            counts[(label, PROCESSED if isinstance(event, ProcessedEvent) else DEAD_LETTERED)] += 1
+    for event_id, _offset in batch.in_batch_duplicates:
+        counts[(type_of.get(event_id, UNKNOWN), DUPLICATE)] += 1
+    return counts
+
+
+def record_commit(
+    metrics: Metrics,
+    batch: CommitBatch,
+    outcome: CommitOutcome,
+    committed_at: float,
+    *,
+    ingest_topic: str,
+    known_types: Collection[str],
+) -> None:
+    """Called once per batch, after it committed: outcomes, batch size, end-to-end latency of the new events, and,
+    for the raw ingest topic, the events that entered the pipeline there."""
+    counts = outcome_counts(batch, outcome, known_types)
+    for (event_type, status), n in counts.items():
+        metrics.events_processed.labels(event_type, status).inc(n)
+    metrics.commit_batch_size.observe(len(batch.processed) + len(batch.dead) + len(batch.in_batch_duplicates))
+    known_ids = set(outcome.duplicate_ids)
+    new: list[ProcessedEvent | DeadLetter] = [
+        e for e in (*batch.processed, *batch.dead) if e.event_id is None or e.event_id not in known_ids
+    ]
+    for event in new:
+        label = type_label(event.type, known_types)
+        metrics.end_to_end_latency_seconds.labels(label).observe(max(0.0, committed_at - event.received_at))
+        if batch.topic == ingest_topic:
+            metrics.events_received.labels(label).inc()
+
+
+def record_processing(
+    metrics: Metrics, event: ProcessedEvent | DeadLetter, seconds: float, known_types: Collection[str]
+) -> None:
+    """One record's decode, validation and handling time (retries included)."""
+    metrics.processing_duration_seconds.labels(type_label(event.type, known_types)).observe(seconds)

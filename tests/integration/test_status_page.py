@@ -1,0 +1,153 @@
+"""The live status page on real components: served by the metrics hub at /status, it loads in headless Chromium
+(Debian's chromium, driven through /usr/bin/chromedriver by selenium) without script errors and, while events flow
+through the API, shows non-zero throughput, the partitions' lag, the breakers and the workers after a refresh.
+
+Set EVENTPIPE_STATUS_SCREENSHOT=<path.png> to keep a screenshot of the page taken under the test's load.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.factories import valid_event
+from tests.pipeline import Pipeline, unique_prefix
+
+pytestmark = pytest.mark.integration
+
+LOAD_BATCH = 50
+LOAD_INTERVAL_S = 0.1
+LOAD_MAX_S = 90.0
+
+
+def _browser_binaries() -> tuple[str, str]:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.fail("chromium and chromedriver are needed (Debian packages chromium, chromium-driver: `make tools`)")
+    return chromium, driver
+
+
+@pytest.fixture
+def browser() -> Iterator[WebDriver]:
+    chromium, driver = _browser_binaries()
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars"):
+        options.add_argument(arg)
+    options.add_argument("--window-size=1400,1150")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # An explicit driver path: selenium must not try to download a driver (there is no internet).
+    session = webdriver.Chrome(service=Service(driver), options=options)
+    try:
+        yield session
+    finally:
+        session.quit()
+
+
+class Load:
+    """POSTs batches of valid events in a background thread until stopped (bounded in count and time)."""
+
+    def __init__(self, base_url: str) -> None:
+        self._base_url = base_url
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="status-page-load", daemon=True)
+        self.accepted = 0
+        self.failures: list[str] = []
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        prefix, rng, n = unique_prefix("status"), random.Random(4), 0
+        deadline = time.monotonic() + LOAD_MAX_S
+        with httpx.Client(base_url=self._base_url, timeout=30) as client:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                batch = [valid_event(prefix, n + i, rng) for i in range(LOAD_BATCH)]
+                n += LOAD_BATCH
+                reply = client.post("/events/batch", json=batch)
+                if reply.status_code == 202:
+                    self.accepted += reply.json()["accepted"]
+                else:
+                    self.failures.append(f"{reply.status_code} {reply.text[:200]}")
+                self._stop.wait(LOAD_INTERVAL_S)
+
+
+def _value(browser: WebDriver, element_id: str) -> float | None:
+    raw = browser.find_element(By.ID, element_id).get_attribute("data-value")
+    return float(raw) if raw else None
+
+
+def _refreshes(browser: WebDriver) -> int:
+    return int(browser.find_element(By.TAG_NAME, "body").get_attribute("data-refreshes"))
+
+
+def _wait_for(browser: WebDriver, what: str, condition, timeout_s: float = 60.0) -> None:
+    try:
+        WebDriverWait(browser, timeout_s, poll_frequency=0.25).until(lambda b: condition(b))
+    except TimeoutException:
+        body = browser.find_element(By.TAG_NAME, "body").text[:2000]
+        pytest.fail(f"status page never showed {what} within {timeout_s:.0f}s; the page showed:\n{body}")
+
+
+def test_status_page_shows_non_zero_throughput_while_events_flow(pipeline: Pipeline, browser: WebDriver):
+    # given events flowing through the API
+    with Load(pipeline.base_url) as load:
+        # when the status page is opened and has refreshed
+        browser.get(f"{pipeline.metrics_url}/status")
+        assert browser.title == "eventpipe status"
+        _wait_for(browser, "two refreshes", lambda b: _refreshes(b) >= 2)
+        _wait_for(
+            browser,
+            "events received and processed per second",
+            lambda b: (_value(b, "received-rate") or 0) > 0 and (_value(b, "processed-rate") or 0) > 0,
+        )
+        refreshes_seen = _refreshes(browser)
+        _wait_for(browser, "another refresh", lambda b: _refreshes(b) > refreshes_seen)
+        screenshot = os.environ.get("EVENTPIPE_STATUS_SCREENSHOT")
+        if screenshot:
+            Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
+            browser.save_screenshot(screenshot)
+
+        # then the page shows the flow and the health of the cluster, and no script failed
+        assert load.accepted > 0, load.failures
+        assert _value(browser, "received-total") > 0
+        assert _value(browser, "processed-total") > 0
+        rows = browser.find_elements(By.CSS_SELECTOR, "#throughput-by-type tbody tr[data-type]")
+        assert {row.get_attribute("data-type") for row in rows} >= {"transaction", "sensor", "user_action"}
+        latency = _value(browser, "latency-end_to_end-p99")
+        assert latency is not None and latency > 0
+        lag = browser.find_elements(By.CSS_SELECTOR, "#lag-partitions [data-topic]")
+        expected = len(pipeline.settings.owned_topics()) * pipeline.settings.partitions
+        assert len(lag) == expected
+        assert all(float(cell.get_attribute("data-value")) >= 0 for cell in lag)
+        breakers = {
+            pill.get_attribute("data-breaker"): pill.get_attribute("data-state")
+            for pill in browser.find_elements(By.CSS_SELECTOR, "#breakers [data-breaker]")
+        }
+        assert {"kafka", "postgres"} <= set(breakers)
+        assert _value(browser, "workers-total") >= expected
+        assert _value(browser, "dlq-size") is not None
+        assert _value(browser, "spool-depth") is not None
+        assert browser.find_element(By.ID, "status-error").text == ""
+        assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-js-errors") == "0"
+        errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+        assert errors == []
