@@ -26,10 +26,15 @@ from tests.chaos.report import ChaosReport, Entry
 from tests.chaos.workload import Workload, build_event
 from tests.pipeline import Pipeline, unique_prefix
 
-__all__ = ["FAULT_S", "Checker", "Expectation", "Record", "Row", "Scenario", "Workload"]
+__all__ = ["FAULT_S", "Checker", "Expectation", "Record", "Row", "Scenario", "Workload", "steady"]
 
 FAULT_S: float = float(os.environ.get("EVENTPIPE_CHAOS_FAULT_S", "3.0"))
 _WORKLOAD_SPACING = 10_000_000  # each workload of a scenario numbers its events in its own range
+
+
+def steady(seconds: float) -> None:
+    """Let the workload run (a duration of load or of a fault, not a wait for a condition)."""
+    time.sleep(seconds)
 
 
 def direct_db_url(pipeline: Pipeline) -> str:

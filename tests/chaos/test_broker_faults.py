@@ -7,8 +7,7 @@ Plus the producer-level failure the 30 s blackhole found: an idempotent producer
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,16 +16,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from cluster.adapters.kafka_config import producer_config
 from cluster.adapters.kafka_producer import Delivered, KafkaPublisher
 from cluster.local import EmbeddedBroker, free_port
-from tests.chaos.faultproxy import FaultProxy
-from tests.chaos.harness import FAULT_S, Scenario
+from tests.chaos.faultproxy import FaultProxy, ProxyStats
+from tests.chaos.harness import FAULT_S, Scenario, steady
 from tests.pipeline import wait_until
 
 SLOW_LINK_MS = 500
-
-
-def steady(seconds: float) -> None:
-    """Let the workload run (a duration of load or of a fault, not a wait for a condition)."""
-    time.sleep(seconds)
 
 
 @pytest.fixture(autouse=True)
@@ -37,37 +31,37 @@ def healed_broker(broker_proxy: FaultProxy) -> Iterator[FaultProxy]:
     broker_proxy.heal()
 
 
-def test_broker_unreachable_then_healed(scenario: Scenario, broker_proxy: FaultProxy) -> None:
+def under_link_fault(
+    scenario: Scenario, proxy: FaultProxy, label: str, inject: Callable[[], None]
+) -> tuple[ProxyStats, ProxyStats]:
+    """Load, then `inject` a fault on the broker link for FAULT_S, heal, verify; the proxy's byte counts as the fault
+    began and as it ended."""
     with scenario.workload(rate=200):
         steady(1.0)
-        with scenario.fault(f"broker blackholed for {FAULT_S:g}s (every Kafka client)"):
-            broker_proxy.blackhole()
+        with scenario.fault(label):
+            inject()
             try:
-                held = broker_proxy.stats()
+                began = proxy.stats()
                 steady(FAULT_S)
-                during = broker_proxy.stats()
+                ended = proxy.stats()
             finally:
-                broker_proxy.heal()
+                proxy.heal()
         steady(1.0)
     scenario.verify()
+    return began, ended
+
+
+def test_broker_unreachable_then_healed(scenario: Scenario, broker_proxy: FaultProxy) -> None:
+    label = f"broker blackholed for {FAULT_S:g}s (every Kafka client)"
+    held, during = under_link_fault(scenario, broker_proxy, label, broker_proxy.blackhole)
     # the fault was real: not one byte crossed while it lasted
     assert (during.bytes_up, during.bytes_down) == (held.bytes_up, held.bytes_down)
     assert broker_proxy.stats().bytes_up > during.bytes_up  # and traffic flowed again after the heal
 
 
 def test_broker_link_slow(scenario: Scenario, broker_proxy: FaultProxy) -> None:
-    with scenario.workload(rate=200):
-        steady(1.0)
-        with scenario.fault(f"broker link delayed {SLOW_LINK_MS} ms each way for {FAULT_S:g}s"):
-            broker_proxy.delay(SLOW_LINK_MS)
-            try:
-                before = broker_proxy.stats()
-                steady(FAULT_S)
-                during = broker_proxy.stats()
-            finally:
-                broker_proxy.heal()
-        steady(1.0)
-    scenario.verify()
+    label = f"broker link delayed {SLOW_LINK_MS} ms each way for {FAULT_S:g}s"
+    before, during = under_link_fault(scenario, broker_proxy, label, lambda: broker_proxy.delay(SLOW_LINK_MS))
     # a slow link is degraded, not down: records kept crossing it
     assert during.bytes_up > before.bytes_up and during.bytes_down > before.bytes_down
 

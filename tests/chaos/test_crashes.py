@@ -10,16 +10,11 @@ import httpx
 import psycopg
 
 from tests.chaos import targets
-from tests.chaos.harness import FAULT_S, Scenario
+from tests.chaos.harness import FAULT_S, Scenario, steady
 from tests.pipeline import wait_until
 
 KILLS = max(1, round(FAULT_S / 10))  # one kill in CI, three when faults last 30 s
 RESTART_TIMEOUT_S = 60.0
-
-
-def steady(seconds: float) -> None:
-    """Let the workload run between faults (a duration of load, not a wait for a condition)."""
-    time.sleep(seconds)
 
 
 def test_owner_killed_mid_batch_before_its_commit(scenario: Scenario) -> None:

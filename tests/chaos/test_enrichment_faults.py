@@ -13,16 +13,11 @@ from typing import Any
 
 import pytest
 
-from tests.chaos.harness import FAULT_S, Scenario
+from tests.chaos.harness import FAULT_S, Scenario, steady
 from tests.fakes.enrichment_service import MERCHANTS, FakeEnrichmentService
 from tests.pipeline import wait_until
 
 MERCHANT_IDS = tuple(MERCHANTS)
-
-
-def steady(seconds: float) -> None:
-    """Let the workload run (a duration of load or of a fault, not a wait for a condition)."""
-    time.sleep(seconds)
 
 
 @pytest.fixture(autouse=True)

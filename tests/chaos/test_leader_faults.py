@@ -6,22 +6,16 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from typing import Any
 
 import ray
 
 from actors.partition_owner import PartitionOwner
 from tests.chaos import targets
-from tests.chaos.harness import FAULT_S, Scenario
+from tests.chaos.harness import FAULT_S, Scenario, steady
 from tests.pipeline import Pipeline, wait_until
 
 RESTART_TIMEOUT_S = 120.0
-
-
-def steady(seconds: float) -> None:
-    """Let the workload run between faults (a duration of load, not a wait for a condition)."""
-    time.sleep(seconds)
 
 
 def epochs(scenario: Scenario) -> dict[tuple[str, int], int]:

@@ -15,7 +15,7 @@ import pytest
 from cluster.adapters import checkpoint_store
 from cluster.local import EmbeddedPostgres
 from tests.chaos.faultproxy import FaultProxy
-from tests.chaos.harness import FAULT_S, Scenario
+from tests.chaos.harness import FAULT_S, Scenario, steady
 from tests.pipeline import wait_until
 
 # Text of the checkpoint commit statement; psycopg prepares it, so it crosses each connection once, at Parse time.
@@ -30,11 +30,6 @@ SELECT pid, coalesce(query, ''), pg_terminate_backend(pid)
  WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
    AND xact_start IS NOT NULL
 """
-
-
-def steady(seconds: float) -> None:
-    """Let the workload run (a duration of load or of a fault, not a wait for a condition)."""
-    time.sleep(seconds)
 
 
 @pytest.fixture(autouse=True)
