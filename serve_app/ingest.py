@@ -55,10 +55,15 @@ class RequestMeta:
 
 
 def _error(status: int, error: str, reason: str, **extra: Any) -> Reply:
-    """A rejected input, counted in validation_errors_total by its code (an invalid event: its first field error's)."""
-    field_errors = extra.get("errors")
-    METRICS.validation_errors.labels(field_errors[0]["type"] if field_errors else error).inc()
+    """A rejected request, counted in validation_errors_total by its error code."""
+    METRICS.validation_errors.labels(error).inc()
     return Reply(status, {"error": error, "reason": reason, **extra})
+
+
+def _invalid(exc: InvalidEvent) -> Reply:
+    """A rejected event, counted in validation_errors_total by its first field error's code."""
+    METRICS.validation_errors.labels(invalid_reason(exc)).inc()
+    return Reply(422, {"error": "validation_failed", "reason": exc.reason, "errors": [e.as_dict() for e in exc.errors]})
 
 
 def _overloaded(gate: InflightGate, events: int) -> Reply:
@@ -146,7 +151,7 @@ class Ingestor:
             prepared = self._prepare(raw, meta, None, time.time(), traced)
         except InvalidEvent as exc:
             self._spans.rejected(traced, exc.reason)
-            return _error(422, "validation_failed", exc.reason, errors=[e.as_dict() for e in exc.errors])
+            return _invalid(exc)
         (outcome,) = await self._deliver([prepared])
         if isinstance(outcome, Refused):
             return _refused(outcome)
