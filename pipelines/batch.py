@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipelines.effects import Effect
+from pipelines.errors import DeadLetterKind
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class DeadLetter:
     """A record that will not be processed, with the reason; event fields are set when the id was known."""
 
     offset: int
-    error_kind: str  # invalid | poison | exhausted
+    error_kind: DeadLetterKind
     reason: str
     attempts: int
     payload: bytes | None

@@ -15,7 +15,7 @@ import orjson
 from pipelines import ids
 from pipelines.batch import CommitBatch, DeadLetter, ProcessedEvent, SourceRecord
 from pipelines.envelope import Envelope
-from pipelines.errors import InvalidEvent, PoisonEvent
+from pipelines.errors import DeadLetterKind, InvalidEvent, PoisonEvent
 from pipelines.jsontext import dumps_storable
 from pipelines.policies.retry import RetryExhausted, RetryPolicy, call_with_retry
 from pipelines.registry import Registry
@@ -147,19 +147,21 @@ class PartitionProcessor:
                 trace_context=envelope.trace_context,
             )
         except InvalidEvent as exc:
-            return self._dead(record, envelope, "invalid", exc.describe(), 1, consumed_at)
+            return self._dead(record, envelope, DeadLetterKind.INVALID, exc.describe(), 1, consumed_at)
         except PoisonEvent as exc:
-            return self._dead(record, envelope, "poison", str(exc), 1, consumed_at)
+            return self._dead(record, envelope, DeadLetterKind.POISON, str(exc), 1, consumed_at)
         except RetryExhausted as exc:
-            return self._dead(record, envelope, "exhausted", str(exc), exc.attempts, consumed_at)
+            return self._dead(record, envelope, DeadLetterKind.EXHAUSTED, str(exc), exc.attempts, consumed_at)
         except Exception as exc:  # noqa: BLE001 - a handler bug must not stall the partition: classify and DLQ it
-            return self._dead(record, envelope, "handler_error", f"{type(exc).__name__}: {exc}", 1, consumed_at)
+            return self._dead(
+                record, envelope, DeadLetterKind.HANDLER_ERROR, f"{type(exc).__name__}: {exc}", 1, consumed_at
+            )
 
     def _dead(
         self,
         record: SourceRecord,
         envelope: Envelope | None,
-        kind: str,
+        kind: DeadLetterKind,
         reason: str,
         attempts: int,
         consumed_at: float,

@@ -6,6 +6,7 @@ InvalidEvent and PoisonEvent go to the dead-letter queue at once; TransientError
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 
 @dataclass(frozen=True)
@@ -41,3 +42,14 @@ class PoisonEvent(Exception):
 
 class TransientError(Exception):
     """A failure worth retrying (a dependency hiccup); after the retry budget it is dead-lettered."""
+
+
+class DeadLetterKind(StrEnum):
+    """Why a record went to the dead letters: the one spelling of `dead_letters.error_kind` and of metric labels."""
+
+    INVALID = "invalid"  # the bytes or fields can never become a valid event
+    POISON = "poison"  # a valid event the handler can never process
+    EXHAUSTED = "exhausted"  # transient failures outlasted the retry budget
+    HANDLER_ERROR = "handler_error"  # an unexpected exception on the event's way through the owner
+    STORE_REJECTED = "store_rejected"  # PostgreSQL refused the event's rows for a data reason (overflow, constraint)
+    PUBLISH_REJECTED = "publish_rejected"  # the broker refuses the record for good (e.g. larger than allowed)
