@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from pipelines.jsontext import has_nul
+
 MAX_METADATA_DEPTH = 8  # the metadata object itself is level 1
 MAX_METADATA_BYTES = 16_384  # serialised as compact JSON
 MAX_METADATA_KEY_CHARS = 128
@@ -27,13 +29,16 @@ def metadata_problem(value: dict[str, Any]) -> str | None:
     """Why `value` is not acceptable metadata, or None. Size first: orjson bounds its own nesting (255 levels)
     natively, so the walk that follows only ever sees at most MAX_METADATA_BYTES of data."""
     try:
-        size = len(orjson.dumps(value))
+        text = orjson.dumps(value)
+        size = len(text)
     except (orjson.JSONEncodeError, TypeError, ValueError) as exc:
         if "recursion" in str(exc).lower():
             return f"must be nested at most {MAX_METADATA_DEPTH} levels deep"
         return f"must be plain JSON (objects, arrays, strings, finite numbers, booleans, null): {exc}"
     if size > MAX_METADATA_BYTES:
         return f"must serialise to at most {MAX_METADATA_BYTES} bytes of JSON, got {size}"
+    if has_nul(text):
+        return "strings must not contain the NUL character (U+0000), which cannot be stored"
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()

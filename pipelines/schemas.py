@@ -15,9 +15,20 @@ from pydantic_core import PydanticCustomError
 from pipelines.limits import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, MAX_METADATA_KEY_CHARS, metadata_problem
 from pipelines.units import PHYSICAL_RANGES, READING_MAX, READING_MIN, physical_range_problem
 
+
+def _storable(value: str) -> str:
+    """PostgreSQL text and jsonb cannot hold U+0000: refused here, with the field named, not when stored."""
+    if "\x00" in value:
+        raise PydanticCustomError("nul_character", "must not contain the NUL character (U+0000)")
+    return value
+
+
+Storable = AfterValidator(_storable)
 EventId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
-EntityId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-ShortText = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+EntityId = Annotated[str, StringConstraints(min_length=1, max_length=128), Storable]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=256), Storable]
+# Blank lineage ids are refused: stripped to "", they made an envelope the partition owner rejects after a 202.
+LineageId = Annotated[str, StringConstraints(min_length=1, max_length=128), Storable]
 
 SUPPORTED_CURRENCIES = ("USD", "EUR", "GBP", "JPY", "CHF", "CAD", "AUD")
 SUPPORTED_UNITS = ("C", "F", "K", "Pa", "kPa", "bar", "psi", "%", "m", "cm", "ft", "lux")
@@ -61,8 +72,8 @@ class EventBase(BaseModel):
     id: EventId | None = None
     timestamp: Timestamp
     schema_version: Literal[1] = 1
-    correlation_id: Annotated[str, StringConstraints(max_length=128)] | None = None
-    causation_id: Annotated[str, StringConstraints(max_length=128)] | None = None
+    correlation_id: LineageId | None = None
+    causation_id: LineageId | None = None
     parent_ids: Annotated[list[EventId], Field(max_length=32)] = Field(default_factory=list)
 
     def entity_key(self) -> str:
