@@ -129,8 +129,11 @@ class Settings(BaseSettings):
     @field_validator("event_time_min")
     @classmethod
     def _aware_event_time_min(cls, value: datetime) -> datetime:
-        """A naive time is read as UTC, like event timestamps."""
-        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        """A naive time is read as UTC, like event timestamps; the window must leave every time a UTC date."""
+        value = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        if value < datetime(1, 1, 2, tzinfo=UTC):
+            raise ValueError("event_time_min must be on or after 0001-01-02T00:00:00Z")
+        return value
 
     @field_validator("data_dir")
     @classmethod
