@@ -105,3 +105,16 @@ def test_the_published_schema_states_the_reading_bounds_per_unit(registry):
     assert per_unit["bar"] == {"minimum": 0.0, "maximum": 10_000.0}
     assert per_unit["C"] == {"minimum": -273.15, "maximum": 9_726.85}
     assert set(per_unit) == set(SUPPORTED_UNITS)
+
+
+@pytest.mark.parametrize(
+    ("reading", "unit", "valid"),
+    [(21.5, "C", True), (-300.0, "C", False), (1e308, "bar", False), (10_000.0, "bar", True), (10_001.0, "bar", False)],
+)
+def test_a_json_schema_validator_reading_the_published_schema_agrees_with_the_api(
+    registry, sensor_data, reading, unit, valid
+):
+    jsonschema = pytest.importorskip("jsonschema")
+    validator = jsonschema.Draft202012Validator(registry.json_schemas()["sensor"]["1"])
+
+    assert validator.is_valid(sensor_data(reading=reading, unit=unit)) is valid
