@@ -96,7 +96,13 @@ class PartitionOwner:
         self._stop = threading.Event()
         self._timings = StageTimings()
         self._enrichment = EnrichmentClient.from_settings(settings)  # None when no enrichment_url is configured
-        registry = default_registry(settings.base_currency, settings.risk_amount_threshold, self._enrichment)
+        registry = default_registry(
+            settings.base_currency,
+            settings.risk_amount_threshold,
+            self._enrichment,
+            event_time_min=settings.event_time_min,
+            event_time_max_ahead_s=settings.event_time_max_ahead_s + settings.event_time_owner_grace_s,
+        )
         self._types = frozenset(registry.types)
         self._processor = PartitionProcessor(
             registry,

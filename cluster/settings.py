@@ -5,6 +5,7 @@ It must never be read at import time deep in the code: build `Settings()` at a p
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -117,6 +118,22 @@ class Settings(BaseSettings):
     log_events: bool = False
     log_to_files: bool = True
     log_file_max_mb: int = Field(64, ge=1)
+
+    # Event-time window (issue 8): the API accepts event timestamps from event_time_min to event_time_max_ahead_s
+    # after its clock, else 422. Partition owners re-validate what they read with event_time_owner_grace_s more
+    # room ahead, so clock skew between an API replica and an owner never dead-letters what the API accepted.
+    event_time_min: datetime = datetime(1970, 1, 1, tzinfo=UTC)
+    event_time_max_ahead_s: float = Field(86_400.0, ge=0, le=366 * 86_400)
+    event_time_owner_grace_s: float = Field(3_600.0, ge=0, le=366 * 86_400)
+
+    @field_validator("event_time_min")
+    @classmethod
+    def _aware_event_time_min(cls, value: datetime) -> datetime:
+        """A naive time is read as UTC, like event timestamps; the window must leave every time a UTC date."""
+        value = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        if value < datetime(1, 1, 2, tzinfo=UTC):
+            raise ValueError("event_time_min must be on or after 0001-01-02T00:00:00Z")
+        return value
 
     @field_validator("data_dir")
     @classmethod

@@ -1,6 +1,7 @@
 """The envelope the API writes to `events.<type>`: the validated event plus ingestion metadata.
 
-Encoding is JSON (orjson); decode errors surface as InvalidEvent so a bad record is dead-lettered, never crashes.
+Encoding is JSON (orjson); encode and decode errors surface as InvalidEvent (a 422 at the API, a dead letter in the
+owner), never as a crash.
 """
 
 from __future__ import annotations
@@ -73,13 +74,17 @@ class Envelope:
         """The record for an event whose id is set, serialised once (pydantic's JSON, embedded as is)."""
         if event.id is None:
             raise ValueError("an event needs its id before it is published")
-        payload = event.model_dump_json().encode()
+        try:
+            payload = event.model_dump_json().encode()
+            envelope = cls.wrap(
+                event, event.id, received_at, correlation_id=correlation_id, idempotency_key=idempotency_key, payload={}
+            )
+            record = envelope._dumps(orjson.Fragment(payload))
+        except Exception as exc:  # noqa: BLE001 - whatever cannot be serialised is this event's fault: a 422, not a 500
+            raise InvalidEvent(f"event cannot be serialised: {type(exc).__name__}: {exc}"[:500]) from exc
         if has_nul(payload):
             raise InvalidEvent("event contains a NUL character (\\u0000), which cannot be stored")
-        envelope = cls.wrap(
-            event, event.id, received_at, correlation_id=correlation_id, idempotency_key=idempotency_key, payload={}
-        )
-        return envelope._dumps(orjson.Fragment(payload))
+        return record
 
     def encode(self) -> bytes:
         return self._dumps(self.payload)

@@ -5,8 +5,10 @@ Validation turns every problem into InvalidEvent with field-level errors; it nev
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -18,6 +20,7 @@ from pipelines.handlers.base import Handler
 from pipelines.handlers.sensor import SensorHandler
 from pipelines.handlers.transaction import TransactionHandler
 from pipelines.handlers.user_action import UserActionHandler
+from pipelines.limits import EPOCH, TimeWindow
 from pipelines.schemas import EventBase, SensorV1, TransactionV1, UserActionV1
 
 
@@ -29,14 +32,22 @@ class EventTypeSpec:
 
 
 def field_errors(exc: ValidationError) -> tuple[FieldError, ...]:
+    """One FieldError per problem; a model-level check names its field in the error context (`field`)."""
     return tuple(
-        FieldError(".".join(str(p) for p in err["loc"]) or "$", err["msg"], err["type"]) for err in exc.errors()
+        FieldError(
+            ".".join(str(p) for p in err["loc"]) or str(err.get("ctx", {}).get("field", "$")), err["msg"], err["type"]
+        )
+        for err in exc.errors()
     )
 
 
 @dataclass
 class Registry:
+    """Event types by name, and the event-time window checked at `now` from the injected clock (epoch seconds)."""
+
     specs: dict[str, EventTypeSpec] = field(default_factory=dict)
+    time_window: TimeWindow = field(default_factory=TimeWindow)
+    clock: Callable[[], float] = time.time
 
     def register(self, spec: EventTypeSpec) -> None:
         if spec.name in self.specs:
@@ -51,7 +62,18 @@ class Registry:
         return self.specs[event_type]
 
     def parse(self, raw: Any) -> EventBase:
-        """Validate a decoded JSON value into its typed event."""
+        """Validate a decoded JSON value into its typed event; raises InvalidEvent and nothing else, for any input."""
+        try:
+            return self._parse(raw)
+        except InvalidEvent:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a validator failing on hostile input (RecursionError, ...) is a 422
+            raise InvalidEvent(
+                "event could not be validated",
+                (FieldError("$", f"cannot be validated: {type(exc).__name__}", "unvalidatable"),),
+            ) from exc
+
+    def _parse(self, raw: Any) -> EventBase:
         if not isinstance(raw, dict):
             raise InvalidEvent("event must be a JSON object", (FieldError("$", "expected an object", "type_error"),))
         event_type = raw.get("type")
@@ -70,23 +92,40 @@ class Registry:
                 (FieldError("schema_version", f"supported: {sorted(spec.versions)}", "unsupported_version"),),
             )
         try:
-            return model.model_validate(raw)
+            event = model.model_validate(raw)
         except ValidationError as exc:
             raise InvalidEvent(f"invalid {event_type} event", field_errors(exc)) from None
+        problem = self.time_window.problem(event.timestamp, self.clock())
+        if problem is not None:
+            raise InvalidEvent(f"invalid {event_type} event", (FieldError("timestamp", problem, "time_window"),))
+        return event
 
     def json_schemas(self) -> dict[str, dict[str, Any]]:
         """JSON Schema per type and version, as published at GET /schemas."""
         return {
-            name: {str(v): model.model_json_schema() for v, model in sorted(spec.versions.items())}
+            name: {str(v): self._published(model) for v, model in sorted(spec.versions.items())}
             for name, spec in self.specs.items()
         }
 
+    def _published(self, model: type[EventBase]) -> dict[str, Any]:
+        schema = model.model_json_schema()
+        schema["properties"]["timestamp"]["description"] = self.time_window.describe()  # the configured window
+        return schema
+
 
 def default_registry(
-    base_currency: str = "USD", risk_threshold: float = 10_000.0, merchants: MerchantLookup | None = None
+    base_currency: str = "USD",
+    risk_threshold: float = 10_000.0,
+    merchants: MerchantLookup | None = None,
+    *,
+    event_time_min: datetime = EPOCH,
+    event_time_max_ahead_s: float = 86_400.0,
+    clock: Callable[[], float] = time.time,
 ) -> Registry:
-    """The three built-in types; `merchants` enriches transactions (None: no enrichment service configured)."""
-    registry = Registry()
+    """The three built-in types; `merchants` enriches transactions (None: no enrichment service configured).
+
+    Event times are accepted from `event_time_min` to `event_time_max_ahead_s` after `clock()`."""
+    registry = Registry(time_window=TimeWindow(event_time_min, event_time_max_ahead_s), clock=clock)
     registry.register(
         EventTypeSpec(
             "transaction",

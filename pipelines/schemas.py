@@ -5,16 +5,30 @@ Pure data definitions: no I/O, no knowledge of Kafka, Ray or PostgreSQL.
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic_core import PydanticCustomError
 
+from pipelines.limits import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, MAX_METADATA_KEY_CHARS, metadata_problem
+from pipelines.units import PHYSICAL_RANGES, READING_MAX, READING_MIN, physical_range_problem
+
+
+def _storable(value: str) -> str:
+    """PostgreSQL text and jsonb cannot hold U+0000: refused here, with the field named, not when stored."""
+    if "\x00" in value:
+        raise PydanticCustomError("nul_character", "must not contain the NUL character (U+0000)")
+    return value
+
+
+Storable = AfterValidator(_storable)
 EventId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
-EntityId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-ShortText = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+EntityId = Annotated[str, StringConstraints(min_length=1, max_length=128), Storable]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=256), Storable]
+# Blank lineage ids are refused: stripped to "", they made an envelope the partition owner rejects after a 202.
+LineageId = Annotated[str, StringConstraints(min_length=1, max_length=128), Storable]
 
 SUPPORTED_CURRENCIES = ("USD", "EUR", "GBP", "JPY", "CHF", "CAD", "AUD")
 SUPPORTED_UNITS = ("C", "F", "K", "Pa", "kPa", "bar", "psi", "%", "m", "cm", "ft", "lux")
@@ -25,14 +39,29 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def _finite(value: float) -> float:
-    if not math.isfinite(value):
-        raise ValueError("must be a finite number")
+def _bounded_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    """Depth, size, key length and value types of free-form metadata, checked without recursion."""
+    if value:
+        problem = metadata_problem(value)
+        if problem is not None:
+            raise PydanticCustomError("metadata_limit", "{detail}", {"detail": problem})
     return value
 
 
 Timestamp = Annotated[datetime, AfterValidator(_aware)]
-Metadata = Annotated[dict[str, Any], Field(default_factory=dict, max_length=64)]
+Metadata = Annotated[
+    dict[str, Any],
+    Field(
+        default_factory=dict,
+        max_length=64,
+        description=(
+            f"Free-form JSON object: at most 64 keys at the top, nested at most {MAX_METADATA_DEPTH} levels, at most "
+            f"{MAX_METADATA_BYTES} bytes as compact JSON; numbers finite, integers within 64 bits."
+        ),
+        json_schema_extra={"propertyNames": {"maxLength": MAX_METADATA_KEY_CHARS}},
+    ),
+    AfterValidator(_bounded_metadata),
+]
 
 
 class EventBase(BaseModel):
@@ -43,8 +72,8 @@ class EventBase(BaseModel):
     id: EventId | None = None
     timestamp: Timestamp
     schema_version: Literal[1] = 1
-    correlation_id: Annotated[str, StringConstraints(max_length=128)] | None = None
-    causation_id: Annotated[str, StringConstraints(max_length=128)] | None = None
+    correlation_id: LineageId | None = None
+    causation_id: LineageId | None = None
     parent_ids: Annotated[list[EventId], Field(max_length=32)] = Field(default_factory=list)
 
     def entity_key(self) -> str:
@@ -73,12 +102,42 @@ class Location(BaseModel):
     lon: Annotated[float, Field(ge=-180, le=180)]
 
 
+def _physical_ranges_schema() -> list[dict[str, Any]]:
+    """The per-unit reading range as JSON Schema conditionals (one `if unit == u then reading in range`)."""
+    return [
+        {
+            "if": {"properties": {"unit": {"const": unit}}, "required": ["unit"]},
+            "then": {"properties": {"reading": {"minimum": low, "maximum": high}}},
+        }
+        for unit, (low, high) in PHYSICAL_RANGES.items()
+    ]
+
+
 class SensorV1(EventBase):
+    # The range per unit is published as well as checked; the Field bounds are their envelope, checked first.
+    model_config = ConfigDict(json_schema_extra={"allOf": _physical_ranges_schema()})
+
     type: Literal["sensor"]
     device_id: EntityId
-    reading: Annotated[float, AfterValidator(_finite)]
+    reading: Annotated[
+        float,
+        Field(
+            ge=READING_MIN,
+            le=READING_MAX,
+            allow_inf_nan=False,
+            description="Physically possible range depends on the unit (see allOf); finite.",
+        ),
+    ]
     unit: Literal["C", "F", "K", "Pa", "kPa", "bar", "psi", "%", "m", "cm", "ft", "lux"]
     location: Location
+
+    @model_validator(mode="after")
+    def _physically_possible(self) -> SensorV1:
+        problem = physical_range_problem(self.unit, self.reading)
+        if problem is not None:
+            # `field` names the input at fault: a model-level check has no location of its own.
+            raise PydanticCustomError("physical_range", "{detail}", {"detail": problem, "field": "reading"})
+        return self
 
     def entity_key(self) -> str:
         return self.device_id

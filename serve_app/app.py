@@ -74,7 +74,12 @@ class ApiGateway:
         self._tracing = Tracing.start(settings, "api")
         start_metrics_push(settings, "api")
         self._settings = settings
-        self._registry = default_registry(settings.base_currency, settings.risk_amount_threshold)
+        self._registry = default_registry(
+            settings.base_currency,
+            settings.risk_amount_threshold,
+            event_time_min=settings.event_time_min,
+            event_time_max_ahead_s=settings.event_time_max_ahead_s,
+        )
         self._publisher = KafkaPublisher(
             producer_config(
                 settings.kafka_bootstrap,

@@ -56,7 +56,7 @@ def valid_event(prefix: str, n: int, rng: random.Random, with_id: bool = True) -
             "type": "sensor",
             "timestamp": TS,
             "device_id": f"{prefix}-d{rng.randrange(20)}",
-            "reading": round(rng.uniform(-20, 40), 3),
+            "reading": round(rng.uniform(0, 40), 3),  # physically possible in every unit drawn below (kPa, %)
             "unit": rng.choice(["C", "F", "kPa", "%"]),
             "location": {"lat": 52.5, "lon": 13.4},
         }

@@ -1,34 +1,21 @@
 """Sensor handler: normalises a reading to SI units and flags it when outside the unit's plausible range.
 
-Conversion and range tables are plain data; nothing here reads a device or a clock.
+The range table is plain data (conversions live in pipelines.units); nothing here reads a device or a clock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pipelines.effects import DeviceReading
+from pipelines.errors import PoisonEvent
 from pipelines.handlers.base import HandlerResult
 from pipelines.schemas import SensorV1
+from pipelines.units import to_si
 
-# unit -> (SI unit, conversion)
-CONVERSIONS: Mapping[str, tuple[str, Callable[[float], float]]] = {
-    "K": ("K", lambda v: v),
-    "C": ("K", lambda v: v + 273.15),
-    "F": ("K", lambda v: (v - 32.0) * 5.0 / 9.0 + 273.15),
-    "Pa": ("Pa", lambda v: v),
-    "kPa": ("Pa", lambda v: v * 1_000.0),
-    "bar": ("Pa", lambda v: v * 100_000.0),
-    "psi": ("Pa", lambda v: v * 6_894.757293168),
-    "%": ("ratio", lambda v: v / 100.0),
-    "m": ("m", lambda v: v),
-    "cm": ("m", lambda v: v / 100.0),
-    "ft": ("m", lambda v: v * 0.3048),
-    "lux": ("lx", lambda v: v),
-}
-
-# Plausible range per SI unit for field sensors; outside it the reading is kept but flagged.
+# Plausible range per SI unit for field sensors; outside it the reading is kept but flagged. What is physically
+# impossible never gets here: the schema refuses it (pipelines.units.PHYSICAL_RANGES).
 DEFAULT_RANGES: Mapping[str, tuple[float, float]] = {
     "K": (173.15, 373.15),  # -100 C .. 100 C
     "Pa": (0.0, 2_000_000.0),
@@ -43,8 +30,10 @@ class SensorHandler:
     ranges: Mapping[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_RANGES))
 
     def __call__(self, event: SensorV1) -> HandlerResult:
-        si_unit, convert = CONVERSIONS[event.unit]
-        value = round(convert(event.reading), 9)
+        try:
+            si_unit, value = to_si(event.unit, event.reading)  # finite, or the event is refused here
+        except ValueError as exc:
+            raise PoisonEvent(str(exc)) from None
         low, high = self.ranges[si_unit]
         out_of_range = not (low <= value <= high)
         result = {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 from pipelines.effects import UserSpend
 from pipelines.enrichment import MerchantLookup, enrich
@@ -46,7 +46,10 @@ class TransactionHandler:
 
     def __call__(self, event: TransactionV1) -> HandlerResult:
         rate = self._rate(event.currency)
-        base_amount = (event.amount * rate).quantize(_QUANTUM, rounding=ROUND_HALF_EVEN)
+        try:
+            base_amount = (event.amount * rate).quantize(_QUANTUM, rounding=ROUND_HALF_EVEN)
+        except InvalidOperation:  # only with configured rates so extreme that the result has over 22 integer digits
+            raise PoisonEvent(f"{event.amount} {event.currency} does not fit in {self.base_currency}") from None
         reasons = []
         if abs(base_amount) >= self.risk_threshold:
             reasons.append(f"amount >= {self.risk_threshold} {self.base_currency}")

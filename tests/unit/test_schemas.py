@@ -163,7 +163,7 @@ def test_latitude_and_longitude_on_the_bounds_are_accepted(registry, sensor_data
 
 @pytest.mark.parametrize("reading", [float("nan"), float("inf"), float("-inf"), "NaN", "inf"])
 def test_non_finite_reading_is_rejected(registry, sensor_data, reading):
-    assert errors_of(registry, sensor_data(reading=reading)) == {"reading": "value_error"}
+    assert errors_of(registry, sensor_data(reading=reading)) == {"reading": "finite_number"}
 
 
 def test_unsupported_unit_is_rejected(registry, sensor_data):
