@@ -68,6 +68,8 @@ def under_link_fault(
             finally:
                 proxy.heal()
         steady(1.0)
+    if watch is not None:
+        scenario.note(f"during the fault: {watch.seen}")
     scenario.verify(expect=EXPECT)
     return began, ended
 
@@ -82,7 +84,6 @@ def test_broker_unreachable_then_healed(scenario: Scenario, broker_proxy: FaultP
     assert broker_proxy.stats().bytes_up > during.bytes_up  # and traffic flowed again after the heal
     # and the degraded mode engaged: the kafka breaker opened, events were acknowledged from the spool
     seen = watch.seen
-    scenario.note(f"while blackholed: {seen}")
     assert "open" in seen.breaker_states | seen.gauge_states, seen
     spooled = [r for r in scenario.checker.acknowledged() if r.spooled]
     assert len(spooled) >= 10, f"only {len(spooled)} events acknowledged from the spool; {seen}"

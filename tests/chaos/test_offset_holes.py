@@ -107,12 +107,12 @@ def test_an_aborted_transaction_leaves_a_hole_that_is_skipped_after_the_grace_pe
                 grace_s + 30,
                 f"the hole at {topic}[{PARTITION}]@{hole} to be skipped",
             )
+    [(from_offset, to_offset, skipped_at)] = gap
+    waited = float(skipped_at) - produced_after
+    scenario.note(f"the owner skipped {from_offset}..{to_offset - 1} {waited:.2f}s after the record behind it came")
     scenario.verify(expect=EXPECT)
 
-    [(from_offset, to_offset, skipped_at)] = gap
     assert (from_offset, to_offset) == (hole, hole + 1)  # the hole and nothing else
-    waited = float(skipped_at) - produced_after
-    scenario.note(f"the owner skipped the hole {waited:.2f}s after the record behind it was produced")
     assert waited >= grace_s * 0.9, f"skipped after {waited:.2f}s, before the grace period of {grace_s}s"
     # nothing else of the partition was skipped or lost: every record around the hole has a row (the checker saw the
     # valid ones committed at their positions) and the checkpoint passed the hole
