@@ -481,7 +481,7 @@ class Checker:
             if rec.outcome != "acknowledged" or rec.event_id is None or rec.event_id not in positions:
                 continue
             committed, told = positions[rec.event_id], rec.acked_at or rec.position
-            if committed != told:
+            if (told is None and rec.spooled) or (told is not None and committed != told and rec.attempts > 1):
                 wanted.setdefault(committed[:2], {})[committed[2]] = rec.event_id  # type: ignore[index]
         if not wanted or self._bootstrap is None:
             return set()
