@@ -1,6 +1,9 @@
 """The chaos checker: what clients were told (records), what PostgreSQL holds (observations), and the verdict row.
 
 Jepsen-style: the workload only records outcomes; the comparison is pure and never trusts the pipeline's own counts.
+A verdict must be able to fail: besides nothing lost, doubled or misplaced, a scenario states what it promises
+(`Expect`: the share of valid events acknowledged, recovery after the fault) and `judge` fails it otherwise, so an API
+that refused every event fails every scenario.
 """
 
 from __future__ import annotations
