@@ -1,6 +1,9 @@
 """The chaos checker: what clients were told (records), what PostgreSQL holds (observations), and the verdict row.
 
 Jepsen-style: the workload only records outcomes; the comparison is pure and never trusts the pipeline's own counts.
+A verdict must be able to fail: besides nothing lost, doubled or misplaced, a scenario states what it promises
+(`Expect`: the share of valid events acknowledged, recovery after the fault) and `judge` fails it otherwise, so an API
+that refused every event fails every scenario.
 """
 
 from __future__ import annotations
@@ -62,6 +65,10 @@ class Observed:
     actions: dict[tuple[str, str], int] = field(default_factory=dict)
     devices: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)  # (device, si unit) -> (n, sum)
     offset_gaps: int = 0
+    positions: dict[str, Position] = field(default_factory=dict)  # id -> where its events row says it was read
+    # (id, position) pairs read back from the log: the record at that position carries that event id. Filled by
+    # Checker.observe for acknowledged events whose committed position cannot be checked against a 202's answer.
+    on_log: set[tuple[str, Position]] = field(default_factory=set)
 
 
 @dataclass
@@ -76,18 +83,77 @@ class Row:
     misrouted: int = 0
     offset_gaps: int = 0
     orphans: int = 0
+    misplaced: int = 0  # acknowledged events committed at another log position than the one they were written at
     recover_s: float | None = None
+    offered: int = 0  # valid events clients tried to get in (expected "processed")
+    offered_acked: int = 0  # ... of which the API (or the broker, for raw records) acknowledged
+    refused: int = 0  # ... of which were refused with a 4xx: a valid event must never be
+    spooled: int = 0  # acknowledged from the API's spool (no log position in the 202)
+    faults: int = 0  # faults the scenario injected (set by the harness)
 
-    ERRORS = ("lost", "duplicated", "unexpected", "misrouted", "offset_gaps", "orphans")
+    ERRORS = ("lost", "duplicated", "unexpected", "misrouted", "offset_gaps", "orphans", "misplaced")
 
     def errors(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.ERRORS if getattr(self, name)}
+
+    @property
+    def acked_share(self) -> float | None:
+        return None if self.offered == 0 else self.offered_acked / self.offered
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What a scenario promises beyond "nothing lost, nothing doubled", stated in the scenario.
+
+    `min_acked`: the least share of the valid events offered that must be acknowledged; never 0 (a pipeline that
+    refuses everything loses nothing). Lower it only where the fault legitimately refuses with 503 for longer than
+    the clients retry. `recovery`: a fault was injected and a checkpoint advanced after the last heal.
+    `valid_refused`: how many valid events may get a 4xx (0: a valid event is never refused).
+    `offset_gaps`: how many offset holes the scenario makes on purpose (each must be recorded, no more).
+    """
+
+    min_acked: float = 0.9
+    recovery: bool = True
+    valid_refused: int = 0
+    offset_gaps: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_acked <= 1:
+            raise ValueError(f"min_acked must be in (0, 1], not {self.min_acked}: a floor of 0 proves nothing")
+
+
+def judge(row: Row, expect: Expect) -> list[str]:
+    """Why the scenario failed, beyond the error columns: too little acknowledged, no recovery, valid events refused.
+    Empty when the scenario passed."""
+    problems = [f"{column}: {count}" for column, count in row.errors().items() if column != "offset_gaps"]
+    if row.offset_gaps != expect.offset_gaps:
+        problems.append(f"offset_gaps: {row.offset_gaps} (made on purpose: {expect.offset_gaps})")
+    share = row.acked_share
+    if share is None:
+        problems.append("no valid event was offered: the scenario tested nothing")
+    elif share < expect.min_acked:
+        problems.append(
+            f"only {row.offered_acked} of {row.offered} valid events acknowledged ({share:.1%});"
+            f" the scenario requires {expect.min_acked:.0%}"
+        )
+    if row.refused > expect.valid_refused:
+        problems.append(f"{row.refused} valid events refused with a 4xx (allowed: {expect.valid_refused})")
+    if expect.recovery:
+        if row.faults == 0:
+            problems.append("no fault was injected: there is nothing to recover from")
+        elif row.recover_s is None:
+            problems.append("no recovery observed: no checkpoint advanced after the last heal")
+    return problems
 
 
 @dataclass
 class Verdict:
     row: Row
     details: dict[str, list[str]]  # column -> a few examples, for the assertion message
+
+    def failures(self, expect: Expect | None = None) -> list[str]:
+        """Everything that fails the scenario (empty: it passed); see `judge`."""
+        return judge(self.row, expect or Expect())
 
 
 @dataclass
@@ -144,6 +210,31 @@ def read_model_mismatches(expected: ReadModels, seen: Observed, tainted: set[str
     return out
 
 
+def placement(rec: Record, seen: Observed) -> str | None:
+    """Why an acknowledged, committed event is not where it was acknowledged; None when it is (or cannot be told).
+
+    The 202 names the log position (topic, partition, offset) the broker wrote the event at; a raw record has the
+    position its producer was told. The events row must hold that position. Two exceptions, each confirmed by
+    reading the log (`seen.on_log`): an event acknowledged from the spool has no position in its 202, so the
+    position it was committed at must carry it on the log; and an event whose client retried may have been written
+    by an earlier attempt too (the answer to it was lost): the copy committed must then carry it on the log.
+    """
+    if rec.event_id is None or rec.event_id not in seen.positions:
+        return None
+    committed = seen.positions[rec.event_id]
+    told = rec.acked_at or rec.position
+    if told is not None and committed == told:
+        return None
+    confirmed = (rec.event_id, committed) in seen.on_log
+    if told is None:
+        if rec.spooled and not confirmed:
+            return f"{rec.event_id} (spooled) committed at {committed}, which does not carry it on the log"
+        return None
+    if rec.attempts > 1 and confirmed:
+        return None  # an earlier attempt's copy, committed first; the acknowledged one was a duplicate
+    return f"{rec.event_id} acknowledged at {told}, committed at {committed} (attempts {rec.statuses})"
+
+
 def compute_row(name: str, records: list[Record], seen: Observed, prefix_ids: set[str]) -> Verdict:
     """The verdict on one scenario. `prefix_ids` are the event ids found in PostgreSQL by the scenario's prefix
     (ids and entity keys), whether or not anybody recorded sending them."""
@@ -171,11 +262,21 @@ def compute_row(name: str, records: list[Record], seen: Observed, prefix_ids: se
         elif processed:
             tainted.add(seen.entity_keys.get(rec.event_id or "") or "")
         label = rec.event_id or f"{rec.position}"
+        if rec.expected == "processed":
+            row.offered += 1
+            row.offered_acked += rec.outcome == "acknowledged"
+            if rec.outcome == "failed":
+                row.refused += 1
+                flag("refused", f"valid {label} was refused ({rec.statuses})")
         if rec.outcome == "acknowledged":
             row.acknowledged += 1
+            row.spooled += rec.spooled
             if not processed and not dead and status is None:
                 row.lost += 1
                 flag("lost", f"{label} ({rec.expected}; attempts {rec.statuses})")
+            elif (why := placement(rec, seen)) is not None:
+                row.misplaced += 1
+                flag("misplaced", why)
         if rec.outcome == "failed" and (processed or dead or status is not None):
             row.unexpected += 1
             flag("unexpected", f"{label} was refused ({rec.statuses}) but is in PostgreSQL")
@@ -218,9 +319,10 @@ def compute_row(name: str, records: list[Record], seen: Observed, prefix_ids: se
 class Checker:
     """Thread-safe record of every send; `observe` reads the scenario's state from PostgreSQL."""
 
-    def __init__(self, prefix: str, ingest_topic: str) -> None:
+    def __init__(self, prefix: str, ingest_topic: str, bootstrap: str | None = None) -> None:
         self.prefix = prefix
         self._ingest_topic = ingest_topic
+        self._bootstrap = bootstrap  # the broker, to confirm positions that no 202 named (see `placement`)
         self._lock = threading.Lock()
         self._by_id: dict[str, Record] = {}
         self._anonymous: list[Record] = []
@@ -327,13 +429,14 @@ class Checker:
         like = self.like()
         seen = Observed()
         prefix_ids: set[str] = set()
-        for event_id, status, entity, by_prefix in conn.execute(
-            """SELECT id, status, entity_key, (id LIKE %s OR entity_key LIKE %s) FROM events
-                WHERE id = ANY(%s) OR id LIKE %s OR entity_key LIKE %s""",
+        for event_id, status, entity, by_prefix, topic, partition, offset in conn.execute(
+            """SELECT id, status, entity_key, (id LIKE %s OR entity_key LIKE %s), topic, partition, "offset"
+                 FROM events WHERE id = ANY(%s) OR id LIKE %s OR entity_key LIKE %s""",
             (like, like, rec_ids, like, like),
         ):
             seen.events[event_id] = status
             seen.entity_keys[event_id] = entity
+            seen.positions[event_id] = (str(topic), int(partition), int(offset))
             if by_prefix:
                 prefix_ids.add(event_id)
         found = list(seen.events)
@@ -370,7 +473,31 @@ class Checker:
                 0
             ]  # type: ignore[index]
         )
+        seen.on_log = self._confirm_on_log(records, seen.positions)
         return seen, prefix_ids
+
+    def _confirm_on_log(self, records: list[Record], positions: dict[str, Position]) -> set[tuple[str, Position]]:
+        """(id, committed position) pairs whose record on the log carries the id, for the acknowledged events whose
+        committed position no 202 named (spooled) or differs from it (see `placement`). One read per partition."""
+        wanted: dict[tuple[str, int], dict[int, str]] = {}
+        for rec in records:
+            if rec.outcome != "acknowledged" or rec.event_id is None or rec.event_id not in positions:
+                continue
+            committed, told = positions[rec.event_id], rec.acked_at or rec.position
+            if (told is None and rec.spooled) or (told is not None and committed != told and rec.attempts > 1):
+                wanted.setdefault(committed[:2], {})[committed[2]] = rec.event_id  # type: ignore[index]
+        if not wanted or self._bootstrap is None:
+            return set()
+        from tests.chaos import rawlog  # the broker client only where a position must be read back
+
+        out: set[tuple[str, Position]] = set()
+        for (topic, partition), by_offset in wanted.items():
+            low, high = min(by_offset), max(by_offset)
+            for msg in rawlog.read_partition(self._bootstrap, topic, partition, low, high - low + 1):
+                event_id = by_offset.get(msg.offset())
+                if event_id is not None and event_id.encode() in (msg.value() or b""):
+                    out.add((event_id, (topic, partition, msg.offset())))
+        return out
 
     def verdict(self, name: str, conn: psycopg.Connection[Any], since: float) -> Verdict:
         seen, prefix_ids = self.observe(conn, since)

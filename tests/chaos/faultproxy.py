@@ -13,6 +13,11 @@ Modes (each call takes effect before it returns; `heal()` goes back to pass):
   cut_after_commit(marker)  (postgres=True only) arms one cut: on the next connection whose client has sent a
                statement containing `marker`, a simple-query COMMIT is forwarded, the server's reply swallowed and
                both sides closed. The COMMIT happened; its acknowledgement is lost.
+  hold_commit(marker)  (postgres=True only) arms one hold: on the next connection whose client has sent a statement
+               containing `marker`, everything before its next simple-query COMMIT is forwarded and the COMMIT is
+               held: the server waits inside the transaction, the client waits for the COMMIT's answer.
+               `release_held(deliver=False)` resets such connections (the COMMIT never reaches the server: the
+               transaction rolls back); `release_held(deliver=True)` forwards the COMMIT. heal() resets them too.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ _QUEUE_CHUNKS = 64  # per direction; a held link stops reading past this, so TCP
 _CONNECT_TIMEOUT_S = 5.0
 _CUT_REPLY_WAIT_S = 5.0
 _CALL_TIMEOUT_S = 10.0
-_COUNTERS = ("connections", "bytes_up", "bytes_down", "resets", "upstream_failures", "cuts")
+_COUNTERS = ("connections", "bytes_up", "bytes_down", "resets", "upstream_failures", "cuts", "holds")
 
 
 class Mode(enum.Enum):
@@ -56,6 +61,7 @@ class ProxyStats:
     resets: int  # connections closed with RST
     upstream_failures: int  # upstream connect refused or timed out
     cuts: int  # COMMITs forwarded whose acknowledgement was swallowed
+    holds: int = 0  # COMMITs held (see hold_commit)
 
 
 def _abort_with_rst(writer: asyncio.StreamWriter | None) -> None:
@@ -78,6 +84,8 @@ class _Link:
         self.scanner = PgFrontendScanner() if postgres else None
         self.cutting = False
         self.reply_swallowed = asyncio.Event()
+        self.released = asyncio.Event()  # a held COMMIT may go (or the link be reset): see FaultProxy.release_held
+        self.deliver_held = False
         self.closed = False
 
     def writers(self) -> list[asyncio.StreamWriter]:
@@ -119,6 +127,8 @@ class FaultProxy:
         self._delay_s = 0.0
         self._flowing: asyncio.Event | None = None
         self._cut_marker: bytes | None = None
+        self._hold_marker: bytes | None = None
+        self._holding: set[_Link] = set()
         self._counts = dict.fromkeys(_COUNTERS, 0)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -221,6 +231,31 @@ class FaultProxy:
             raise ValueError("an empty marker would match every connection")
         self._cut_marker = bytes(marker)
 
+    def hold_commit(self, marker: bytes) -> None:
+        if not self.postgres:
+            raise RuntimeError(f"{self.name}: hold_commit needs a proxy built with postgres=True")
+        if not marker:
+            raise ValueError("an empty marker would match every connection")
+        self._hold_marker = bytes(marker)
+
+    @property
+    def held(self) -> int:
+        """Connections whose COMMIT is held now."""
+        return len(self._holding)
+
+    def release_held(self, deliver: bool = False) -> int:
+        """End every hold: forward the COMMITs (`deliver`), or reset their connections so that the COMMITs never
+        reach the server. Returns how many were held."""
+        return int(self._call(self._release(deliver)))
+
+    async def _release(self, deliver: bool) -> int:
+        held = list(self._holding)
+        self._holding.clear()
+        for link in held:
+            link.deliver_held = deliver
+            link.released.set()
+        return len(held)
+
     def stats(self) -> ProxyStats:
         return ProxyStats(active=len(self._links), **self._counts)
 
@@ -234,7 +269,8 @@ class FaultProxy:
         assert self._flowing is not None
         previous, self._mode, self._delay_s = self._mode, mode, delay_s
         if mode is Mode.PASS:
-            self._cut_marker = None
+            self._cut_marker = self._hold_marker = None
+            await self._release(deliver=False)
         if mode is Mode.BLACKHOLE:
             self._flowing.clear()
         else:
@@ -294,6 +330,7 @@ class FaultProxy:
             if not link.closed:
                 link.close()
             self._links.discard(link)
+            self._holding.discard(link)
             self._tasks.discard(task)
 
     async def _forward(self, link: _Link, up_r: asyncio.StreamReader, up_w: asyncio.StreamWriter) -> None:
@@ -324,8 +361,11 @@ class FaultProxy:
                 if not upstream:
                     link.reply_swallowed.set()
                 return True  # nothing more crosses a cut link, either way
-            if upstream and link.scanner is not None and await self._maybe_cut(link, data, dst):
-                return False
+            if upstream and link.scanner is not None:
+                rest = await self._intercept(link, data, dst)
+                if rest is None:
+                    return False
+                data = rest
             dst.write(data)
             # Counted when handed over, before any await: once blackhole() returns, the counters stand still.
             self._counts["bytes_up" if upstream else "bytes_down"] += len(data)
@@ -373,16 +413,41 @@ class FaultProxy:
                 task.cancel()
             await asyncio.gather(reader, writer, return_exceptions=True)
 
-    async def _maybe_cut(self, link: _Link, data: bytes, dst: asyncio.StreamWriter) -> bool:
-        """Scan client bytes; on an armed COMMIT, forward up to it, swallow the reply, close. True if cut."""
+    async def _intercept(self, link: _Link, data: bytes, dst: asyncio.StreamWriter) -> bytes | None:
+        """Scan client bytes; on an armed COMMIT, cut or hold it. Returns what is left to forward (None: the link
+        was closed)."""
         assert link.scanner is not None
-        commits = link.scanner.feed(data)
-        marker = self._cut_marker
-        if not commits or marker is None or not link.scanner.carried(marker):
-            return False
+        commits = link.scanner.feed_commits(data)
+        if not commits:
+            return data
+        if self._hold_marker is not None and link.scanner.carried(self._hold_marker):
+            return await self._hold(link, data, max(0, commits[0][0]), dst)
+        if self._cut_marker is not None and link.scanner.carried(self._cut_marker):
+            await self._cut(link, data, commits[0][1], dst)
+            return None
+        return data
+
+    async def _hold(self, link: _Link, data: bytes, start: int, dst: asyncio.StreamWriter) -> bytes | None:
+        """Forward what precedes the COMMIT, hold the COMMIT until released: then forward it, or reset the link."""
+        self._hold_marker = None
+        head = data[:start]
+        dst.write(head)
+        self._counts["bytes_up"] += len(head)
+        await dst.drain()
+        self._counts["holds"] += 1
+        self._holding.add(link)
+        await link.released.wait()
+        if link.deliver_held:
+            return data[start:]
+        link.reset()
+        self._counts["resets"] += 1
+        return None
+
+    async def _cut(self, link: _Link, data: bytes, end: int, dst: asyncio.StreamWriter) -> None:
+        """Forward up to the end of the COMMIT, swallow the reply, close."""
         self._cut_marker = None
         link.cutting = True
-        head = data[: commits[0]]
+        head = data[:end]
         dst.write(head)
         self._counts["bytes_up"] += len(head)
         await dst.drain()
@@ -390,4 +455,3 @@ class FaultProxy:
             await asyncio.wait_for(link.reply_swallowed.wait(), _CUT_REPLY_WAIT_S)
         self._counts["cuts"] += 1
         link.close()
-        return True

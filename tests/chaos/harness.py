@@ -21,12 +21,12 @@ from confluent_kafka import Consumer, TopicPartition
 from actors import names
 from cluster.adapters.kafka_config import consumer_config
 from tests.chaos import rawlog
-from tests.chaos.checker import Checker, Expectation, Record, Row, Verdict
+from tests.chaos.checker import Checker, Expect, Expectation, Record, Row, Verdict
 from tests.chaos.report import ChaosReport, Entry
 from tests.chaos.workload import Workload, build_event
 from tests.pipeline import Pipeline, unique_prefix
 
-__all__ = ["FAULT_S", "Checker", "Expectation", "Record", "Row", "Scenario", "Workload", "steady"]
+__all__ = ["FAULT_S", "Checker", "Expect", "Expectation", "Record", "Row", "Scenario", "Workload", "steady"]
 
 FAULT_S: float = float(os.environ.get("EVENTPIPE_CHAOS_FAULT_S", "3.0"))
 _WORKLOAD_SPACING = 10_000_000  # each workload of a scenario numbers its events in its own range
@@ -95,7 +95,7 @@ class Scenario:
         self.pipeline = pipeline
         short = "".join(c if c.isalnum() or c in "._-" else "-" for c in name.removeprefix("test_"))[:48]
         self.prefix = unique_prefix(f"ch-{short}")
-        self.checker = Checker(self.prefix, pipeline.settings.ingest_topic)
+        self.checker = Checker(self.prefix, pipeline.settings.ingest_topic, pipeline.settings.kafka_bootstrap)
         self.started_at = time.time()
         self.timeline: list[str] = []
         self.notes: list[str] = []
@@ -193,8 +193,11 @@ class Scenario:
                 self.notes.append(f"workload stopped with an error: {exc}")
 
     # -- verification ---------------------------------------------------------------------------
-    def verify(self, timeout_s: float = 180.0) -> Row:
-        """Wait for the pipeline to settle, judge it from PostgreSQL, report the row, assert every error is zero."""
+    def verify(self, timeout_s: float = 180.0, expect: Expect | None = None) -> Row:
+        """Wait for the pipeline to settle, judge it from PostgreSQL, report the row, assert it passed: every error
+        column zero, and what `expect` promises (default Expect(): 90% of the valid events acknowledged, a fault
+        injected and recovered from, no valid event refused)."""
+        expect = expect or Expect()
         if self._open_faults:
             raise AssertionError("verify() inside a fault: heal it first")
         deadline = time.monotonic() + timeout_s
@@ -213,11 +216,24 @@ class Scenario:
             with conn.transaction():
                 verdict: Verdict = self.checker.verdict(self.name, conn, self.started_at)
         row = verdict.row
+        row.faults = self._faults
         if self._faults:
             row.recover_s = self._probe.recover_s if self._probe else None
         self.note("verify: done")
         outcomes = dict(self.checker.outcomes())
         self.notes.append(f"client outcomes: {outcomes}")
+        share = row.acked_share
+        self.notes.append(
+            f"{row.offered_acked} of {row.offered} valid events acknowledged"
+            f" ({'-' if share is None else f'{share:.1%}'}; floor {expect.min_acked:.0%}), {row.spooled} from the spool"
+        )
+        unplaced = sum(
+            1
+            for r in self.checker.acknowledged()
+            if r.acked_at is None and r.position is None and not r.spooled and r.event_id is not None
+        )
+        if unplaced:
+            self.notes.append(f"{unplaced} acknowledged without a log position to check (their 202 body not kept)")
         for i, w in enumerate(self.workloads):
             st = w.stats
             self.notes.append(
@@ -233,10 +249,11 @@ class Scenario:
             self.notes.append("the owners had not consumed every record at the deadline")
         if self._faults and row.recover_s is None:
             self.notes.append("no checkpoint advanced after the last heal")
+        failures = verdict.failures(expect)
+        self.notes += [f"FAILED: {text}" for text in failures]
         if self._report is not None:
             self._report.add(Entry(row, list(self.timeline), verdict.details, list(self.notes)))
-        errors = row.errors()
-        assert not errors, f"{self.name}: {errors}\n" + "\n".join(
+        assert not failures, f"{self.name}: {failures}\n" + "\n".join(
             f"  {column}: {examples[:5]}" for column, examples in verdict.details.items()
         )
         return row
@@ -296,7 +313,7 @@ class Scenario:
                     r = client.post("/events", json=event)
                     self.checker.record_attempt(event["id"], str(r.status_code))
                     if r.status_code == 202:
-                        self.checker.record_outcome(event["id"], "acknowledged")
+                        self.checker.record_outcome(event["id"], "acknowledged", r.json())
                         self.note("canary acknowledged")
                         return
                     self.checker.record_outcome(event["id"], "unknown")

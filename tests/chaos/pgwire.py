@@ -24,11 +24,17 @@ class PgFrontendScanner:
         self._kind = 0
         self._remaining = 0
         self._body: bytearray | None = None
+        self._length = 0  # of the message being read, its type byte included
         self.texts: set[bytes] = set()
 
     def feed(self, data: bytes) -> list[int]:
         """Consume a chunk; return the end position in `data` of every COMMIT query message completed in it."""
-        commits: list[int] = []
+        return [end for _, end in self.feed_commits(data)]
+
+    def feed_commits(self, data: bytes) -> list[tuple[int, int]]:
+        """Consume a chunk; (start, end) in `data` of every COMMIT query message completed in it. A start below 0
+        means the message began in an earlier chunk (those bytes were already seen)."""
+        commits: list[tuple[int, int]] = []
         pos, end = 0, len(data)
         while pos < end:
             if self._remaining == 0 and not self._in_body():
@@ -40,7 +46,7 @@ class PgFrontendScanner:
                     break
                 self._start_body()
                 if self._remaining == 0 and self._finish():
-                    commits.append(pos)
+                    commits.append((pos - self._length, pos))
                 continue
             take = data[pos : pos + self._remaining]
             if self._body is not None and len(self._body) + len(take) <= self._MAX_TEXT:
@@ -50,7 +56,7 @@ class PgFrontendScanner:
             pos += len(take)
             self._remaining -= len(take)
             if self._remaining == 0 and self._finish():
-                commits.append(pos)
+                commits.append((pos - self._length, pos))
         return commits
 
     def _in_body(self) -> bool:
@@ -64,6 +70,7 @@ class PgFrontendScanner:
             self._kind = self._header[0]
             (length,) = struct.unpack("!i", self._header[1:])
         self._remaining = max(0, length - 4)
+        self._length = length + (0 if self._startup else 1)
         keep = self._kind in (-1, ord("Q"), ord("P"))
         self._body = bytearray() if keep else None
         self._header.clear()

@@ -12,7 +12,10 @@ from tests.chaos.checker import Row
 
 COLUMNS = (
     "scenario",
+    "offered",
+    "acked_share",
     "acknowledged",
+    "spooled",
     "processed",
     "dead_lettered",
     "lost",
@@ -21,6 +24,7 @@ COLUMNS = (
     "misrouted",
     "offset_gaps",
     "orphans",
+    "misplaced",
     "recover_s",
 )
 
@@ -67,4 +71,6 @@ def _cell(row: Row, column: str) -> str:
     value = getattr(row, column)
     if column == "recover_s":
         return "" if value is None else f"{value:.2f}"
+    if column == "acked_share":
+        return "" if value is None else f"{value:.1%}"
     return str(value)

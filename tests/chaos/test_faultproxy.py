@@ -262,6 +262,58 @@ def test_cut_waits_for_a_connection_that_carried_the_marker(proxy: FaultProxy, e
     assert echo.received.endswith(_query(b"commit"))
 
 
+def test_hold_keeps_the_commit_from_the_server_until_released(proxy: FaultProxy, echo: _EchoServer) -> None:
+    marker, commit = b"advanced AS", _query(b"COMMIT")
+    with _connect(proxy) as writer, _connect(proxy) as bystander:
+        # given a connection that carried the marked statement, and one that did not
+        prepared = _ssl_request() + _startup() + _parse(b"_pg3_0", b"WITH doc AS (...), advanced AS (UPDATE ...)")
+        assert _round_trip(writer, prepared) == prepared
+        assert _round_trip(bystander, _startup()) == _startup()
+        proxy.hold_commit(marker)
+        # when both commit (the marked one in the same chunk as the statement before it)
+        assert _round_trip(bystander, commit) == commit
+        writer.sendall(_query(b"UPDATE x") + commit)
+        # then what preceded the COMMIT reached the server, the COMMIT itself did not, and the client waits
+        _wait(lambda: proxy.held == 1, "the COMMIT to be held")
+        _wait(lambda: echo.received.endswith(_query(b"UPDATE x")), "the statement before the COMMIT")
+        assert _recv_exactly(writer, len(_query(b"UPDATE x"))) == _query(b"UPDATE x")
+        assert _nothing_arrives(writer)
+        assert not echo.received.endswith(commit) and proxy.stats().holds == 1
+        # and released without delivery, its connection is reset: the COMMIT never reaches the server
+        assert proxy.release_held() == 1
+        with pytest.raises(ConnectionError):
+            while writer.recv(65536):
+                pass
+        assert echo.received.endswith(_query(b"UPDATE x"))
+        # the hold is one-shot: the bystander still commits
+        assert _round_trip(bystander, commit) == commit
+
+
+def test_a_held_commit_released_with_delivery_reaches_the_server(proxy: FaultProxy, echo: _EchoServer) -> None:
+    with _connect(proxy) as writer:
+        writer.sendall(_startup() + _parse(b"", b"... advanced AS ..."))
+        proxy.hold_commit(b"advanced AS")
+        writer.sendall(_query(b"COMMIT"))
+        _wait(lambda: proxy.held == 1, "the COMMIT to be held")
+        assert proxy.release_held(deliver=True) == 1
+        _wait(lambda: echo.received.endswith(_query(b"COMMIT")), "the COMMIT at the server")
+        assert proxy.held == 0
+
+
+def test_heal_resets_a_held_commit(proxy: FaultProxy, echo: _EchoServer) -> None:
+    with _connect(proxy) as writer:
+        writer.sendall(_startup() + _parse(b"", b"... advanced AS ..."))
+        proxy.hold_commit(b"advanced AS")
+        writer.sendall(_query(b"COMMIT"))
+        _wait(lambda: proxy.held == 1, "the COMMIT to be held")
+        proxy.heal()
+        assert proxy.held == 0
+        with pytest.raises(ConnectionError):
+            while writer.recv(65536):
+                pass
+    assert not echo.received.endswith(_query(b"COMMIT"))
+
+
 def test_cut_needs_a_postgres_proxy(echo: _EchoServer) -> None:
     with FaultProxy(echo.port, name="raw") as raw, pytest.raises(RuntimeError, match="postgres=True"):
         raw.cut_after_commit(b"x")
@@ -282,6 +334,9 @@ def test_scanner_finds_commits_across_arbitrary_chunking() -> None:
     assert len(ends) == 2
     assert stream[: ends[0]].endswith(_query(b"COMMIT"))
     assert ends[1] == len(stream)
+    # the (start, end) of each COMMIT message, whatever the chunking
+    spans = PgFrontendScanner().feed_commits(stream)
+    assert [stream[a:b] for a, b in spans] == [_query(b"COMMIT"), _query(b" Commit ")]
     assert scanner.carried(b"advanced AS") and not scanner.carried(b"nowhere")
 
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 import time
 
 from tests.chaos import rawlog, targets
-from tests.chaos.harness import FAULT_S, Scenario
+from tests.chaos.harness import FAULT_S, Expect, Scenario
 from tests.pipeline import wait_until
 
 ROUNDS = max(1, round(FAULT_S / 10))
 RESTART_TIMEOUT_S = 60.0
+# Records delivered twice are the owners' business: clients are not affected.
+EXPECT = Expect(min_acked=0.95)
 
 
 def duplicate_notes(scenario: Scenario, ids: list[str]) -> dict[str, int]:
@@ -27,6 +29,22 @@ def duplicate_notes(scenario: Scenario, ids: list[str]) -> dict[str, int]:
 def every_one_noted(scenario: Scenario, ids: list[str]) -> dict[str, int] | None:
     notes = duplicate_notes(scenario, ids)
     return notes if len(notes) == len(ids) else None
+
+
+def noted_where(scenario: Scenario, ids: list[str]) -> dict[str, set[str]]:
+    """For each event, where its duplicate_ignored rows were read relative to its committed position: "later" (another
+    copy, further on the log) and/or "same" (the committed record itself, read again)."""
+    rows = scenario.query(
+        """SELECT a.event_id, CASE WHEN (a.detail->>'offset')::bigint = e."offset" THEN 'same'
+                                   WHEN (a.detail->>'offset')::bigint > e."offset" THEN 'later' ELSE 'earlier' END
+             FROM audit_log a JOIN events e ON e.id = a.event_id
+            WHERE a.event_id = ANY(%s) AND a.to_status = 'duplicate_ignored'""",
+        ids,
+    )
+    out: dict[str, set[str]] = {}
+    for event_id, where in rows:
+        out.setdefault(event_id, set()).add(where)
+    return out
 
 
 def committed_of_scenario(
@@ -65,13 +83,13 @@ def test_events_produced_again_are_applied_once(scenario: Scenario) -> None:
                 scenario.note(f"{len(ours)} records of {topic}[{partition}] produced again")
             time.sleep(FAULT_S / ROUNDS)
     assert len(republished) >= 20
-    scenario.verify()
+    scenario.verify(expect=EXPECT)
 
     ids = sorted(republished)
-    notes = wait_until(
-        lambda: every_one_noted(scenario, ids), 60, "a duplicate_ignored audit row for every republished event"
-    )
-    assert all(count >= 1 for count in notes.values())
+    wait_until(lambda: every_one_noted(scenario, ids), 60, "a duplicate_ignored audit row for every republished event")
+    # each was noted as the copy produced again, further on the log than the record committed
+    where = noted_where(scenario, ids)
+    assert [i for i in ids if "later" not in where.get(i, set())] == [], where
 
 
 def test_checkpoint_set_back_and_owner_killed_reprocesses_without_double_effects(scenario: Scenario) -> None:
@@ -112,13 +130,11 @@ def test_checkpoint_set_back_and_owner_killed_reprocesses_without_double_effects
             assert back["epoch"] > status["epoch"]
             reread |= {event_id for event_id, offset in rows if offset < before}
             time.sleep(FAULT_S / ROUNDS)
-    scenario.verify()
+    scenario.verify(expect=EXPECT)
 
     ids = sorted(reread)
     assert ids
-    notes = wait_until(
-        lambda: every_one_noted(scenario, ids),
-        60,
-        "a duplicate_ignored audit row for every re-read event",
-    )
-    assert all(count >= 1 for count in notes.values())
+    wait_until(lambda: every_one_noted(scenario, ids), 60, "a duplicate_ignored audit row for every re-read event")
+    # each was noted as the committed record itself, read again from the checkpoint set back
+    where = noted_where(scenario, ids)
+    assert [i for i in ids if "same" not in where.get(i, set())] == [], where

@@ -1,6 +1,6 @@
 """A real Prometheus (Debian's /usr/bin/prometheus) scrapes the whole cluster through its ONE target, the metrics hub,
-while events flow: every metric of issue 4 arrives with its labels and non-zero values, and queue lag matches a
-backlog of known size, then returns to zero.
+while events flow: every metric of issue 4 arrives with its labels and grows with the test's own events, queue lag
+matches a backlog of known size, then returns to zero.
 
 Prometheus runs as a subprocess on a free port with a 1 s scrape interval and is killed at the end of the module.
 """
@@ -190,14 +190,54 @@ def label_problems(prometheus: Prometheus, name: str, labels: set[str]) -> list[
     )
 
 
-def positive(prometheus: Prometheus, expr: str) -> list[str]:
-    found = prometheus.query(expr)
-    if not found or any(value <= 0 for _, value in found):
-        return [f"{expr}: {found or 'no series'} (expected every value > 0)"]
-    return []
+def total(prometheus: Prometheus, expr: str) -> float:
+    """The sum of the expression's series (0 when there is none yet)."""
+    found = prometheus.query(f"sum({expr})")
+    return found[0][1] if found else 0.0
 
 
-def every_metric_problems(prometheus: Prometheus, pipeline: Pipeline, stopped: tuple[str, int]) -> list[str]:
+# What the first test's own actions must make grow: earlier tests of the session grew these counters already, so
+# each is compared with its value scraped just before the actions, never with 0.
+GROWING = (
+    *(f'events_received_total{{type="{t}"}}' for t in TYPES),
+    *(f'events_processed_total{{type="{t}",status="processed"}}' for t in TYPES),
+    *(f'processing_duration_seconds_count{{type="{t}"}}' for t in TYPES),
+    *(f'end_to_end_latency_seconds_count{{type="{t}"}}' for t in TYPES),
+    'events_processed_total{status="dead_lettered"}',
+    'events_processed_total{status="duplicate"}',
+    "commit_batch_size_count",
+    "dlq_size",
+    'http_requests_total{route="/events",method="POST",status="202"}',
+    'http_requests_total{route="/events",method="POST",status="422"}',
+    'http_requests_total{route="/events/batch",method="POST",status="202"}',
+    *(f'validation_errors_total{{reason="{reason}"}}' for reason in ("unknown_type", "missing", "malformed_json")),
+    "publish_duration_seconds_count",
+)
+
+
+def scraped_now(prometheus: Prometheus) -> dict[str, float]:
+    """The GROWING totals from a scrape that started after this call (Prometheus scrapes every second)."""
+    asked = time.time()
+    eventually(
+        lambda: [] if any(v > asked for _, v in prometheus.query("timestamp(up)")) else ["no scrape since asked"],
+        30,
+        "a fresh scrape",
+    )
+    return {expr: total(prometheus, expr) for expr in GROWING}
+
+
+def grew(prometheus: Prometheus, before: dict[str, float]) -> list[str]:
+    problems = []
+    for expr, was in before.items():
+        now = total(prometheus, expr)
+        if now <= was:
+            problems.append(f"{expr}: {now} (was {was} before the test's actions; expected it to grow)")
+    return problems
+
+
+def every_metric_problems(
+    prometheus: Prometheus, pipeline: Pipeline, stopped: tuple[str, int], before: dict[str, float], backlog: int
+) -> list[str]:
     s = pipeline.settings
     problems: list[str] = []
     for name, labels in {
@@ -216,21 +256,7 @@ def every_metric_problems(prometheus: Prometheus, pipeline: Pipeline, stopped: t
         "spool_depth": set(),
     }.items():
         problems += label_problems(prometheus, name, labels)
-    for t in TYPES:
-        problems += positive(prometheus, f'events_received_total{{type="{t}"}}')
-        problems += positive(prometheus, f'events_processed_total{{type="{t}",status="processed"}}')
-        problems += positive(prometheus, f'processing_duration_seconds_count{{type="{t}"}}')
-        problems += positive(prometheus, f'end_to_end_latency_seconds_count{{type="{t}"}}')
-    problems += positive(prometheus, 'sum(events_processed_total{status="dead_lettered"})')
-    problems += positive(prometheus, 'sum(events_processed_total{status="duplicate"})')
-    problems += positive(prometheus, "commit_batch_size_count")
-    problems += positive(prometheus, "dlq_size")
-    problems += positive(prometheus, 'http_requests_total{route="/events",method="POST",status="202"}')
-    problems += positive(prometheus, 'http_requests_total{route="/events",method="POST",status="422"}')
-    problems += positive(prometheus, 'http_requests_total{route="/events/batch",method="POST",status="202"}')
-    for reason in ("unknown_type", "missing", "malformed_json"):
-        problems += positive(prometheus, f'validation_errors_total{{reason="{reason}"}}')
-    problems += positive(prometheus, "publish_duration_seconds_count")
+    problems += grew(prometheus, before)
     # The latency histograms resolve 1 ms to 10 s.
     bounds = {m["le"] for m, _ in prometheus.query('processing_duration_seconds_bucket{type="sensor"}')}
     if not {"0.001", "10.0", "+Inf"} <= bounds:
@@ -240,7 +266,9 @@ def every_metric_problems(prometheus: Prometheus, pipeline: Pipeline, stopped: t
     wanted = {(t, str(p)) for t in s.owned_topics() for p in range(s.partitions)}
     if lags != wanted:
         problems.append(f"queue_lag series for {sorted(lags)}, expected {sorted(wanted)}")
-    problems += positive(prometheus, f'queue_lag{{topic="{stopped[0]}",partition="{stopped[1]}"}}')
+    lag = lag_of(prometheus, *stopped)
+    if lag is None or lag < backlog:
+        problems.append(f"queue_lag of the stopped {stopped}: {lag}, expected at least the {backlog} records it missed")
     # Health: every worker reports; the stopped owner is 0, the others 1.
     health = {m["worker"]: v for m, v in prometheus.query("worker_health")}
     stopped_worker = names.owner_name(*stopped)
@@ -262,6 +290,7 @@ def test_prometheus_scrapes_every_metric_from_one_target_while_events_flow(pipel
     stopped = (s.ingest_topic, 0)
     # given one owner stopped, so its partition builds a backlog and it reports itself unhealthy
     stop_owner(pipeline, *stopped)
+    before = scraped_now(prometheus)
     try:
         # when events of every type flow through the API, singly and in a batch, one of them sent twice
         for n in range(6):
@@ -276,10 +305,16 @@ def test_prometheus_scrapes_every_metric_from_one_target_while_events_flow(pipel
         assert post(pipeline, "/events", b'{"type": "sensor", ').status_code == 400
         # and a malformed raw record lands on a live partition (a dead letter), valid raw ones on the stopped one
         produce(pipeline, s.ingest_topic, 1, [b'{"type": "sensor", "reading": '])
-        produce(pipeline, s.ingest_topic, stopped[1], raw_events(f"{prefix}-raw", 20))
+        missed = produce(pipeline, s.ingest_topic, stopped[1], raw_events(f"{prefix}-raw", 20))
+        backlog = missed[-1] + 1 - committed(pipeline, *stopped)
+        assert backlog >= 20
 
-        # then Prometheus, scraping the hub alone, sees every metric with its labels and non-zero values
-        eventually(lambda: every_metric_problems(prometheus, pipeline, stopped), 120, "every metric in Prometheus")
+        # then Prometheus, scraping the hub alone, sees every metric with its labels, grown by these actions
+        eventually(
+            lambda: every_metric_problems(prometheus, pipeline, stopped, before, backlog),
+            120,
+            "every metric in Prometheus",
+        )
         targets = prometheus.targets()
         assert len(targets) == 1 and targets[0]["health"] == "up", targets
     finally:

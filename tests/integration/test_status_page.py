@@ -83,7 +83,11 @@ class Load:
             while not self._stop.is_set() and time.monotonic() < deadline:
                 batch = [valid_event(prefix, n + i, rng) for i in range(LOAD_BATCH)]
                 n += LOAD_BATCH
-                reply = client.post("/events/batch", json=batch)
+                try:
+                    reply = client.post("/events/batch", json=batch)
+                except httpx.HTTPError as exc:  # kept for the test to see: a thread's exception would be lost
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                    continue
                 if reply.status_code == 202:
                     self.accepted += reply.json()["accepted"]
                 else:
@@ -109,12 +113,16 @@ def _wait_for(browser: WebDriver, what: str, condition, timeout_s: float = 60.0)
 
 
 def test_status_page_shows_non_zero_throughput_while_events_flow(pipeline: Pipeline, browser: WebDriver):
-    # given events flowing through the API
+    # given the status page open before the test's events flow (the totals count every earlier test's events too)
+    browser.get(f"{pipeline.metrics_url}/status")
+    assert browser.title == "eventpipe status"
+    _wait_for(browser, "a first refresh", lambda b: _refreshes(b) >= 1)
+    received_before = _value(browser, "received-total") or 0.0
+    processed_before = _value(browser, "processed-total") or 0.0
+    # when events flow through the API
     with Load(pipeline.base_url) as load:
-        # when the status page is opened and has refreshed
-        browser.get(f"{pipeline.metrics_url}/status")
-        assert browser.title == "eventpipe status"
-        _wait_for(browser, "two refreshes", lambda b: _refreshes(b) >= 2)
+        # and the status page has refreshed
+        _wait_for(browser, "two more refreshes", lambda b: _refreshes(b) >= 3)
         _wait_for(
             browser,
             "events received and processed per second",
@@ -128,9 +136,15 @@ def test_status_page_shows_non_zero_throughput_while_events_flow(pipeline: Pipel
             browser.save_screenshot(screenshot)
 
         # then the page shows the flow and the health of the cluster, and no script failed
-        assert load.accepted > 0, load.failures
-        assert _value(browser, "received-total") > 0
-        assert _value(browser, "processed-total") > 0
+        assert load.accepted >= LOAD_BATCH and load.failures == [], load.failures
+        _wait_for(
+            browser,
+            "the test's events in the totals",
+            lambda b: (
+                (_value(b, "received-total") or 0) > received_before
+                and (_value(b, "processed-total") or 0) > processed_before
+            ),
+        )
         rows = browser.find_elements(By.CSS_SELECTOR, "#throughput-by-type tbody tr[data-type]")
         assert {row.get_attribute("data-type") for row in rows} >= {"transaction", "sensor", "user_action"}
         latency = _value(browser, "latency-end_to_end-p99")
@@ -138,7 +152,8 @@ def test_status_page_shows_non_zero_throughput_while_events_flow(pipeline: Pipel
         lag = browser.find_elements(By.CSS_SELECTOR, "#lag-partitions [data-topic]")
         expected = len(pipeline.settings.owned_topics()) * pipeline.settings.partitions
         assert len(lag) == expected
-        assert all(float(cell.get_attribute("data-value")) >= 0 for cell in lag)
+        lags = [float(cell.get_attribute("data-value")) for cell in lag]
+        assert all(v.is_integer() and v >= 0 for v in lags), lags  # a count of records
         breakers = {
             pill.get_attribute("data-breaker"): pill.get_attribute("data-state")
             for pill in browser.find_elements(By.CSS_SELECTOR, "#breakers [data-breaker]")

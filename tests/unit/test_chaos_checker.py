@@ -9,7 +9,9 @@ from collections import Counter
 from decimal import Decimal
 from typing import Any
 
-from tests.chaos.checker import Observed, Record, compute_row
+import pytest
+
+from tests.chaos.checker import Expect, Observed, Record, Row, compute_row, judge
 
 P = "ch-x-1234"
 
@@ -120,3 +122,127 @@ def test_processed_record_without_payload_does_not_fail_its_keys_read_model() ->
     raw = Record(f"{P}-e5", "processed", outcome="acknowledged")  # produced straight to a topic, payload not given
     seen = processed_state(tx(5, "7.00"))
     assert compute_row("s", [raw], seen, {f"{P}-e5"}).row.errors() == {}
+
+
+# -- the verdict must be able to fail: what a scenario promises beyond "nothing lost" -------------------------------
+AT = ("events.transaction", 0, 7)
+
+
+def judged(
+    records: list[Record], seen: Observed, expect: Expect | None = None, recover_s: float | None = 0.4
+) -> list[str]:
+    """The scenario's failures as the harness computes them, after one fault healed (recovery at `recover_s`)."""
+    verdict = compute_row("s", records, seen, set(seen.events))
+    verdict.row.faults, verdict.row.recover_s = 1, recover_s
+    return verdict.failures(expect)
+
+
+def test_a_healthy_run_with_every_promise_kept_passes() -> None:
+    events = [tx(0), tx(1, "2.50")]
+    assert judged([acked(e) for e in events], processed_state(*events)) == []
+
+
+def test_an_api_that_refused_every_event_fails_although_nothing_acknowledged_was_lost() -> None:
+    # given a workload whose every send was answered 503 until its retries ran out, and one answered 4xx
+    unknown = [Record(f"{P}-e{n}", "processed", outcome="unknown", event=tx(n), statuses=["503"] * 5) for n in range(9)]
+    refused = Record(f"{P}-e9", "processed", outcome="failed", event=tx(9), statuses=["400"])
+    # when it is judged against an empty database
+    verdict = compute_row("s", [*unknown, refused], Observed(), set())
+    verdict.row.faults, verdict.row.recover_s = 1, 0.5
+    # then no error column shows it (nothing acknowledged was lost)...
+    assert verdict.row.errors() == {}
+    # ...but the verdict fails: nothing was acknowledged, and a valid event was refused
+    failures = verdict.failures(Expect(min_acked=0.5))
+    assert any("0 of 10 valid events acknowledged" in f for f in failures), failures
+    assert any("1 valid events refused" in f for f in failures), failures
+
+
+def test_a_share_of_acknowledged_events_under_the_scenarios_floor_fails() -> None:
+    events = [tx(n) for n in range(10)]
+    records = [acked(e) for e in events[:8]] + [
+        Record(e["id"], "processed", outcome="unknown", event=e) for e in events[8:]
+    ]
+    seen = processed_state(*events[:8])
+    assert judged(records, seen, Expect(min_acked=0.8)) == []
+    assert judged(records, seen, Expect(min_acked=0.9)) != []
+
+
+def test_a_missing_recovery_fails() -> None:
+    event = tx(0)
+    failures = judged([acked(event)], processed_state(event), recover_s=None)
+    assert failures == ["no recovery observed: no checkpoint advanced after the last heal"]
+
+
+def test_a_scenario_without_a_fault_fails_unless_it_says_so() -> None:
+    event = tx(0)
+    verdict = compute_row("s", [acked(event)], processed_state(event), {event["id"]})
+    assert verdict.failures() == ["no fault was injected: there is nothing to recover from"]
+    assert verdict.failures(Expect(recovery=False)) == []
+
+
+def test_a_floor_of_zero_is_refused() -> None:
+    with pytest.raises(ValueError, match="proves nothing"):
+        Expect(min_acked=0)
+
+
+def test_an_acknowledged_event_committed_at_another_offset_is_misplaced() -> None:
+    event = tx(0)
+    rec = acked(event)
+    rec.acked_at = AT
+    seen = processed_state(event)
+    seen.positions[event["id"]] = AT
+    assert judged([rec], seen) == []
+    # when PostgreSQL says it was read at another offset than the one its 202 named
+    seen.positions[event["id"]] = ("events.transaction", 0, 8)
+    verdict = compute_row("s", [rec], seen, {event["id"]})
+    assert verdict.row.errors() == {"misplaced": 1}
+    assert (
+        "acknowledged at ('events.transaction', 0, 7), committed at ('events.transaction', 0, 8)"
+        in (verdict.details["misplaced"][0])
+    )
+    assert judged([rec], seen) == ["misplaced: 1"]
+
+
+def test_a_retried_event_may_be_committed_from_an_earlier_attempts_copy_found_on_the_log() -> None:
+    # given an event whose first answer was lost (a timeout) and whose retry was acknowledged at offset 7
+    event = tx(0)
+    rec = acked(event)
+    rec.attempts, rec.statuses, rec.acked_at = 2, ["ReadTimeout", "202"], AT
+    seen = processed_state(event)
+    earlier = ("events.transaction", 0, 3)
+    seen.positions[event["id"]] = earlier
+    # then a commit at offset 3 is misplaced unless the log holds the event there
+    assert compute_row("s", [rec], seen, {event["id"]}).row.misplaced == 1
+    seen.on_log.add((event["id"], earlier))
+    assert compute_row("s", [rec], seen, {event["id"]}).row.errors() == {}
+    # ...and a copy on the log does not excuse an event sent once
+    rec.attempts, rec.statuses = 1, ["202"]
+    assert compute_row("s", [rec], seen, {event["id"]}).row.misplaced == 1
+
+
+def test_a_spooled_event_must_be_committed_where_the_log_carries_it() -> None:
+    event = tx(0)
+    rec = acked(event)
+    rec.spooled = True  # answered from the spool: its 202 names no position
+    seen = processed_state(event)
+    seen.positions[event["id"]] = AT
+    assert compute_row("s", [rec], seen, {event["id"]}).row.misplaced == 1
+    seen.on_log.add((event["id"], AT))
+    verdict = compute_row("s", [rec], seen, {event["id"]})
+    assert verdict.row.errors() == {} and verdict.row.spooled == 1
+
+
+def test_a_raw_record_must_be_committed_at_the_position_its_producer_was_told() -> None:
+    event = tx(0)
+    raw = Record(event["id"], "processed", outcome="acknowledged", event=event, position=AT)
+    seen = processed_state(event)
+    seen.positions[event["id"]] = ("events.transaction", 1, 7)
+    assert compute_row("s", [raw], seen, {event["id"]}).row.misplaced == 1
+
+
+def test_offset_gaps_made_on_purpose_must_all_be_recorded_and_no_more() -> None:
+    row = Row("s", faults=1, recover_s=0.1, offered=1, offered_acked=1, offset_gaps=1)
+    assert judge(row, Expect(offset_gaps=1)) == []
+    assert judge(row, Expect()) == ["offset_gaps: 1 (made on purpose: 0)"]
+    row.offset_gaps = 0
+    assert judge(row, Expect(offset_gaps=1)) == ["offset_gaps: 0 (made on purpose: 1)"]
