@@ -49,6 +49,7 @@ def holder_id(settings: Settings) -> str:
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class Leader:
     def __init__(self, settings: Settings) -> None:
+        settings = settings.in_process()  # secrets come from this process's environment, not Ray
         setup_logging(settings, "leader")
         self._settings = settings
         url = settings.database_url.get_secret_value()
