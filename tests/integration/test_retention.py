@@ -15,17 +15,20 @@ from typing import Any
 
 import psycopg
 import pytest
+import ray
 from psycopg import sql
 
 from cluster.adapters.checkpoint_store import CheckpointStore
 from cluster.adapters.migrations import migrate
 from cluster.adapters.retention import RetainedTable, RetentionPolicy, RetentionStore
 from cluster.local import EmbeddedPostgres
+from cluster.settings import Settings
 from pipelines.batch import DeadLetter
 from pipelines.effects import ActionCount
 from pipelines.errors import DeadLetterKind
 from tests.factories import one_event_batch
 from tests.leases import private_lease
+from tests.pipeline import Pipeline, unique_prefix
 
 pytestmark = pytest.mark.integration
 
@@ -87,8 +90,8 @@ def _write(url: str) -> tuple[list[str], list[str]]:
 
 
 def _age(url: str, ids: list[str], events_by: timedelta, dead_letters_by: timedelta) -> None:
-    """Move the rows of these events (and their dead letters, the offset after each event's) back in time."""
-    dead_offsets = [2 * int(i.removeprefix("ev-")) + 1 for i in ids]
+    """Move the rows of these events (and their dead letters, the offset after each `ev-<n>`) back in time."""
+    dead_offsets = [2 * int(i.removeprefix("ev-")) + 1 for i in ids if i.startswith("ev-")]
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("UPDATE events SET committed_at = committed_at - %s WHERE id = ANY(%s)", (events_by, ids))
         conn.execute("UPDATE results SET created_at = created_at - %s WHERE event_id = ANY(%s)", (events_by, ids))
@@ -150,8 +153,6 @@ def test_one_purge_deletes_no_more_than_its_chunk_budget_and_the_next_one_goes_o
 
 
 def test_a_window_of_zero_keeps_rows_forever(db: str) -> None:
-    from cluster.settings import Settings
-
     old, _new = _write(db)
     _age(db, old, 4000 * DAY, 4000 * DAY)
     settings = Settings(  # type: ignore[call-arg]
@@ -162,3 +163,26 @@ def test_a_window_of_zero_keeps_rows_forever(db: str) -> None:
     (purged,) = RetentionStore(db).purge(policy)
     assert (purged.table, purged.rows) == (RetainedTable.DEAD_LETTERS, OLD)
     assert _counts(db) == {"results": 8, "events": 8, "audit_log": 24, "dead_letters": NEW}
+
+
+def test_the_leader_purges_rows_past_their_window_from_the_pipeline_database(pipeline: Pipeline) -> None:
+    # given, in the running pipeline's database, an event committed 40 days ago and one committed now
+    topic = unique_prefix("retention-leader")
+    store = CheckpointStore(pipeline.db_url, pool_size=1)
+    try:
+        lease = store.claim(topic, 0, "owner", "log", private_lease(pipeline.db_url))
+        for n in range(2):
+            assert store.commit(one_event_batch(topic, lease.epoch, n, f"{topic}:{n}")).committed
+    finally:
+        store.close()
+    old, new = f"{topic}:0", f"{topic}:1"
+    _age(pipeline.direct_db_url, [old], 40 * DAY, 40 * DAY)
+
+    # when the leader runs its retention purge (its housekeeping thread does every purge_interval_s)
+    purged = ray.get(pipeline.leader.purge_retention.remote(), timeout=120)
+
+    # then the old event is gone with its result and audit rows, and the new one is kept whole
+    assert purged["events"] >= 1 and purged["results"] + purged["results_of_events"] >= 1
+    for table, key in (("events", "id"), ("results", "event_id"), ("audit_log", "event_id")):
+        assert pipeline.query(f"SELECT count(*) FROM {table} WHERE {key} = %s", old) == [(0,)]
+        assert pipeline.query(f"SELECT count(*) FROM {table} WHERE {key} = %s", new) != [(0,)]
