@@ -104,7 +104,19 @@ class _MaskingFormatter(OrjsonFormatter):
     and the exception is formatted, so neither can carry a database password into a line."""
 
     def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
-        return {key: _masked(value) for key, value in log_data.items()}
+        for key, value in log_data.items():  # replaces values only: the dict keeps its size while iterated
+            if key in _OWN_FIELDS:
+                continue
+            if type(value) is str:  # nearly every other value: the fast path
+                log_data[key] = mask_credentials(value)
+            elif isinstance(value, _MAY_HOLD_TEXT):
+                log_data[key] = _masked(value)
+        return log_data
+
+
+_MAY_HOLD_TEXT = (str, list, tuple, dict, BaseException)
+# Fields this module fills from names and ids of its own: no credential can be in them.
+_OWN_FIELDS = frozenset({"level", "logger", "service", "trace_id", "span_id", "timestamp"})
 
 
 def _masked(value: Any) -> Any:
