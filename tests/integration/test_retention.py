@@ -8,6 +8,7 @@ Rows are written by the real commit statement, then aged by moving their timesta
 from __future__ import annotations
 
 import dataclasses
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -17,7 +18,9 @@ import psycopg
 import pytest
 import ray
 from psycopg import sql
+from pydantic import SecretStr
 
+from cluster import cli
 from cluster.adapters.checkpoint_store import CheckpointStore
 from cluster.adapters.migrations import migrate
 from cluster.adapters.retention import RetainedTable, RetentionPolicy, RetentionStore
@@ -186,3 +189,21 @@ def test_the_leader_purges_rows_past_their_window_from_the_pipeline_database(pip
     for table, key in (("events", "id"), ("results", "event_id"), ("audit_log", "event_id")):
         assert pipeline.query(f"SELECT count(*) FROM {table} WHERE {key} = %s", old) == [(0,)]
         assert pipeline.query(f"SELECT count(*) FROM {table} WHERE {key} = %s", new) != [(0,)]
+
+
+def test_eventpipe_purge_runs_until_nothing_past_its_window_is_left(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given 5 old events and dead letters, and a budget of one 2-row chunk per table and round
+    old, _new = _write(db)
+    _age(db, old, 40 * DAY, 100 * DAY)
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, kafka_bootstrap="unused:9092", retention_chunk_rows=2, retention_max_chunks=1
+    ).model_copy(update={"database_url": SecretStr(db)})
+    # when the operator runs `eventpipe purge`
+    assert cli.cmd_purge(settings) == 0
+    # then every old row is gone (the round budget does not apply on demand), in 2-row chunks, and it says so
+    assert _counts(db) == {"results": NEW, "events": NEW, "audit_log": 3 * NEW, "dead_letters": NEW}
+    out = capsys.readouterr().out
+    assert re.search(r"audit_log\s*│\s*15\s*│\s*8\s*│", out), out  # 15 rows in 8 chunks
+    assert re.search(r"events\s*│\s*5\s*│\s*3\s*│", out), out
