@@ -24,13 +24,14 @@ from actors.partition_owner import PartitionOwner
 from cluster.adapters.checkpoint_store import CheckpointStore, Lease, is_unavailable
 from cluster.adapters.kafka_admin import cluster_id, ensure_topics
 from cluster.adapters.leases import LeaseNotHeld, LeaseStore, leader_lease_name
-from cluster.adapters.retention import RetentionPolicy, RetentionStore, describe
+from cluster.adapters.retention import Purged, RetentionPolicy, RetentionStore, describe
 from cluster.observability.breakers import breaker
 from cluster.observability.logs import setup_logging
 from cluster.settings import Settings
 
 log = logging.getLogger(__name__)
 _SUPERVISE_EVERY_S = 2.0
+_RETENTION_CATCH_UP_PAUSE_S = 1.0  # between purge rounds while rows past their window remain
 _STOP_OWNERS_TIMEOUT_S = 5.0
 
 
@@ -164,13 +165,18 @@ class Leader:
         return purged
 
     def purge_retention(self) -> dict[str, int]:
-        """Delete rows past their retention window, at most `retention_max_chunks` chunks per table; rows deleted
-        per table (the results deleted with their events under `results_of_events`)."""
+        """One retention round: rows past their window, at most `retention_max_chunks` chunks per table. Returns the
+        rows deleted per table (results deleted with their events under `results_of_events`) and `more_left`."""
+        purged = self._purge_retention()
+        rows = {p.table.value: p.rows for p in purged} | {"results_of_events": sum(p.results for p in purged)}
+        return rows | {"more_left": int(not all(p.finished for p in purged))}
+
+    def _purge_retention(self) -> list[Purged]:
         policy = RetentionPolicy.from_settings(self._settings)
         purged = self._pg.call(lambda: self._retention.purge(policy), is_failure=is_unavailable)
         rows = {p.table.value: p.rows for p in purged} | {"results_of_events": sum(p.results for p in purged)}
         log.info("retention purge: %s", describe(purged), extra={"purged": rows})
-        return rows
+        return purged
 
     # -- taking and leaving office --------------------------------------------------------------
     def _take_office(self, term: int) -> None:
@@ -278,16 +284,21 @@ class Leader:
                 log.exception("supervision round failed")
 
     def _housekeep(self) -> None:
-        """Every purge_interval_s while this cluster holds the lease: expired dedup keys, then rows past their
-        retention window. Its own thread: a long purge never delays supervision."""
-        while not self._stopping.wait(self._settings.purge_interval_s):
+        """Every purge_interval_s while this cluster holds the lease: expired dedup keys, then one retention round;
+        while a round leaves rows past their window (a backlog), the next round follows after a short pause. Its own
+        thread: a long purge never delays supervision."""
+        behind = False
+        while not self._stopping.wait(_RETENTION_CATCH_UP_PAUSE_S if behind else self._settings.purge_interval_s):
             if self._keeper.held() is None:
+                behind = False
                 continue
-            for purge in (self.purge_dedup, self.purge_retention):
-                try:
-                    purge()
-                except Exception as exc:  # noqa: BLE001 - the next round tries again; PostgreSQL may be down
-                    log.warning("%s failed: %s", purge.__name__, exc)
+            try:
+                if not behind:
+                    self.purge_dedup()
+                behind = not all(p.finished for p in self._purge_retention())
+            except Exception as exc:  # noqa: BLE001 - the next round tries again; PostgreSQL may be down
+                behind = False
+                log.warning("purge failed: %s", exc)
 
     def _restart_fenced(self) -> None:
         for status in self.owner_statuses(timeout_s=2.0):
