@@ -13,6 +13,7 @@ import pytest
 import ray
 from ray._private import ray_constants
 
+from actors.checkpoint_writer import CheckpointWriter
 from tests.pipeline import Pipeline
 
 pytestmark = pytest.mark.integration
@@ -65,3 +66,13 @@ def test_ray_stores_no_database_password(pipeline: Pipeline) -> None:
     # then the actors' arguments are there, and the password is not
     assert found[control], "the scan did not find the actors' settings: it would prove nothing"
     assert not found[password.encode()], f"the database password is in GCS memory: {found[password.encode()]}"
+
+
+def test_an_actor_whose_environment_lacks_the_secret_fails_at_start_saying_so(pipeline: Pipeline) -> None:
+    # given a checkpoint writer started in a worker whose environment has no DATABASE_URL (a node set up without it)
+    writer = CheckpointWriter.options(  # type: ignore[attr-defined]
+        max_restarts=0, runtime_env={"env_vars": {"DATABASE_URL": ""}}
+    ).remote(pipeline.settings)
+    # when it is called, then its start failed with the reason, instead of connecting with libpq's defaults
+    with pytest.raises(ray.exceptions.RayActorError, match="DATABASE_URL is not set in the environment of process"):
+        ray.get(writer.stats.remote(), timeout=120)
