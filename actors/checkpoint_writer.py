@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
 class CheckpointWriter:
     def __init__(self, settings: Settings) -> None:
+        settings = settings.in_process()  # secrets come from this process's environment, not Ray
         setup_logging(settings, "checkpoint-writer")
         self._store = CheckpointStore(
             settings.database_url.get_secret_value(), settings.writer_pool_size, settings.dedup_ttl_hours

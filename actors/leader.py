@@ -24,13 +24,14 @@ from actors.partition_owner import PartitionOwner
 from cluster.adapters.checkpoint_store import CheckpointStore, Lease, is_unavailable
 from cluster.adapters.kafka_admin import cluster_id, ensure_topics
 from cluster.adapters.leases import LeaseNotHeld, LeaseStore, leader_lease_name
+from cluster.adapters.retention import Purged, RetentionPolicy, RetentionStore, describe
 from cluster.observability.breakers import breaker
 from cluster.observability.logs import setup_logging
 from cluster.settings import Settings
 
 log = logging.getLogger(__name__)
 _SUPERVISE_EVERY_S = 2.0
-_PURGE_DEDUP_EVERY_S = 600.0
+_RETENTION_CATCH_UP_PAUSE_S = 1.0  # between purge rounds while rows past their window remain
 _STOP_OWNERS_TIMEOUT_S = 5.0
 
 
@@ -49,10 +50,12 @@ def holder_id(settings: Settings) -> str:
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class Leader:
     def __init__(self, settings: Settings) -> None:
+        settings = settings.in_process()  # secrets come from this process's environment, not Ray
         setup_logging(settings, "leader")
         self._settings = settings
         url = settings.database_url.get_secret_value()
         self._store = CheckpointStore(url, pool_size=4)  # claims come in bursts when owners restart
+        self._retention = RetentionStore(url)
         self._pg = breaker("postgres", settings)
         self._wake = threading.Event()
         self._keeper = LeaseKeeper(
@@ -72,6 +75,7 @@ class Leader:
         # Nothing that can block on the broker or PostgreSQL runs here: a dependency outage must not crash-loop us.
         threading.Thread(target=self._keeper.run, name="leader-lease", daemon=True).start()
         threading.Thread(target=self._supervise, name="leader-supervisor", daemon=True).start()
+        threading.Thread(target=self._housekeep, name="leader-housekeeping", daemon=True).start()
 
     def partitions(self) -> list[tuple[str, int]]:
         return [(t, p) for t in self._settings.owned_topics() for p in range(self._settings.partitions)]
@@ -160,6 +164,20 @@ class Leader:
         log.info("purged %d expired dedup keys", purged)
         return purged
 
+    def purge_retention(self) -> dict[str, int]:
+        """One retention round: rows past their window, at most `retention_max_chunks` chunks per table. Returns the
+        rows deleted per table (results deleted with their events under `results_of_events`) and `more_left`."""
+        purged = self._purge_retention()
+        rows = {p.table.value: p.rows for p in purged} | {"results_of_events": sum(p.results for p in purged)}
+        return rows | {"more_left": int(not all(p.finished for p in purged))}
+
+    def _purge_retention(self) -> list[Purged]:
+        policy = RetentionPolicy.from_settings(self._settings)
+        purged = self._pg.call(lambda: self._retention.purge(policy), is_failure=is_unavailable)
+        rows = {p.table.value: p.rows for p in purged} | {"results_of_events": sum(p.results for p in purged)}
+        log.info("retention purge: %s", describe(purged), extra={"purged": rows})
+        return purged
+
     # -- taking and leaving office --------------------------------------------------------------
     def _take_office(self, term: int) -> None:
         """The lease was acquired afresh (a new leader instance, or after a loss): every partition is claimed again.
@@ -245,7 +263,6 @@ class Leader:
     def _supervise(self) -> None:
         """Follow the lease: set up owners on taking office, stop them on losing it; while in office, recreate
         missing actors and restart an owner that was fenced while still being the named owner."""
-        last_purge = time.monotonic()
         while not self._stopping.is_set():
             self._wake.wait(_SUPERVISE_EVERY_S)
             self._wake.clear()
@@ -260,14 +277,28 @@ class Leader:
                     continue
                 if held[1] != self._term:
                     self._take_office(held[1])
-                if time.monotonic() - last_purge > _PURGE_DEDUP_EVERY_S:
-                    last_purge = time.monotonic()
-                    self.purge_dedup()
                 self._ensure_writers()
                 self._ensure_owners()
                 self._restart_fenced()
             except Exception:  # noqa: BLE001 - supervision must outlive any one failure
                 log.exception("supervision round failed")
+
+    def _housekeep(self) -> None:
+        """Every purge_interval_s while this cluster holds the lease: expired dedup keys, then one retention round;
+        while a round leaves rows past their window (a backlog), the next round follows after a short pause. Its own
+        thread: a long purge never delays supervision."""
+        behind = False
+        while not self._stopping.wait(_RETENTION_CATCH_UP_PAUSE_S if behind else self._settings.purge_interval_s):
+            if self._keeper.held() is None:
+                behind = False
+                continue
+            try:
+                if not behind:
+                    self.purge_dedup()
+                behind = not all(p.finished for p in self._purge_retention())
+            except Exception as exc:  # noqa: BLE001 - the next round tries again; PostgreSQL may be down
+                behind = False
+                log.warning("purge failed: %s", exc)
 
     def _restart_fenced(self) -> None:
         for status in self.owner_statuses(timeout_s=2.0):

@@ -73,6 +73,7 @@ def _status_call(worker: str, actor: Any) -> Any:
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
 class MetricsHub:
     def __init__(self, settings: Settings) -> None:
+        settings = settings.in_process()  # secrets come from this process's environment, not Ray
         setup_logging(settings, "metrics-hub")
         self._settings = settings
         self._merger = MetricsMerger(retire_after_s=max(10.0, 10 * settings.metrics_push_interval_s))

@@ -89,6 +89,7 @@ class StageTimings:
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class PartitionOwner:
     def __init__(self, settings: Settings, topic: str, partition: int) -> None:
+        settings = settings.in_process()  # secrets come from this process's environment, not Ray
         setup_logging(settings, "partition-owner")
         self._spans = ProcessingSpans(Tracing.start(settings, "partition-owner"))
         self._settings = settings

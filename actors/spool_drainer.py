@@ -43,6 +43,7 @@ def _publisher(settings: Settings) -> BlockingPublisher:
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class SpoolDrainer:
     def __init__(self, settings: Settings) -> None:
+        settings = settings.in_process()  # secrets come from this process's environment, not Ray
         setup_logging(settings, "spool-drainer")
         self._spans = DrainSpans(Tracing.start(settings, "spool-drainer"))
         self._settings = settings

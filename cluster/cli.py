@@ -1,7 +1,8 @@
-"""The `eventpipe` command: run the whole pipeline on embedded defaults, migrate, show status, purge dedup keys, show
-an event's trace.
+"""The `eventpipe` command: run the whole pipeline on embedded defaults, migrate, show status, purge expired rows
+(dedup keys and retention), show an event's trace.
 
 A thin shell over cluster.local, actors.lifecycle and serve_app: it starts and stops things, it does not process events.
+It never prints a credential (URLs go through mask_credentials) nor a raw value from an event or a span (terminal_text).
 """
 
 from __future__ import annotations
@@ -13,16 +14,30 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from cluster.adapters.checkpoint_store import CheckpointStore
 from cluster.adapters.migrations import migrate
+from cluster.adapters.retention import RetainedTable, RetentionPolicy, RetentionStore
 from cluster.observability.logs import setup_logging
-from cluster.settings import Settings
+from cluster.observability.redact import mask_credentials
+from cluster.observability.terminal import printable, terminal_text
+from cluster.settings import Settings, secrets_in_environment
 
 console = Console()
+
+
+def announce(component: str, address: str, note: str = "", ok: bool = True) -> None:
+    """One line of the start-up banner: `✓ <component> <address> <note>`, the address with its credentials masked."""
+    mark = Text("✓", style="green") if ok else Text("✗", style="red")
+    line = Text.assemble(mark, " ", component.ljust(11), " ", mask_credentials(address))
+    if note:
+        line.append(f"  {mask_credentials(note)}")
+    console.print(line)
 
 
 def _serve_env() -> dict[str, str]:
@@ -33,19 +48,22 @@ def _serve_env() -> dict[str, str]:
 
 
 def start_ray(settings: Settings, *, dashboard: bool = True) -> None:
+    """Start a local Ray head (or join `ray_address`). A head started here inherits DATABASE_URL in its environment,
+    so actors and replicas build their secrets themselves; a cluster joined must have it set on every node."""
     import ray
 
     for key, value in _serve_env().items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("RAY_SERVE_ENABLE_ACCESS_LOG", "0")
-    ray.init(
-        address=settings.ray_address or None,
-        namespace=settings.ray_namespace,
-        include_dashboard=dashboard,
-        dashboard_host="127.0.0.1",
-        dashboard_port=settings.dashboard_port,
-        log_to_driver=False,
-    )
+    with secrets_in_environment(settings):
+        ray.init(
+            address=settings.ray_address or None,
+            namespace=settings.ray_namespace,
+            include_dashboard=dashboard,
+            dashboard_host="127.0.0.1",
+            dashboard_port=settings.dashboard_port,
+            log_to_driver=False,
+        )
 
 
 def start_serve(settings: Settings) -> None:
@@ -77,24 +95,24 @@ def cmd_run(settings: Settings) -> int:
         url = resolved.database_url.get_secret_value()
         with console.status("applying migrations…"):
             applied = migrate(url)
-        console.print(f"[green]✓[/] PostgreSQL  {url}  (migrations applied now: {applied or 'none'})")
-        console.print(f"[green]✓[/] Kafka       {resolved.kafka_bootstrap}")
+        announce("PostgreSQL", url, f"(migrations applied now: {applied or 'none'})")
+        announce("Kafka", resolved.kafka_bootstrap)
         with console.status("starting Ray…"):
             start_ray(resolved)
-        console.print(f"[green]✓[/] Ray         dashboard http://127.0.0.1:{resolved.dashboard_port}")
+        announce("Ray", f"dashboard http://127.0.0.1:{resolved.dashboard_port}")
         with console.status("starting leader, checkpoint writers and partition owners…"):
             leader = start_pipeline(resolved)
         n = len(resolved.owned_topics()) * resolved.partitions
-        console.print(f"[green]✓[/] Processing  {n} partition owners, {resolved.checkpoint_writers} checkpoint writers")
+        announce("Processing", f"{n} partition owners, {resolved.checkpoint_writers} checkpoint writers")
         hub = metrics_url()
         if hub is None:
-            console.print(f"[red]✗[/] Metrics     port {resolved.metrics_port} is taken: no /metrics, no status page")
+            announce("Metrics", f"port {resolved.metrics_port} is taken: no /metrics, no status page", ok=False)
         else:
-            console.print(f"[green]✓[/] Metrics     {hub}/metrics  (live status page {hub}/status)")
+            announce("Metrics", f"{hub}/metrics", f"(live status page {hub}/status)")
         with console.status("starting Ray Serve ingress…"):
             start_serve(resolved)
         base = f"http://{resolved.http_host}:{resolved.http_port}"
-        console.print(f"[green]✓[/] HTTP API    {base}  (docs {base}/docs, schemas {base}/schemas)")
+        announce("HTTP API", base, f"(docs {base}/docs, schemas {base}/schemas)")
         console.print("[bold]eventpipe is running.[/] Ctrl-C stops it cleanly (API first, then drain, then workers).")
         while not stop_requested:
             time.sleep(0.2)
@@ -129,23 +147,30 @@ def cmd_status(settings: Settings) -> int:
 
     ray.init(address=settings.ray_address or "auto", namespace=settings.ray_namespace, log_to_driver=False)
     leader = get_leader()
-    lead = ray.get(leader.leadership.remote())
-    behind = f", lease held by {lead['held_by']}" if lead["held_by"] else ""
-    console.print(f"leader {lead['holder']}: {lead['role']} (lease epoch {lead['epoch']}, term {lead['term']}){behind}")
-    statuses = ray.get(leader.owner_statuses.remote())
-    table = Table("partition", "state", "epoch", "committed offset", "events", "duplicates", "dead letters")
-    for s in sorted(statuses, key=lambda s: (s["topic"], s["partition"])):
-        table.add_row(
-            f"{s['topic']}[{s['partition']}]",
-            str(s["state"]),
-            str(s["epoch"]),
-            str(s["committed_offset"]),
-            str(s["events"]),
-            str(s["duplicates"]),
-            str(s["dead_letters"]),
-        )
-    console.print(table)
+    print_status(ray.get(leader.leadership.remote()), ray.get(leader.owner_statuses.remote()))
     return 0
+
+
+_STATUS_COLUMNS = ("state", "epoch", "committed_offset", "events", "duplicates", "dead_letters")
+
+
+def print_status(lead: dict[str, Any], statuses: list[dict[str, Any]]) -> None:
+    """The leader's line and one row per partition owner; every reported value is shown as terminal-safe text."""
+    line = Text.assemble(
+        "leader ",
+        terminal_text(lead["holder"]),
+        ": ",
+        terminal_text(lead["role"]),
+        f" (lease epoch {printable(lead['epoch'])}, term {printable(lead['term'])})",
+    )
+    if lead.get("held_by"):
+        line.append_text(Text.assemble(", lease held by ", terminal_text(lead["held_by"])))
+    console.print(line)
+    table = Table("partition", *(c.replace("_", " ") for c in _STATUS_COLUMNS))
+    for s in sorted(statuses, key=lambda s: (str(s["topic"]), int(s["partition"]))):
+        partition = terminal_text(f"{s['topic']}[{s['partition']}]")
+        table.add_row(partition, *(terminal_text(s[c]) for c in _STATUS_COLUMNS))
+    console.print(table)
 
 
 def cmd_purge_dedup(settings: Settings) -> int:
@@ -158,6 +183,29 @@ def cmd_purge_dedup(settings: Settings) -> int:
     return 0
 
 
+def cmd_purge(settings: Settings) -> int:
+    """Expired dedup keys, then every row past its retention window, in chunks until none is left."""
+    from cluster.local import LocalStack
+
+    with LocalStack(settings) as resolved:
+        url = resolved.database_url.get_secret_value()
+        store = CheckpointStore(url, pool_size=1)
+        try:
+            table = Table("table", "rows deleted", "chunks", "window")
+            table.add_row("dedup_keys", str(store.purge_dedup()), "1", f"{resolved.dedup_ttl_hours} h TTL")
+        finally:
+            store.close()
+        policy = RetentionPolicy.from_settings(resolved, until_done=True)
+        for purged in RetentionStore(url).purge(policy):
+            rows = f"{purged.rows}" + (f" (+{purged.results} results)" if purged.results else "")
+            table.add_row(purged.table.value, rows, str(purged.chunks), f"{policy.windows[purged.table].days} days")
+        kept = [t.value for t in RetainedTable if t not in policy.windows]
+        console.print(table)
+        if kept:
+            console.print(f"kept forever (retention 0): {', '.join(kept)}")
+    return 0
+
+
 def cmd_trace(settings: Settings, event_id: str) -> int:
     """Print the span tree of one event from the span files of every process (`<data_dir>/traces/`)."""
     from cluster.observability.trace_view import build_trees, render, spans_of_event
@@ -166,10 +214,11 @@ def cmd_trace(settings: Settings, event_id: str) -> int:
     directory = traces_dir(settings)
     spans = spans_of_event(directory, event_id)
     if not spans:
-        elsewhere = f"; spans are exported to {settings.otlp_endpoint}" if settings.otlp_endpoint else ""
+        endpoint = mask_credentials(settings.otlp_endpoint)
+        elsewhere = f"; spans are exported to {endpoint}" if endpoint else ""
         if settings.trace_sample_ratio < 1:
             elsewhere += f"; only {settings.trace_sample_ratio:.0%} of events are traced (EVENTPIPE_TRACE_SAMPLE_RATIO)"
-        console.print(f"no spans of event {event_id!r} in {directory}{elsewhere}")
+        console.print(Text.assemble("no spans of event ", terminal_text(repr(event_id)), f" in {directory}{elsewhere}"))
         return 1
     console.print(render(event_id, build_trees(spans, event_id)))
     return 0
@@ -181,7 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("run", help="run the pipeline on embedded defaults (or what the environment points at)")
     sub.add_parser("migrate", help="apply database migrations")
     sub.add_parser("status", help="show partition owners of a running pipeline")
-    sub.add_parser("purge-dedup", help="delete dedup keys past their TTL")
+    sub.add_parser("purge", help="delete expired dedup keys and every row past its retention window, in chunks")
+    sub.add_parser("purge-dedup", help="delete dedup keys past their TTL only")
     trace = sub.add_parser("trace", help="show one event's spans as a tree with timings (local span files)")
     trace.add_argument("event_id")
     args = parser.parse_args(argv)
@@ -189,7 +239,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings, "cli")
     if args.command == "trace":
         return cmd_trace(settings, args.event_id)
-    commands = {"run": cmd_run, "migrate": cmd_migrate, "status": cmd_status, "purge-dedup": cmd_purge_dedup}
+    commands = {
+        "run": cmd_run,
+        "migrate": cmd_migrate,
+        "status": cmd_status,
+        "purge": cmd_purge,
+        "purge-dedup": cmd_purge_dedup,
+    }
     return commands[args.command](settings)
 
 

@@ -1,14 +1,19 @@
 """Typed configuration for every eventpipe process, read once from the environment and `.env`.
 
 It must never be read at import time deep in the code: build `Settings()` at a process edge and pass it down.
+Secrets never travel with it between processes: a pickled Settings has none, and `in_process()` refills them.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Self
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EVENT_TYPES = ("transaction", "sensor", "user_action")
@@ -95,6 +100,19 @@ class Settings(BaseSettings):
     # Dedup window for event ids.
     dedup_ttl_hours: int = 24
 
+    # -- Retention (docs/runbook.md "Retention") ------------------------------------------------------------------
+    # The leader deletes rows older than these windows every purge_interval_s (dedup keys past their TTL too), in
+    # chunks of retention_chunk_rows, at most retention_max_chunks chunks per table and round; `eventpipe purge` does
+    # it on demand. 0 keeps rows forever. An event's results are deleted with it. The events table is the dedup
+    # guard once a dedup key has expired, so events are kept at least dedup_ttl_hours.
+    events_retention_days: int = Field(30, ge=0)  # by committed_at
+    results_retention_days: int = Field(30, ge=0)  # by created_at
+    audit_retention_days: int = Field(30, ge=0)  # audit_log by `at`
+    dead_letters_retention_days: int = Field(90, ge=0)  # by created_at
+    purge_interval_s: float = Field(600.0, gt=0)
+    retention_chunk_rows: int = Field(5000, ge=1)
+    retention_max_chunks: int = Field(100, ge=1)
+
     # Handler reference data.
     base_currency: str = "USD"
     risk_amount_threshold: float = 10_000.0
@@ -134,6 +152,14 @@ class Settings(BaseSettings):
         if value < datetime(1, 1, 2, tzinfo=UTC):
             raise ValueError("event_time_min must be on or after 0001-01-02T00:00:00Z")
         return value
+    @model_validator(mode="after")
+    def _events_outlive_dedup_keys(self) -> Self:
+        if 0 < self.events_retention_days * 24 < self.dedup_ttl_hours:
+            raise ValueError(
+                f"events_retention_days={self.events_retention_days} is shorter than dedup_ttl_hours="
+                f"{self.dedup_ttl_hours}: an event re-sent after its row was purged would be processed again"
+            )
+        return self
 
     @field_validator("data_dir")
     @classmethod
@@ -155,3 +181,74 @@ class Settings(BaseSettings):
     def owned_topics(self) -> list[str]:
         """Topics whose partitions get a partition owner."""
         return [self.topic(t) for t in EVENT_TYPES] + [self.ingest_topic]
+
+    # -- Secrets: built inside each process, never shipped through Ray ------------------------------------------------
+    # Ray stores actor arguments and Serve init args in GCS, in plain form. Pickling a Settings therefore drops its
+    # secrets (every `.remote(settings)` and `.bind(settings)`), and each actor and replica constructor begins with
+    # `settings = settings.in_process()`, which reads them from its own environment.
+
+    def shareable(self) -> Settings:
+        """A copy without secrets: what may cross a process boundary. Pickling produces exactly this."""
+        return self.model_copy(update=dict.fromkeys(SECRET_FIELDS, SecretStr("")))
+
+    def in_process(self) -> Settings:
+        """These settings with the secrets filled from this process's environment (or `.env`) where they are empty.
+
+        Raises MissingSecret when the environment has none: a worker must never fall back to libpq's defaults.
+        """
+        missing = [name for name in SECRET_FIELDS if not getattr(self, name).get_secret_value()]
+        if not missing:
+            return self
+        found = _ProcessSecrets()
+        update = {name: getattr(found, name) for name in missing if getattr(found, name).get_secret_value()}
+        absent = [SECRET_FIELDS[name] for name in missing if name not in update]
+        if absent:
+            raise MissingSecret(
+                f"{', '.join(absent)} is not set in the environment of process {os.getpid()}: eventpipe actors and "
+                "Serve replicas read secrets from their own environment, never from Ray. Start the Ray cluster with "
+                "it set (`eventpipe run` does; on KubeRay the pods get it from the Secret eventpipe-secrets)."
+            )
+        return self.model_copy(update=update)
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state: dict[Any, Any] = super().__getstate__()
+        state["__dict__"] = {**state["__dict__"], **dict.fromkeys(SECRET_FIELDS, SecretStr(""))}
+        return state
+
+
+# Secret field -> the environment variable a process reads it from.
+SECRET_FIELDS = {"database_url": "DATABASE_URL"}
+
+
+class MissingSecret(RuntimeError):
+    """A secret this process needs is not in its environment."""
+
+
+class _ProcessSecrets(BaseSettings):
+    """The secrets alone, read from this process's environment and `.env` like Settings reads them."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    database_url: SecretStr = Field(SecretStr(""), validation_alias="DATABASE_URL")
+
+
+@contextmanager
+def secrets_in_environment(settings: Settings) -> Iterator[None]:
+    """The settings' secrets in this process's environment while the block starts child processes, then restored.
+
+    A local Ray head started inside the block (GCS, raylet, and every worker the raylet spawns later) inherits them,
+    which is how `in_process()` finds them in actors and Serve replicas.
+    """
+    saved = {env: os.environ.get(env) for env in SECRET_FIELDS.values()}
+    for name, env in SECRET_FIELDS.items():
+        value = getattr(settings, name).get_secret_value()
+        if value:
+            os.environ[env] = value
+    try:
+        yield
+    finally:
+        for env, value in saved.items():
+            if value is None:
+                os.environ.pop(env, None)
+            else:
+                os.environ[env] = value

@@ -70,6 +70,7 @@ def _not_found(what: str, key: str) -> Response:
 @serve.ingress(app)
 class ApiGateway:
     def __init__(self, settings: Settings) -> None:
+        settings = settings.in_process()  # secrets come from this process's environment, not Ray
         setup_logging(settings, "api")
         self._tracing = Tracing.start(settings, "api")
         start_metrics_push(settings, "api")

@@ -13,11 +13,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import confluent_kafka
 import psycopg
 import pytest
 import ray
+from pydantic import SecretStr
 from ray import serve
 
 from actors.lifecycle import metrics_url, start_pipeline
@@ -76,6 +78,18 @@ def unique_prefix(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
+# The session database's password. The embedded server trusts local connections and ignores it, but the pipeline's
+# URL carries it, so tests can look for it where it must never be (tests/integration/test_secrets_in_ray.py).
+SESSION_DB_PASSWORD = f"pw-{uuid.uuid4().hex}"
+
+
+def with_password(url: str, password: str) -> str:
+    """`url` with `password` set on its user (postgresql://user:password@host:port/db)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username or ''}:{password}@{host}").geturl()
+
+
 @pytest.fixture(scope="session")
 def enrichment_service() -> Iterator[FakeEnrichmentService]:
     """The fake merchant service the pipeline's `enrichment_url` points at; tests switch it down/slow and back up."""
@@ -105,6 +119,7 @@ def isolate_serve_ports() -> None:
 
 @pytest.fixture(scope="session")
 def pipeline(infra_settings: Settings, pg_url: str, enrichment_service: FakeEnrichmentService) -> Iterator[Pipeline]:
+    url = with_password(infra_settings.database_url.get_secret_value(), SESSION_DB_PASSWORD)
     settings = infra_settings.model_copy(
         update={
             "http_port": free_port(),
@@ -117,12 +132,13 @@ def pipeline(infra_settings: Settings, pg_url: str, enrichment_service: FakeEnri
             "enrichment_url": enrichment_service.url,
             "enrichment_cache_ttl_s": 1.0,  # a fixed set of merchants: a long TTL would hide the service's faults
             "log_events": True,  # per-event log lines, which tests/integration/test_logs.py checks
+            "database_url": SecretStr(url),
         }
     )
     migrate(settings.database_url.get_secret_value())
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")  # no load balancer to wait for
     isolate_serve_ports()
-    start_ray(settings, dashboard=False)
+    start_ray(settings, dashboard=False)  # its processes inherit DATABASE_URL: actors read it there, not from Ray
     try:
         leader = start_pipeline(settings)
         start_serve(settings)

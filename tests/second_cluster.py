@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from cluster.settings import Settings
+from cluster.settings import Settings, secrets_in_environment
 
 _MARK = "@@ "
 _ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +33,8 @@ def main() -> int:
 
     data = json.loads(sys.stdin.readline())
     settings = Settings(_env_file=None, **data)  # type: ignore[call-arg]
-    ray.init(address="local", namespace=settings.ray_namespace, include_dashboard=False, log_to_driver=False)
+    with secrets_in_environment(settings):  # the new cluster's actors read DATABASE_URL from their environment
+        ray.init(address="local", namespace=settings.ray_namespace, include_dashboard=False, log_to_driver=False)
     try:
         try:
             leader = start_pipeline(settings, ready_timeout_s=5.0)

@@ -3,7 +3,8 @@ event and correlation fields come from the current span and from context variabl
 
 Every line has timestamp, level, service, logger, message, trace_id, span_id, event_id, event_type and correlation_id
 (null when unknown), and duration_ms and other fields when the call passes them in `extra`. It never removes a handler
-it did not install (Ray Serve keeps its own), and never writes to the stream Serve redirects into its logger.
+it did not install (Ray Serve keeps its own), never writes to the stream Serve redirects into its logger, and never
+writes a credential: every string of a line (message, arguments, exception text, extra fields) is masked.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from opentelemetry import trace
 from pythonjsonlogger.orjson import OrjsonFormatter
 
+from cluster.observability.redact import mask_credentials
 from cluster.settings import Settings
 
 SERVICES = ("api", "partition-owner", "checkpoint-writer", "leader", "spool-drainer", "metrics-hub", "cli")
@@ -97,8 +99,40 @@ class _JsonFileHandler(logging.handlers.RotatingFileHandler):
     """Ours, like _JsonStderrHandler."""
 
 
+class _MaskingFormatter(OrjsonFormatter):
+    """JSON lines whose string values have their credentials masked, after the message is merged with its arguments
+    and the exception is formatted, so neither can carry a database password into a line."""
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        for key, value in log_data.items():  # replaces values only: the dict keeps its size while iterated
+            if key in _OWN_FIELDS:
+                continue
+            if type(value) is str:  # nearly every other value: the fast path
+                log_data[key] = mask_credentials(value)
+            elif isinstance(value, _MAY_HOLD_TEXT):
+                log_data[key] = _masked(value)
+        return log_data
+
+
+_MAY_HOLD_TEXT = (str, list, tuple, dict, BaseException)
+# Fields this module fills from names and ids of its own: no credential can be in them.
+_OWN_FIELDS = frozenset({"level", "logger", "service", "trace_id", "span_id", "timestamp"})
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_credentials(value)
+    if isinstance(value, list | tuple):
+        return [_masked(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, BaseException):  # an exception passed in `extra` is written as its text
+        return mask_credentials(f"{type(value).__name__}: {value}")
+    return value
+
+
 def _formatter() -> logging.Formatter:
-    return OrjsonFormatter(_FORMAT, rename_fields={"levelname": "level", "name": "logger"}, timestamp=True)
+    return _MaskingFormatter(_FORMAT, rename_fields={"levelname": "level", "name": "logger"}, timestamp=True)
 
 
 def log_file(settings: Settings, service: str, pid: int | None = None) -> Path:

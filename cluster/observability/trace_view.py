@@ -1,7 +1,8 @@
 """Reads the spans that every process exported as JSON lines (`<data_dir>/traces/*.jsonl`) and builds the tree of one
 event's trace, with the batch commits that link to it, for `eventpipe trace <event-id>`.
 
-It only reads files; it never writes them and never needs the pipeline to be running.
+It only reads files; it never writes them and never needs the pipeline to be running. Every value from a span
+(names, attributes, ids, error text) reaches the terminal through terminal_text: escaped, never as markup.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 import orjson
 from rich.text import Text
 from rich.tree import Tree
+
+from cluster.observability.terminal import terminal_text
 
 # Attributes worth a glance in the tree, in this order (the event's id is in the title).
 _SHOWN = (
@@ -144,26 +147,26 @@ def _label(node: Node, origin_ns: int) -> Text:
     s = node.span
     label = Text()
     label.append("⤷ linked " if node.linked else "", style="magenta")
-    label.append(s.name, style="bold red" if s.status == "ERROR" else "bold")
+    label.append_text(terminal_text(s.name, "bold red" if s.status == "ERROR" else "bold"))
     label.append(f"  {s.duration_ms:.2f} ms", style="cyan")
     label.append(f"  at +{(s.start_ns - origin_ns) / 1e6:.2f} ms", style="dim")
-    label.append(f"  [{s.process}]", style="green")
+    label.append_text(terminal_text(f"  [{s.process}]", "green"))
     shown = [f"{k}={s.attributes[k]}" for k in _SHOWN if k in s.attributes]
     if node.linked:
         shown.append(f"links={len(s.links)}")
     if shown:
-        label.append("  " + " ".join(shown), style="dim")
+        label.append_text(terminal_text("  " + " ".join(shown), "dim"))
     if s.status == "ERROR" and s.status_message:
-        label.append(f"  error: {s.status_message}", style="red")
+        label.append_text(terminal_text(f"  error: {s.status_message}", "red"))
     return label
 
 
 def render(event_id: str, roots: list[Node]) -> Tree:
     """The rich tree of an event's traces; times are offsets from the first span of each trace."""
-    top = Tree(Text(f"event {event_id}", style="bold"))
+    top = Tree(terminal_text(f"event {event_id}", "bold"))
     for root in roots:
         origin = root.span.start_ns
-        branch = top.add(Text(f"trace {root.span.trace_id}", style="yellow"))
+        branch = top.add(terminal_text(f"trace {root.span.trace_id}", "yellow"))
         _add(branch, root, origin)
     return top
 
