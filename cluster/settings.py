@@ -152,6 +152,7 @@ class Settings(BaseSettings):
         if value < datetime(1, 1, 2, tzinfo=UTC):
             raise ValueError("event_time_min must be on or after 0001-01-02T00:00:00Z")
         return value
+
     @model_validator(mode="after")
     def _events_outlive_dedup_keys(self) -> Self:
         if 0 < self.events_retention_days * 24 < self.dedup_ttl_hours:
