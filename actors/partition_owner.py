@@ -12,29 +12,38 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import ray
 from ray.exceptions import RayError
 
 from actors import names
 from actors.metrics_hub import start_metrics_push
-from actors.remote_errors import describe, retry_after_s
-from cluster.adapters.checkpoint_store import Fenced, Lease
-from cluster.adapters.commit_doc import encode
+from actors.remote_errors import cause, describe, retry_after_s
+from cluster.adapters.checkpoint_store import Fenced, Lease, is_unavailable
+from cluster.adapters.commit_doc import UnencodableEvent, encode
 from cluster.adapters.dlq_publisher import DeadLetterPublisher
 from cluster.adapters.enrichment_client import EnrichmentClient
 from cluster.adapters.kafka_config import consumer_config, producer_config
+from cluster.adapters.kafka_producer import PublishError
 from cluster.adapters.kafka_source import PartitionSource
 from cluster.observability import metrics as catalogue  # a module: Ray pickles methods by value
-from cluster.observability.event_spans import ProcessingSpans
+from cluster.observability.event_spans import BatchTrace, ProcessingSpans
 from cluster.observability.logs import setup_logging
-from cluster.observability.recording import record_commit, record_processing
+from cluster.observability.recording import (
+    CommitFailure,
+    record_commit,
+    record_commit_failure,
+    record_processing,
+    track_uncommitted_age,
+)
 from cluster.observability.tracing import Tracing
 from cluster.settings import Settings
-from pipelines.batch import CommitBatch, CommitOutcome, DeadLetter, ProcessedEvent, SourceRecord
+from pipelines.batch import CommitBatch, CommitOutcome, DeadLetter, ProcessedEvent, SourceRecord, assemble
 from pipelines.engine import PartitionProcessor
 from pipelines.enrichment import merchant_ids
+from pipelines.errors import DeadLetterKind
+from pipelines.policies.bisect import Abandoned, BatchBisector, Committed, Refusal
 from pipelines.policies.gaps import GapPolicy, GapState, split_at_gap
 from pipelines.policies.retry import RetryPolicy
 from pipelines.registry import default_registry
@@ -48,7 +57,7 @@ class OwnerStatus:
     partition: int
     owner_id: str
     pid: int
-    state: str = "starting"  # starting | running | fenced | stopped | error
+    state: str = "starting"  # starting | running | stalled | fenced | stopped | error (stalled: see status())
     epoch: int | None = None
     committed_offset: int | None = None
     batches: int = 0
@@ -64,6 +73,10 @@ class OwnerStatus:
     already_committed: int = 0  # retries that found their batch committed (the COMMIT's acknowledgement was lost)
     last_batch_size: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)  # p50/p99 of recent batches, per stage
+    pending_since: float | None = None  # when the oldest record read and not yet committed was read
+    failing_since: float | None = None  # first failed commit attempt since the last one that succeeded
+    commit_failures: int = 0
+    store_rejected: int = 0  # records dead-lettered because PostgreSQL refused them (or their rows did not encode)
 
 
 class StageTimings:
@@ -105,14 +118,25 @@ class PartitionOwner:
             max_record_bytes=settings.max_event_bytes,
             on_outcome=self._observe,
         )
+        track_uncommitted_age(catalogue.METRICS, topic, partition, self._uncommitted_age)
         start_metrics_push(settings, "owner")
         self._thread = threading.Thread(target=self._run_guarded, name=f"owner-{topic}-{partition}", daemon=True)
         self._thread.start()
 
     # -- Ray-facing API -------------------------------------------------------------------------
     def status(self) -> dict[str, object]:
-        self._status.timings_ms = self._timings.summary()
-        return dict(self._status.__dict__)
+        """The owner's state and counters. A running owner whose commits have failed for `owner_stalled_after_s`
+        without one success says `stalled` (the metrics hub then reports it unhealthy)."""
+        st = self._status
+        st.timings_ms = self._timings.summary()
+        out = dict(st.__dict__)
+        now = time.time()
+        failing_for = now - st.failing_since if st.failing_since is not None else 0.0
+        if st.state == "running" and failing_for >= self._settings.owner_stalled_after_s:
+            out["state"] = "stalled"
+        out["failing_for_s"] = round(failing_for, 3)
+        out["oldest_uncommitted_s"] = round(self._uncommitted_age(now), 3)
+        return out
 
     def stop(self, timeout_s: float = 10.0) -> dict[str, object]:
         """Finish the batch in flight, then stop reading. Used for graceful shutdown."""
@@ -128,11 +152,19 @@ class PartitionOwner:
         record_processing(catalogue.METRICS, outcome, seconds, self._types)
         self._spans.observe(outcome, seconds)
 
+    def _uncommitted_age(self, now: float | None = None) -> float:
+        since = self._status.pending_since
+        return 0.0 if since is None else max(0.0, (time.time() if now is None else now) - since)
+
     def _run_guarded(self) -> None:
         backoff = 0.5
         while not self._stop.is_set():
             try:
                 self._run()
+                return
+            except Abandoned as exc:
+                self._status.last_error = str(exc)
+                log.critical("owner %s stops with a batch it could not commit: %s", self._status.owner_id, exc)
                 return
             except Fenced as exc:
                 self._status.state = "fenced"
@@ -234,6 +266,7 @@ class PartitionOwner:
     ) -> int:
         st = self._status
         st.last_record_at = time.time()
+        st.pending_since = st.last_record_at
         st.in_flight = True
         t0 = time.perf_counter()
         if self._enrichment is not None:
@@ -241,60 +274,139 @@ class PartitionOwner:
             self._enrichment.prefetch(merchant_ids(records, self._settings.ingest_topic))
         te = time.perf_counter()
         traced = self._spans.begin(records)
-        batch = self._processor.process(
-            records,
+        outcomes = self._processor.outcomes(records, st.last_record_at)
+        batch = assemble(
+            outcomes,
+            topic=st.topic,
+            partition=st.partition,
             epoch=lease.epoch,
             owner_id=st.owner_id,
             expected_offset=expected,
+            next_offset=records[-1].offset + 1,
             consumed_at=st.last_record_at,
             skipped=skipped,
         )
         t1, commit_started_ns = time.perf_counter(), time.time_ns()
-        outcome = self._commit(writer, dlq, batch, traced.trace_contexts)
+        published: set[int] = set()  # dead letters on the DLQ topic already: a sub-batch or a retry skips them
+
+        def commit(sub: CommitBatch) -> CommitOutcome | Refusal:
+            return self._commit(writer, dlq, sub, traced.trace_contexts, published)
+
+        done = BatchBisector(commit, self._keep_trying).commit(batch, outcomes, records)
         t2 = time.perf_counter()
-        self._spans.committed(traced, batch, outcome, commit_started_ns)
-        record_commit(
-            catalogue.METRICS,
-            batch,
-            outcome,
-            time.time(),
-            ingest_topic=self._settings.ingest_topic,
-            known_types=self._types,
-        )
-        self._timings.add(enrich=te - t0, process=t1 - te, commit_round_trip=t2 - t1, store=outcome.duration_s)
-        self._status.last_batch_size = len(records)
+        st.pending_since = None
+        self._observe_commit(done, traced, commit_started_ns)
+        self._timings.add(enrich=te - t0, process=t1 - te, commit_round_trip=t2 - t1, store=done.outcome.duration_s)
+        st.last_batch_size = len(records)
         st.in_flight = False
         st.committed_offset = batch.next_offset
         st.batches += 1
-        st.events += outcome.new_events
-        st.duplicates += outcome.duplicates
-        st.dead_letters += outcome.dead_letters
-        st.already_committed += int(outcome.already_committed)
+        st.events += done.outcome.new_events
+        st.duplicates += done.outcome.duplicates
+        st.dead_letters += done.outcome.dead_letters
+        st.store_rejected += len(done.isolated)
+        st.already_committed += int(done.outcome.already_committed)
         st.skipped_offsets += (skipped[1] - skipped[0]) if skipped else 0
         st.last_commit_at = time.time()
         return batch.next_offset
+
+    def _observe_commit(self, done: Committed, traced: BatchTrace, commit_started_ns: int) -> None:
+        """Spans, metrics and log lines of a committed batch. They only observe: a failure here is logged, never
+        raised, since the batch is committed and reading it again would change nothing."""
+        st = self._status
+        for isolated in done.isolated:
+            log.warning(
+                "%s[%d]@%d dead-lettered as %s%s: %s",
+                st.topic,
+                st.partition,
+                isolated.offset,
+                isolated.refusal.kind,
+                " (raw bytes only)" if isolated.bare else "",
+                isolated.refusal.reason,
+            )
+        if done.refusals:
+            log.warning(
+                "%s[%d] %d..%d committed in %d transactions after %d refusals; %d records isolated",
+                st.topic,
+                st.partition,
+                done.batch.expected_offset,
+                done.batch.next_offset,
+                done.commits,
+                done.refusals,
+                len(done.isolated),
+            )
+        try:
+            self._spans.committed(traced, done.batch, done.outcome, commit_started_ns)
+            record_commit(
+                catalogue.METRICS,
+                done.batch,
+                done.outcome,
+                time.time(),
+                ingest_topic=self._settings.ingest_topic,
+                known_types=self._types,
+            )
+        except Exception:  # noqa: BLE001 - an observation bug must not stop the partition: loud, not raised
+            log.exception("observing the commit of %s[%d] failed", st.topic, st.partition)
+
+    def _keep_trying(self, attempt: int, offset: int, refusal: Refusal) -> bool:
+        """Even the bare dead letter of a record was refused: a bug in eventpipe, never an input's fault. Loud, and
+        backed off; False once the owner is stopping."""
+        st = self._status
+        wait = min(30.0, 0.5 * 2 ** min(attempt, 6))
+        st.last_error = f"bare dead letter of offset {offset} refused: {refusal.reason}"
+        log.critical(
+            "%s[%d]@%d: PostgreSQL refused even the bare dead letter (%s); the partition waits, retrying in %.1fs",
+            st.topic,
+            st.partition,
+            offset,
+            refusal.reason,
+            wait,
+        )
+        return not self._stop.wait(wait)
 
     def _commit(
         self,
         writer: ray.actor.ActorHandle,
         dlq: DeadLetterPublisher,
         batch: CommitBatch,
-        trace_contexts: dict[int, str] | None = None,
-    ) -> CommitOutcome:
-        """Keep the batch and retry until it commits or we are fenced: a dependency outage only pauses us.
+        trace_contexts: dict[int, str],
+        published: set[int],
+    ) -> CommitOutcome | Refusal:
+        """Commit one batch, or say it was refused for what it holds (its owner splits it, never retries it as is).
 
-        A retry after a lost acknowledgement (the writer died after COMMIT) comes back as already_committed. While
-        the PostgreSQL breaker is open the writer refuses at once and says when to come back; we wait that long.
+        A dependency outage only pauses us: the batch is kept and retried until it commits or we are fenced. A retry
+        after a lost acknowledgement (the writer died after COMMIT) comes back as already_committed. While the
+        PostgreSQL breaker is open the writer refuses at once and says when to come back; we wait that long.
         """
+        try:
+            encoded = encode(batch, trace_contexts)
+        except UnencodableEvent as exc:
+            self._failed(CommitFailure.REJECTED, str(exc))
+            return Refusal(DeadLetterKind.HANDLER_ERROR, f"commit document: {exc.reason}", exc.offset)
+        except Exception as exc:  # noqa: BLE001 - no single record named: the bisection finds it
+            self._failed(CommitFailure.REJECTED, f"commit document: {describe(exc)}")
+            return Refusal(DeadLetterKind.HANDLER_ERROR, f"commit document: {describe(exc)}")
         delay = 0.05
-        encoded = encode(batch, trace_contexts)
         while True:
             try:
-                dlq.publish(batch)
+                _publish_once(dlq, batch, published)
                 outcome: CommitOutcome = ray.get(writer.commit.remote(encoded), timeout=60)
                 if outcome.fenced:
+                    self._failed(CommitFailure.FENCED, f"fenced by epoch {outcome.current_epoch}")
                     raise Fenced(f"epoch {batch.epoch} superseded by {outcome.current_epoch}")
+                if outcome.rejected is not None:
+                    self._failed(CommitFailure.REJECTED, outcome.rejected)
+                    log.warning(
+                        "PostgreSQL refused %s[%d] %d..%d: %s; splitting it",
+                        batch.topic,
+                        batch.partition,
+                        batch.expected_offset,
+                        batch.next_offset,
+                        outcome.rejected,
+                    )
+                    return Refusal(DeadLetterKind.STORE_REJECTED, outcome.rejected)
                 self._status.commit_error = None
+                self._status.failing_since = None
                 return outcome
             except Fenced:
                 raise
@@ -305,7 +417,7 @@ class PartitionOwner:
                 else:
                     wait = delay + random.uniform(0, delay)
                     delay = min(delay * 2, 5.0)
-                self._status.last_error = self._status.commit_error = describe(exc)
+                self._failed(_failure_class(exc, hint), describe(exc))
                 log.warning(
                     "commit of %s[%d] %d..%d failed (%s); retrying in %.2fs",
                     batch.topic,
@@ -316,3 +428,31 @@ class PartitionOwner:
                     wait,
                 )
                 time.sleep(wait)
+
+    def _failed(self, failure: CommitFailure, error: str) -> None:
+        st = self._status
+        st.commit_failures += 1
+        st.last_error = st.commit_error = error
+        if st.failing_since is None:
+            st.failing_since = time.time()
+        record_commit_failure(catalogue.METRICS, st.topic, st.partition, failure)
+
+
+def _publish_once(dlq: DeadLetterPublisher, batch: CommitBatch, published: set[int]) -> None:
+    """Put the batch's dead letters on the DLQ topic before its commit, each once per owner batch (the topic is at
+    least once: a restarted owner publishes again)."""
+    fresh = tuple(d for d in batch.dead if d.offset not in published)
+    if fresh:
+        dlq.publish(replace(batch, dead=fresh))
+        published.update(d.offset for d in fresh)
+
+
+def _failure_class(exc: BaseException, retry_hint: float | None) -> CommitFailure:
+    """Unavailable: a breaker's refusal, PostgreSQL unreachable, the writer gone or silent, the broker not
+    acknowledging dead letters. Anything else is `other`."""
+    original = cause(exc)
+    if retry_hint is not None or is_unavailable(original):
+        return CommitFailure.UNAVAILABLE
+    if isinstance(original, RayError | PublishError | TimeoutError):
+        return CommitFailure.UNAVAILABLE
+    return CommitFailure.OTHER
