@@ -46,6 +46,7 @@ from pipelines.errors import DeadLetterKind
 from pipelines.policies.bisect import Abandoned, BatchBisector, Committed, Refusal
 from pipelines.policies.gaps import GapPolicy, GapState, split_at_gap
 from pipelines.policies.retry import RetryPolicy
+from pipelines.policies.stall import StallPolicy, StallWatch
 from pipelines.registry import default_registry
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,6 @@ class OwnerStatus:
     already_committed: int = 0  # retries that found their batch committed (the COMMIT's acknowledgement was lost)
     last_batch_size: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)  # p50/p99 of recent batches, per stage
-    pending_since: float | None = None  # when the oldest record read and not yet committed was read
-    failing_since: float | None = None  # first failed commit attempt since the last one that succeeded
     commit_failures: int = 0
     store_rejected: int = 0  # records dead-lettered because PostgreSQL refused them (or their rows did not encode)
 
@@ -118,7 +117,8 @@ class PartitionOwner:
             max_record_bytes=settings.max_event_bytes,
             on_outcome=self._observe,
         )
-        track_uncommitted_age(catalogue.METRICS, topic, partition, self._uncommitted_age)
+        self._stall = StallWatch(StallPolicy(settings.owner_stalled_after_s))
+        track_uncommitted_age(catalogue.METRICS, topic, partition, lambda: self._stall.uncommitted_age(time.time()))
         start_metrics_push(settings, "owner")
         self._thread = threading.Thread(target=self._run_guarded, name=f"owner-{topic}-{partition}", daemon=True)
         self._thread.start()
@@ -131,11 +131,10 @@ class PartitionOwner:
         st.timings_ms = self._timings.summary()
         out = dict(st.__dict__)
         now = time.time()
-        failing_for = now - st.failing_since if st.failing_since is not None else 0.0
-        if st.state == "running" and failing_for >= self._settings.owner_stalled_after_s:
+        if st.state == "running" and self._stall.stalled(now):
             out["state"] = "stalled"
-        out["failing_for_s"] = round(failing_for, 3)
-        out["oldest_uncommitted_s"] = round(self._uncommitted_age(now), 3)
+        out["failing_for_s"] = round(self._stall.failing_for(now), 3)
+        out["oldest_uncommitted_s"] = round(self._stall.uncommitted_age(now), 3)
         return out
 
     def stop(self, timeout_s: float = 10.0) -> dict[str, object]:
@@ -151,10 +150,6 @@ class PartitionOwner:
         """Each record's outcome and processing time, as the engine hands them over (loop thread)."""
         record_processing(catalogue.METRICS, outcome, seconds, self._types)
         self._spans.observe(outcome, seconds)
-
-    def _uncommitted_age(self, now: float | None = None) -> float:
-        since = self._status.pending_since
-        return 0.0 if since is None else max(0.0, (time.time() if now is None else now) - since)
 
     def _run_guarded(self) -> None:
         backoff = 0.5
@@ -266,7 +261,7 @@ class PartitionOwner:
     ) -> int:
         st = self._status
         st.last_record_at = time.time()
-        st.pending_since = st.last_record_at
+        self._stall.read(st.last_record_at)
         st.in_flight = True
         t0 = time.perf_counter()
         if self._enrichment is not None:
@@ -294,7 +289,7 @@ class PartitionOwner:
 
         done = BatchBisector(commit, self._keep_trying).commit(batch, outcomes, records)
         t2 = time.perf_counter()
-        st.pending_since = None
+        self._stall.caught_up()
         self._observe_commit(done, traced, commit_started_ns)
         self._timings.add(enrich=te - t0, process=t1 - te, commit_round_trip=t2 - t1, store=done.outcome.duration_s)
         st.last_batch_size = len(records)
@@ -406,7 +401,7 @@ class PartitionOwner:
                     )
                     return Refusal(DeadLetterKind.STORE_REJECTED, outcome.rejected)
                 self._status.commit_error = None
-                self._status.failing_since = None
+                self._stall.progressed()
                 return outcome
             except Fenced:
                 raise
@@ -433,8 +428,7 @@ class PartitionOwner:
         st = self._status
         st.commit_failures += 1
         st.last_error = st.commit_error = error
-        if st.failing_since is None:
-            st.failing_since = time.time()
+        self._stall.failed(time.time())
         record_commit_failure(catalogue.METRICS, st.topic, st.partition, failure)
 
 
