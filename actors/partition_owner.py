@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import ray
 from ray.exceptions import RayError
@@ -21,12 +21,12 @@ from actors import names
 from actors.metrics_hub import start_metrics_push
 from actors.remote_errors import cause, describe, retry_after_s
 from cluster.adapters.checkpoint_store import Fenced, Lease, is_unavailable
-from cluster.adapters.commit_doc import UnencodableEvent, encode
 from cluster.adapters.dlq_publisher import DeadLetterPublisher
 from cluster.adapters.enrichment_client import EnrichmentClient
 from cluster.adapters.kafka_config import consumer_config, producer_config
 from cluster.adapters.kafka_producer import PublishError
 from cluster.adapters.kafka_source import PartitionSource
+from cluster.adapters.owner_commit import Explained, OwnerCommitter
 from cluster.observability import metrics as catalogue  # a module: Ray pickles methods by value
 from cluster.observability.event_spans import BatchTrace, ProcessingSpans
 from cluster.observability.logs import setup_logging
@@ -42,7 +42,6 @@ from cluster.settings import Settings
 from pipelines.batch import CommitBatch, CommitOutcome, DeadLetter, ProcessedEvent, SourceRecord, assemble
 from pipelines.engine import PartitionProcessor
 from pipelines.enrichment import merchant_ids
-from pipelines.errors import DeadLetterKind
 from pipelines.policies.bisect import Abandoned, BatchBisector, Committed, Refusal
 from pipelines.policies.gaps import GapPolicy, GapState, split_at_gap
 from pipelines.policies.retry import RetryPolicy
@@ -214,6 +213,13 @@ class PartitionOwner:
         )
         dlq = DeadLetterPublisher(producer_config(s.kafka_bootstrap, linger_ms=0), s.dlq_topic)
         writer = ray.get_actor(names.writer_name(names.writer_for(st.topic, st.partition, s.checkpoint_writers)))
+        committer = OwnerCommitter(
+            lambda encoded: ray.get(writer.commit.remote(encoded), timeout=60),
+            dlq,
+            _explain,
+            on_failure=self._failed,
+            on_success=self._succeeded,
+        )
         expected = lease.next_offset
         gaps = GapState(GapPolicy(s.offset_gap_grace_s))
         source.seek(expected)
@@ -245,15 +251,14 @@ class PartitionOwner:
                 gaps.clear()
                 if len(head) < len(records):
                     source.seek(head[-1].offset + 1)  # what follows a hole is read again after this commit
-                expected = self._process_and_commit(writer, dlq, lease, head, expected, skipped)
+                expected = self._process_and_commit(committer, lease, head, expected, skipped)
         finally:
             source.close()
             dlq.close()
 
     def _process_and_commit(
         self,
-        writer: ray.actor.ActorHandle,
-        dlq: DeadLetterPublisher,
+        committer: OwnerCommitter,
         lease: Lease,
         records: list[SourceRecord],
         expected: int,
@@ -282,10 +287,10 @@ class PartitionOwner:
             skipped=skipped,
         )
         t1, commit_started_ns = time.perf_counter(), time.time_ns()
-        published: set[int] = set()  # dead letters on the DLQ topic already: a sub-batch or a retry skips them
+        committer.begin()
 
         def commit(sub: CommitBatch) -> CommitOutcome | Refusal:
-            return self._commit(writer, dlq, sub, traced.trace_contexts, published)
+            return committer.commit(sub, traced.trace_contexts)
 
         done = BatchBisector(commit, self._keep_trying).commit(batch, outcomes, records)
         t2 = time.perf_counter()
@@ -359,71 +364,6 @@ class PartitionOwner:
         )
         return not self._stop.wait(wait)
 
-    def _commit(
-        self,
-        writer: ray.actor.ActorHandle,
-        dlq: DeadLetterPublisher,
-        batch: CommitBatch,
-        trace_contexts: dict[int, str],
-        published: set[int],
-    ) -> CommitOutcome | Refusal:
-        """Commit one batch, or say it was refused for what it holds (its owner splits it, never retries it as is).
-
-        A dependency outage only pauses us: the batch is kept and retried until it commits or we are fenced. A retry
-        after a lost acknowledgement (the writer died after COMMIT) comes back as already_committed. While the
-        PostgreSQL breaker is open the writer refuses at once and says when to come back; we wait that long.
-        """
-        try:
-            encoded = encode(batch, trace_contexts)
-        except UnencodableEvent as exc:
-            self._failed(CommitFailure.REJECTED, str(exc))
-            return Refusal(DeadLetterKind.HANDLER_ERROR, f"commit document: {exc.reason}", exc.offset)
-        except Exception as exc:  # noqa: BLE001 - no single record named: the bisection finds it
-            self._failed(CommitFailure.REJECTED, f"commit document: {describe(exc)}")
-            return Refusal(DeadLetterKind.HANDLER_ERROR, f"commit document: {describe(exc)}")
-        delay = 0.05
-        while True:
-            try:
-                _publish_once(dlq, batch, published)
-                outcome: CommitOutcome = ray.get(writer.commit.remote(encoded), timeout=60)
-                if outcome.fenced:
-                    self._failed(CommitFailure.FENCED, f"fenced by epoch {outcome.current_epoch}")
-                    raise Fenced(f"epoch {batch.epoch} superseded by {outcome.current_epoch}")
-                if outcome.rejected is not None:
-                    self._failed(CommitFailure.REJECTED, outcome.rejected)
-                    log.warning(
-                        "PostgreSQL refused %s[%d] %d..%d: %s; splitting it",
-                        batch.topic,
-                        batch.partition,
-                        batch.expected_offset,
-                        batch.next_offset,
-                        outcome.rejected,
-                    )
-                    return Refusal(DeadLetterKind.STORE_REJECTED, outcome.rejected)
-                self._status.commit_error = None
-                self._stall.progressed()
-                return outcome
-            except Fenced:
-                raise
-            except Exception as exc:  # noqa: BLE001 - PostgreSQL, broker or writer down: back off and retry
-                hint = retry_after_s(exc)
-                if hint is not None:  # fail-fast refusal: not a failed attempt, so the backoff does not grow
-                    wait = hint + random.uniform(0, min(1.0, hint / 4 + 0.05))
-                else:
-                    wait = delay + random.uniform(0, delay)
-                    delay = min(delay * 2, 5.0)
-                self._failed(_failure_class(exc, hint), describe(exc))
-                log.warning(
-                    "commit of %s[%d] %d..%d failed (%s); retrying in %.2fs",
-                    batch.topic,
-                    batch.partition,
-                    batch.expected_offset,
-                    batch.next_offset,
-                    self._status.commit_error,
-                    wait,
-                )
-                time.sleep(wait)
-
     def _failed(self, failure: CommitFailure, error: str) -> None:
         st = self._status
         st.commit_failures += 1
@@ -431,22 +371,15 @@ class PartitionOwner:
         self._stall.failed(time.time())
         record_commit_failure(catalogue.METRICS, st.topic, st.partition, failure)
 
-
-def _publish_once(dlq: DeadLetterPublisher, batch: CommitBatch, published: set[int]) -> None:
-    """Put the batch's dead letters on the DLQ topic before its commit, each once per owner batch (the topic is at
-    least once: a restarted owner publishes again)."""
-    fresh = tuple(d for d in batch.dead if d.offset not in published)
-    if fresh:
-        dlq.publish(replace(batch, dead=fresh))
-        published.update(d.offset for d in fresh)
+    def _succeeded(self) -> None:
+        self._status.commit_error = None
+        self._stall.progressed()
 
 
-def _failure_class(exc: BaseException, retry_hint: float | None) -> CommitFailure:
-    """Unavailable: a breaker's refusal, PostgreSQL unreachable, the writer gone or silent, the broker not
-    acknowledging dead letters. Anything else is `other`."""
-    original = cause(exc)
-    if retry_hint is not None or is_unavailable(original):
-        return CommitFailure.UNAVAILABLE
-    if isinstance(original, RayError | PublishError | TimeoutError):
-        return CommitFailure.UNAVAILABLE
-    return CommitFailure.OTHER
+def _explain(exc: BaseException) -> Explained:
+    """What a failed commit attempt was. Unavailable: a breaker's refusal, PostgreSQL unreachable, the writer gone or
+    silent, the broker not acknowledging dead letters. Anything else is `other`."""
+    original, hint = cause(exc), retry_after_s(exc)
+    unavailable = hint is not None or is_unavailable(original)
+    unavailable = unavailable or isinstance(original, RayError | PublishError | TimeoutError)
+    return (CommitFailure.UNAVAILABLE if unavailable else CommitFailure.OTHER), describe(exc), hint
