@@ -8,6 +8,7 @@ And the commit document names the one record whose rows cannot be encoded, inste
 from __future__ import annotations
 
 import random
+from collections import Counter
 from decimal import Decimal
 from typing import Any
 
@@ -20,7 +21,7 @@ from pipelines.effects import DeviceReading, UserSpend
 from pipelines.engine import PartitionProcessor
 from pipelines.handlers.base import HandlerResult
 from pipelines.handlers.user_action import UserActionHandler
-from pipelines.registry import EventTypeSpec, Registry
+from pipelines.registry import EventTypeSpec, Registry, default_registry
 from pipelines.schemas import EventBase, UserActionV1
 
 TOPIC = "events.ingest"
@@ -240,3 +241,68 @@ def test_the_commit_document_names_the_one_event_it_cannot_encode(bad):
 
     assert raised.value.offset == 1 and raised.value.reason
     encode(assemble([_event(0), _event(2)], **_header(3)))  # the others encode
+
+
+def _hostile_value(rng: random.Random, depth: int = 0) -> Any:
+    """A JSON value of the kinds that broke pipelines before: huge and tiny numbers, NUL, surrogate escapes, deep
+    nesting, long strings, wrong types."""
+    choices = [
+        lambda: rng.choice([0, -1, 2**63, -(2**63) - 1, 10**400, 1e308, -1e308, 5e-324, 1.5]),
+        lambda: rng.choice(["", "a\u0000b", "\u202e", "x" * rng.randrange(1, 5000), "\U0001f600", "null", "1e999"]),
+        lambda: rng.choice([True, False, None]),
+    ]
+    if depth < 6:
+        choices.append(lambda: [_hostile_value(rng, depth + 1) for _ in range(rng.randrange(3))])
+        choices.append(lambda: {f"k{i}": _hostile_value(rng, depth + 1) for i in range(rng.randrange(3))})
+    if depth == 0:
+        choices.append(lambda: nested(rng.randrange(200, 400)))
+    return rng.choice(choices)()
+
+
+def _hostile_record(rng: random.Random, offset: int) -> SourceRecord:
+    event: dict[str, Any] = {
+        "id": f"fz-{offset}",
+        "timestamp": rng.choice(
+            ["2026-11-24T10:00:00Z"] * 8 + ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"]
+        ),
+        **rng.choice(
+            [
+                {"type": "transaction", "user_id": "u", "amount": "12.5", "currency": "USD"},
+                {"type": "sensor", "device_id": "d", "reading": 1.0, "unit": "bar", "location": {"lat": 1, "lon": 2}},
+                {"type": "user_action", "user_id": "u", "action": "click", "target": "t"},
+            ]
+        ),
+    }
+    roll = rng.random()
+    if roll < 0.6:  # valid in shape, hostile inside: what a schema lets through
+        if event["type"] == "sensor":
+            event["reading"] = rng.choice([1e308, -1e308, 1e300, 5e-324, 0.0, 21.5])
+        else:
+            event["metadata"] = {"x": _hostile_value(rng)}
+    elif roll < 0.9:  # a field of the wrong kind
+        event[rng.choice([*event, "metadata", "location", "merchant_id"])] = _hostile_value(rng)
+    try:
+        value = orjson.dumps(event, option=orjson.OPT_PASSTHROUGH_SUBCLASS)
+    except orjson.JSONEncodeError:
+        value = repr(event).encode("utf-8", "backslashreplace")  # not even JSON: the raw bytes, as a producer might
+    if rng.random() < 0.1:
+        value = value.replace(b'"u"', b'"\\ud800"')  # a lone surrogate escape in the bytes
+    return SourceRecord(TOPIC, 0, offset, None, value, 1_764_000_000_000)
+
+
+def test_no_hostile_record_makes_a_batch_raise_and_the_batch_encodes():
+    # given 2,000 seeded hostile records through the real registry and handlers
+    rng = random.Random(8)
+    records = [_hostile_record(rng, offset) for offset in range(2000)]
+    processor = PartitionProcessor(default_registry(), TOPIC, rng=random.Random(0), max_record_bytes=262_144)
+
+    # when they are processed in batches of 200 and their commit documents encoded
+    kinds: Counter[str] = Counter()
+    for first in range(0, len(records), 200):
+        chunk = records[first : first + 200]
+        outcomes = processor.outcomes(chunk, consumed_at=1.0)
+        # then every record has exactly one outcome, and the batch encodes in one go
+        assert [o.offset for o in outcomes] == [r.offset for r in chunk]
+        encode(assemble(outcomes, **{**_header(0), "expected_offset": first, "next_offset": first + 200}))
+        kinds.update(o.error_kind if isinstance(o, DeadLetter) else type(o).__name__ for o in outcomes)
+    assert kinds["ProcessedEvent"] > 0 and kinds["invalid"] > 0, kinds
