@@ -8,6 +8,7 @@ and count the refusal in `partition_commit_failures_total{reason="rejected"}`.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -172,3 +173,61 @@ def test_poison_refused_by_postgresql_in_a_busy_partition_is_dead_lettered_once_
         timeout_s=30,
         what="the refusals counted in partition_commit_failures_total",
     )
+
+
+def test_readings_whose_sum_overflows_never_halt_their_partition(pipeline: Pipeline) -> None:
+    """Issue 8, finding 1: two large finite readings of one device overflow `device_stats.reading_sum` (float8).
+    Whether the edge refuses them (domain bounds) or PostgreSQL does (22003), the partition moves on."""
+    settings = pipeline.settings
+    topic, partition = settings.ingest_topic, settings.partitions - 1
+    prefix = unique_prefix("overflow")
+
+    def reading(n: int, value: float, device: str) -> dict[str, Any]:
+        return {
+            "id": f"{prefix}-{n}",
+            "type": "sensor",
+            "timestamp": "2026-11-24T10:00:00Z",
+            "device_id": device,
+            "reading": value,
+            "unit": "bar",
+            "location": {"lat": 52.5, "lon": 13.4},
+        }
+
+    # given two readings of 1e303 bar (1e308 Pa each: finite, but not their sum) amid ordinary ones
+    big = [reading(0, 1e303, f"{prefix}-big"), reading(1, 1e303, f"{prefix}-big")]
+    ordinary = [reading(n, 1.0 + n / 100, f"{prefix}-d{n % 3}") for n in range(2, 42)]
+    with rawlog.RawProducer(settings.kafka_bootstrap) as producer:
+        for event in [ordinary[0], *big, *ordinary[1:]]:
+            assert producer.produce(topic, partition, orjson.dumps(event)).offset is not None
+
+    # then every ordinary reading is processed, and no big one stays unresolved
+    ids = [e["id"] for e in ordinary]
+    wait_until(
+        lambda: (
+            pipeline.scalar("SELECT count(*) FROM events WHERE id = ANY(%s) AND status = 'processed'", ids) == len(ids)
+        ),
+        timeout_s=60,
+        what="the ordinary readings processed behind the overflowing ones",
+    )
+    big_ids = [e["id"] for e in big]
+    outcomes = wait_until(
+        lambda: (
+            (
+                rows := pipeline.query(
+                    "SELECT e.id, e.status, d.error_kind FROM unnest(%s::text[]) AS x(id)"
+                    " LEFT JOIN events e ON e.id = x.id LEFT JOIN dead_letters d ON d.event_id = x.id",
+                    big_ids,
+                )
+            )
+            and all(status is not None or kind is not None for _, status, kind in rows)
+            and rows
+        ),
+        timeout_s=30,
+        what="both big readings resolved",
+    )
+    print(f"\nreadings whose sum overflows: {outcomes}")
+    kinds = {kind for _, _, kind in outcomes if kind is not None}
+    assert kinds, f"neither big reading was dead-lettered: {outcomes}"
+    assert kinds <= {"store_rejected", "invalid", "poison"}, outcomes
+    total = pipeline.scalar("SELECT reading_sum FROM device_stats WHERE device_id = %s", f"{prefix}-big")
+    assert total is None or math.isfinite(total)
