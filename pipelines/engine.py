@@ -227,8 +227,12 @@ class PartitionProcessor:
 
 
 def _describe(exc: BaseException) -> str:
-    """The kind and text of an exception, as a dead letter's reason."""
-    return f"{type(exc).__name__}: {exc}"
+    """The kind and text of an exception, as a dead letter's reason (an exception whose text itself raises still has
+    a kind)."""
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception:  # noqa: BLE001 - its __str__ is broken: the kind alone must do
+        return type(exc).__name__
 
 
 def _storable_effects(effects: Sequence[Effect]) -> None:

@@ -306,3 +306,17 @@ def test_no_hostile_record_makes_a_batch_raise_and_the_batch_encodes():
         encode(assemble(outcomes, **{**_header(0), "expected_offset": first, "next_offset": first + 200}))
         kinds.update(o.error_kind if isinstance(o, DeadLetter) else type(o).__name__ for o in outcomes)
     assert kinds["ProcessedEvent"] > 0 and kinds["invalid"] > 0, kinds
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+def test_an_exception_whose_text_raises_still_dead_letters_its_event_by_kind():
+    processor = PartitionProcessor(registry_with(Scripted({"bad": Unprintable()})), TOPIC, rng=random.Random(0))
+
+    ok, bad = outcomes_of(processor, "ok", "bad")
+
+    assert isinstance(ok, ProcessedEvent)
+    assert isinstance(bad, DeadLetter) and bad.reason == "Unprintable" and bad.error_kind == "handler_error"
