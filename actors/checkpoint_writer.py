@@ -3,7 +3,8 @@
 Thin shell over CheckpointStore: batches that arrive while a transaction runs go into the next one together (one WAL
 flush for all); it retries only what is safe to retry, since every batch's statement is fenced and idempotent. A
 "postgres" circuit breaker sits around the group commit: while it is open, commit() raises CircuitOpen at once
-(retriable: the owner keeps its batch and comes back after retry_after_s). It never decides what a batch holds.
+(retriable: the owner keeps its batch and comes back after retry_after_s). A batch PostgreSQL refuses for a data
+reason is answered `CommitOutcome(rejected=<reason>)`: the owner splits it. It never decides what a batch holds.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import ray
 
 from actors.group_commit import GroupCommitter
 from actors.metrics_hub import start_metrics_push
-from cluster.adapters.checkpoint_store import CheckpointStore, is_unavailable
+from cluster.adapters.checkpoint_store import CheckpointStore, is_unavailable, rejection_reason
 from cluster.adapters.commit_doc import EncodedBatch
 from cluster.observability.breakers import breaker
 from cluster.observability.logs import setup_logging
@@ -41,6 +42,7 @@ class CheckpointWriter:
             threads=max(1, settings.writer_pool_size // 2),
             breaker=self._breaker,
             is_failure=is_unavailable,
+            rejection=rejection_reason,
         )
         self._events = 0
         start_metrics_push(settings, "writer")

@@ -1,7 +1,9 @@
 """Group commit: concurrent commit calls queue up; committer threads take everything queued into one transaction.
 
 It knows only a store with `commit_group(batches) -> outcomes` and, optionally, a circuit breaker that every
-transaction reports to: while it is open, calls fail fast with CircuitOpen. It never decides what a batch contains.
+transaction reports to: while it is open, calls fail fast with CircuitOpen. A batch the database refuses for a data
+reason comes back as a value (`CommitOutcome(rejected=...)`), never as an error to retry. It never decides what a
+batch contains.
 """
 
 from __future__ import annotations
@@ -38,8 +40,12 @@ class GroupCommitter:
         max_group: int = 32,
         breaker: CircuitBreaker | None = None,
         is_failure: Callable[[BaseException], bool] = lambda _exc: True,
+        rejection: Callable[[BaseException], str | None] = lambda _exc: None,
     ) -> None:
+        """`is_failure`: the error means the database is unavailable (it counts against the breaker). `rejection`:
+        the database's reason when the error refuses the batch's data for good, else None."""
         self._store = store
+        self._rejection = rejection
         self._max_group = max_group
         self._breaker = breaker
         self._is_failure = is_failure
@@ -83,7 +89,7 @@ class GroupCommitter:
             if len(group) == 1 or (self._breaker is not None and self._is_failure(exc)):
                 # One caller, or the database itself is failing: one by one would only fail again.
                 for _, future in group:
-                    future.set_exception(exc)
+                    self._fail(future, exc)
                 return
             # One bad batch must not fail its neighbours again and again: commit each on its own.
             log.warning("group of %d failed (%s); committing its batches one by one", len(group), exc)
@@ -92,13 +98,25 @@ class GroupCommitter:
                     continue
                 try:
                     future.set_result(self._commit_with_retry([batch])[0])
-                except Exception as single:  # noqa: BLE001 - this caller keeps its batch and retries
-                    future.set_exception(single)
+                except Exception as single:  # noqa: BLE001 - this caller keeps its batch and retries, or splits it
+                    self._fail(future, single)
             return
         self.groups += 1
         self.batches += len(group)
         for (_, future), outcome in zip(group, outcomes, strict=True):
             future.set_result(outcome)
+
+    def _fail(self, future: Future[CommitOutcome], exc: Exception) -> None:
+        """A batch that failed alone: refused for its data (a value: its owner splits it), or an error to retry."""
+        try:
+            reason = self._rejection(exc)
+        except Exception:  # noqa: BLE001 - a classification bug must not hide the error: hand it over as it is
+            log.exception("classifying %s failed", type(exc).__name__)
+            reason = None
+        if reason is None:
+            future.set_exception(exc)
+        else:
+            future.set_result(CommitOutcome(committed=False, rejected=reason))
 
     def _refusal(self) -> CircuitOpen:
         breaker = self._breaker

@@ -19,24 +19,33 @@ from ray.exceptions import RayError
 
 from actors import names
 from actors.metrics_hub import start_metrics_push
-from actors.remote_errors import describe, retry_after_s
-from cluster.adapters.checkpoint_store import Fenced, Lease
-from cluster.adapters.commit_doc import encode
+from actors.remote_errors import cause, describe, retry_after_s
+from cluster.adapters.checkpoint_store import Fenced, Lease, is_unavailable
 from cluster.adapters.dlq_publisher import DeadLetterPublisher
 from cluster.adapters.enrichment_client import EnrichmentClient
 from cluster.adapters.kafka_config import consumer_config, producer_config
+from cluster.adapters.kafka_producer import PublishError
 from cluster.adapters.kafka_source import PartitionSource
+from cluster.adapters.owner_commit import Explained, OwnerCommitter
 from cluster.observability import metrics as catalogue  # a module: Ray pickles methods by value
-from cluster.observability.event_spans import ProcessingSpans
+from cluster.observability.event_spans import BatchTrace, ProcessingSpans
 from cluster.observability.logs import setup_logging
-from cluster.observability.recording import record_commit, record_processing
+from cluster.observability.recording import (
+    CommitFailure,
+    record_commit,
+    record_commit_failure,
+    record_processing,
+    track_uncommitted_age,
+)
 from cluster.observability.tracing import Tracing
 from cluster.settings import Settings
-from pipelines.batch import CommitBatch, CommitOutcome, DeadLetter, ProcessedEvent, SourceRecord
+from pipelines.batch import CommitBatch, CommitOutcome, DeadLetter, ProcessedEvent, SourceRecord, assemble
 from pipelines.engine import PartitionProcessor
 from pipelines.enrichment import merchant_ids
+from pipelines.policies.bisect import Abandoned, BatchBisector, Committed, Refusal
 from pipelines.policies.gaps import GapPolicy, GapState, split_at_gap
 from pipelines.policies.retry import RetryPolicy
+from pipelines.policies.stall import StallPolicy, StallWatch
 from pipelines.registry import default_registry
 
 log = logging.getLogger(__name__)
@@ -48,7 +57,7 @@ class OwnerStatus:
     partition: int
     owner_id: str
     pid: int
-    state: str = "starting"  # starting | running | fenced | stopped | error
+    state: str = "starting"  # starting | running | stalled | fenced | stopped | error (stalled: see status())
     epoch: int | None = None
     committed_offset: int | None = None
     batches: int = 0
@@ -64,6 +73,8 @@ class OwnerStatus:
     already_committed: int = 0  # retries that found their batch committed (the COMMIT's acknowledgement was lost)
     last_batch_size: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)  # p50/p99 of recent batches, per stage
+    commit_failures: int = 0
+    store_rejected: int = 0  # records dead-lettered because PostgreSQL refused them (or their rows did not encode)
 
 
 class StageTimings:
@@ -112,14 +123,25 @@ class PartitionOwner:
             max_record_bytes=settings.max_event_bytes,
             on_outcome=self._observe,
         )
+        self._stall = StallWatch(StallPolicy(settings.owner_stalled_after_s))
+        track_uncommitted_age(catalogue.METRICS, topic, partition, lambda: self._stall.uncommitted_age(time.time()))
         start_metrics_push(settings, "owner")
         self._thread = threading.Thread(target=self._run_guarded, name=f"owner-{topic}-{partition}", daemon=True)
         self._thread.start()
 
     # -- Ray-facing API -------------------------------------------------------------------------
     def status(self) -> dict[str, object]:
-        self._status.timings_ms = self._timings.summary()
-        return dict(self._status.__dict__)
+        """The owner's state and counters. A running owner whose commits have failed for `owner_stalled_after_s`
+        without one success says `stalled` (the metrics hub then reports it unhealthy)."""
+        st = self._status
+        st.timings_ms = self._timings.summary()
+        out = dict(st.__dict__)
+        now = time.time()
+        if st.state == "running" and self._stall.stalled(now):
+            out["state"] = "stalled"
+        out["failing_for_s"] = round(self._stall.failing_for(now), 3)
+        out["oldest_uncommitted_s"] = round(self._stall.uncommitted_age(now), 3)
+        return out
 
     def stop(self, timeout_s: float = 10.0) -> dict[str, object]:
         """Finish the batch in flight, then stop reading. Used for graceful shutdown."""
@@ -140,6 +162,10 @@ class PartitionOwner:
         while not self._stop.is_set():
             try:
                 self._run()
+                return
+            except Abandoned as exc:
+                self._status.last_error = str(exc)
+                log.critical("owner %s stops with a batch it could not commit: %s", self._status.owner_id, exc)
                 return
             except Fenced as exc:
                 self._status.state = "fenced"
@@ -194,6 +220,13 @@ class PartitionOwner:
         )
         dlq = DeadLetterPublisher(producer_config(s.kafka_bootstrap, linger_ms=0), s.dlq_topic)
         writer = ray.get_actor(names.writer_name(names.writer_for(st.topic, st.partition, s.checkpoint_writers)))
+        committer = OwnerCommitter(
+            lambda encoded: ray.get(writer.commit.remote(encoded), timeout=60),
+            dlq,
+            _explain,
+            on_failure=self._failed,
+            on_success=self._succeeded,
+        )
         expected = lease.next_offset
         gaps = GapState(GapPolicy(s.offset_gap_grace_s))
         source.seek(expected)
@@ -225,15 +258,14 @@ class PartitionOwner:
                 gaps.clear()
                 if len(head) < len(records):
                     source.seek(head[-1].offset + 1)  # what follows a hole is read again after this commit
-                expected = self._process_and_commit(writer, dlq, lease, head, expected, skipped)
+                expected = self._process_and_commit(committer, lease, head, expected, skipped)
         finally:
             source.close()
             dlq.close()
 
     def _process_and_commit(
         self,
-        writer: ray.actor.ActorHandle,
-        dlq: DeadLetterPublisher,
+        committer: OwnerCommitter,
         lease: Lease,
         records: list[SourceRecord],
         expected: int,
@@ -241,6 +273,7 @@ class PartitionOwner:
     ) -> int:
         st = self._status
         st.last_record_at = time.time()
+        self._stall.read(st.last_record_at)
         st.in_flight = True
         t0 = time.perf_counter()
         if self._enrichment is not None:
@@ -248,78 +281,112 @@ class PartitionOwner:
             self._enrichment.prefetch(merchant_ids(records, self._settings.ingest_topic))
         te = time.perf_counter()
         traced = self._spans.begin(records)
-        batch = self._processor.process(
-            records,
+        outcomes = self._processor.outcomes(records, st.last_record_at)
+        batch = assemble(
+            outcomes,
+            topic=st.topic,
+            partition=st.partition,
             epoch=lease.epoch,
             owner_id=st.owner_id,
             expected_offset=expected,
+            next_offset=records[-1].offset + 1,
             consumed_at=st.last_record_at,
             skipped=skipped,
         )
         t1, commit_started_ns = time.perf_counter(), time.time_ns()
-        outcome = self._commit(writer, dlq, batch, traced.trace_contexts)
+        committer.begin()
+
+        def commit(sub: CommitBatch) -> CommitOutcome | Refusal:
+            return committer.commit(sub, traced.trace_contexts)
+
+        done = BatchBisector(commit, self._keep_trying).commit(batch, outcomes, records)
         t2 = time.perf_counter()
-        self._spans.committed(traced, batch, outcome, commit_started_ns)
-        record_commit(
-            catalogue.METRICS,
-            batch,
-            outcome,
-            time.time(),
-            ingest_topic=self._settings.ingest_topic,
-            known_types=self._types,
-        )
-        self._timings.add(enrich=te - t0, process=t1 - te, commit_round_trip=t2 - t1, store=outcome.duration_s)
-        self._status.last_batch_size = len(records)
+        self._stall.caught_up()
+        self._observe_commit(done, traced, commit_started_ns)
+        self._timings.add(enrich=te - t0, process=t1 - te, commit_round_trip=t2 - t1, store=done.outcome.duration_s)
+        st.last_batch_size = len(records)
         st.in_flight = False
         st.committed_offset = batch.next_offset
         st.batches += 1
-        st.events += outcome.new_events
-        st.duplicates += outcome.duplicates
-        st.dead_letters += outcome.dead_letters
-        st.already_committed += int(outcome.already_committed)
+        st.events += done.outcome.new_events
+        st.duplicates += done.outcome.duplicates
+        st.dead_letters += done.outcome.dead_letters
+        st.store_rejected += len(done.isolated)
+        st.already_committed += int(done.outcome.already_committed)
         st.skipped_offsets += (skipped[1] - skipped[0]) if skipped else 0
         st.last_commit_at = time.time()
         return batch.next_offset
 
-    def _commit(
-        self,
-        writer: ray.actor.ActorHandle,
-        dlq: DeadLetterPublisher,
-        batch: CommitBatch,
-        trace_contexts: dict[int, str] | None = None,
-    ) -> CommitOutcome:
-        """Keep the batch and retry until it commits or we are fenced: a dependency outage only pauses us.
+    def _observe_commit(self, done: Committed, traced: BatchTrace, commit_started_ns: int) -> None:
+        """Spans, metrics and log lines of a committed batch. They only observe: a failure here is logged, never
+        raised, since the batch is committed and reading it again would change nothing."""
+        st = self._status
+        for isolated in done.isolated:
+            log.warning(
+                "%s[%d]@%d dead-lettered as %s%s: %s",
+                st.topic,
+                st.partition,
+                isolated.offset,
+                isolated.refusal.kind,
+                " (raw bytes only)" if isolated.bare else "",
+                isolated.refusal.reason,
+            )
+        if done.refusals:
+            log.warning(
+                "%s[%d] %d..%d committed in %d transactions after %d refusals; %d records isolated",
+                st.topic,
+                st.partition,
+                done.batch.expected_offset,
+                done.batch.next_offset,
+                done.commits,
+                done.refusals,
+                len(done.isolated),
+            )
+        try:
+            self._spans.committed(traced, done.batch, done.outcome, commit_started_ns)
+            record_commit(
+                catalogue.METRICS,
+                done.batch,
+                done.outcome,
+                time.time(),
+                ingest_topic=self._settings.ingest_topic,
+                known_types=self._types,
+            )
+        except Exception:  # noqa: BLE001 - an observation bug must not stop the partition: loud, not raised
+            log.exception("observing the commit of %s[%d] failed", st.topic, st.partition)
 
-        A retry after a lost acknowledgement (the writer died after COMMIT) comes back as already_committed. While
-        the PostgreSQL breaker is open the writer refuses at once and says when to come back; we wait that long.
-        """
-        delay = 0.05
-        encoded = encode(batch, trace_contexts)
-        while True:
-            try:
-                dlq.publish(batch)
-                outcome: CommitOutcome = ray.get(writer.commit.remote(encoded), timeout=60)
-                if outcome.fenced:
-                    raise Fenced(f"epoch {batch.epoch} superseded by {outcome.current_epoch}")
-                self._status.commit_error = None
-                return outcome
-            except Fenced:
-                raise
-            except Exception as exc:  # noqa: BLE001 - PostgreSQL, broker or writer down: back off and retry
-                hint = retry_after_s(exc)
-                if hint is not None:  # fail-fast refusal: not a failed attempt, so the backoff does not grow
-                    wait = hint + random.uniform(0, min(1.0, hint / 4 + 0.05))
-                else:
-                    wait = delay + random.uniform(0, delay)
-                    delay = min(delay * 2, 5.0)
-                self._status.last_error = self._status.commit_error = describe(exc)
-                log.warning(
-                    "commit of %s[%d] %d..%d failed (%s); retrying in %.2fs",
-                    batch.topic,
-                    batch.partition,
-                    batch.expected_offset,
-                    batch.next_offset,
-                    self._status.commit_error,
-                    wait,
-                )
-                time.sleep(wait)
+    def _keep_trying(self, attempt: int, offset: int, refusal: Refusal) -> bool:
+        """Even the bare dead letter of a record was refused: a bug in eventpipe, never an input's fault. Loud, and
+        backed off; False once the owner is stopping."""
+        st = self._status
+        wait = min(30.0, 0.5 * 2 ** min(attempt, 6))
+        st.last_error = f"bare dead letter of offset {offset} refused: {refusal.reason}"
+        log.critical(
+            "%s[%d]@%d: PostgreSQL refused even the bare dead letter (%s); the partition waits, retrying in %.1fs",
+            st.topic,
+            st.partition,
+            offset,
+            refusal.reason,
+            wait,
+        )
+        return not self._stop.wait(wait)
+
+    def _failed(self, failure: CommitFailure, error: str) -> None:
+        st = self._status
+        st.commit_failures += 1
+        st.last_error = st.commit_error = error
+        self._stall.failed(time.time())
+        record_commit_failure(catalogue.METRICS, st.topic, st.partition, failure)
+
+    def _succeeded(self) -> None:
+        self._status.commit_error = None
+        self._stall.progressed()
+
+
+def _explain(exc: BaseException) -> Explained:
+    """What a failed commit attempt was. Unavailable: a breaker's refusal, PostgreSQL unreachable, the writer gone or
+    silent, the broker not acknowledging dead letters. Anything else is `other`."""
+    original, hint = cause(exc), retry_after_s(exc)
+    unavailable = hint is not None or is_unavailable(original)
+    unavailable = unavailable or isinstance(original, RayError | PublishError | TimeoutError)
+    return (CommitFailure.UNAVAILABLE if unavailable else CommitFailure.OTHER), describe(exc), hint

@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     checkpoint_writers: int = Field(2, ge=1)
     writer_pool_size: int = Field(4, ge=1)
 
+    # A stuck partition is loud (issue 8): an owner whose commits have failed for this long without one success reports
+    # state `stalled` (unhealthy in worker_health); the status page marks a partition red past the same age.
+    owner_stalled_after_s: float = Field(30.0, gt=0)
+
     # Retry policy for transient handler failures (3 attempts, exponential backoff with jitter).
     retry_attempts: int = 3
     retry_base_s: float = 0.05

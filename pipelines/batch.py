@@ -1,10 +1,12 @@
 """The values that flow from a partition owner to the checkpoint writer: one CommitBatch per transaction.
 
-Plain frozen dataclasses that pickle cheaply across processes; no behaviour beyond derived views.
+Plain frozen dataclasses that pickle cheaply across processes, and the pure functions that build them from each
+other (a batch from record outcomes, a dead letter from an event); no I/O and no decisions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pipelines.effects import Effect
@@ -66,6 +68,18 @@ class DeadLetter:
 
 
 @dataclass(frozen=True)
+class InBatchDuplicate:
+    """A record whose event id an earlier record of the same batch already carries: audited, not stored again."""
+
+    event_id: str
+    offset: int
+
+
+# What one record of a batch became: exactly one of these per record, in offset order.
+RecordOutcome = ProcessedEvent | DeadLetter | InBatchDuplicate
+
+
+@dataclass(frozen=True)
 class CommitBatch:
     """Everything one transaction writes for one partition, fenced by (epoch, expected_offset)."""
 
@@ -99,3 +113,87 @@ class CommitOutcome:
     current_epoch: int | None = None
     duration_s: float = 0.0
     duplicate_ids: tuple[str, ...] = ()  # ids the store already knew (not counting in-batch duplicates)
+    # Set when PostgreSQL refused the batch for a data reason (SQLSTATE class 22, 23 or 54): the database's reason.
+    # Nothing was written; the same batch would be refused again, so the owner must split it, never retry it as is.
+    rejected: str | None = None
+
+
+def assemble(
+    outcomes: Sequence[RecordOutcome],
+    *,
+    topic: str,
+    partition: int,
+    epoch: int,
+    owner_id: str,
+    expected_offset: int,
+    next_offset: int,
+    consumed_at: float,
+    skipped: tuple[int, int] | None = None,
+) -> CommitBatch:
+    """The CommitBatch of a contiguous run of record outcomes, covering offsets [expected_offset, next_offset)."""
+    processed: list[ProcessedEvent] = []
+    dead: list[DeadLetter] = []
+    duplicates: list[tuple[str, int]] = []
+    for outcome in outcomes:
+        if isinstance(outcome, ProcessedEvent):
+            processed.append(outcome)
+        elif isinstance(outcome, DeadLetter):
+            dead.append(outcome)
+        else:
+            duplicates.append((outcome.event_id, outcome.offset))
+    return CommitBatch(
+        topic=topic,
+        partition=partition,
+        epoch=epoch,
+        owner_id=owner_id,
+        expected_offset=expected_offset,
+        next_offset=next_offset,
+        consumed_at=consumed_at,
+        processed=tuple(processed),
+        dead=tuple(dead),
+        in_batch_duplicates=tuple(duplicates),
+        skipped=skipped,
+    )
+
+
+def dead_instead(event: ProcessedEvent, kind: DeadLetterKind, reason: str, payload: bytes | None) -> DeadLetter:
+    """A processed event turned into a dead letter that keeps its identity (its event row is stored as dead)."""
+    return DeadLetter(
+        offset=event.offset,
+        error_kind=kind,
+        reason=clean_reason(reason),
+        attempts=event.attempts,
+        payload=payload,
+        received_at=event.received_at,
+        event_id=event.event_id,
+        type=event.type,
+        schema_version=event.schema_version,
+        entity_key=event.entity_key,
+        payload_json=event.payload_json,
+        correlation_id=event.correlation_id,
+        causation_id=event.causation_id,
+        parent_ids=event.parent_ids,
+        idempotency_key=event.idempotency_key,
+    )
+
+
+def bare_dead_letter(
+    offset: int, kind: DeadLetterKind, reason: str, payload: bytes | None, received_at: float, attempts: int = 1
+) -> DeadLetter:
+    """The smallest dead letter of a record: position, reason and raw bytes, no event row. Building it cannot fail
+    for any input, so it is the last resort when everything richer about a record raised or was refused."""
+    return DeadLetter(
+        offset=offset,
+        error_kind=kind,
+        reason=clean_reason(reason),
+        attempts=attempts,
+        payload=payload,
+        received_at=received_at,
+    )
+
+
+def clean_reason(reason: str) -> str:
+    """A reason as stored: no NUL (PostgreSQL text cannot hold it), at most 2000 characters."""
+    text = reason.replace("\x00", "\\0")[:2000]
+    # A lone surrogate (from an exception's text) would make the commit document unencodable: keep it escaped.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

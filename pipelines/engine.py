@@ -1,10 +1,12 @@
-"""PartitionProcessor: turns a bounded batch of log records into one CommitBatch.
+"""PartitionProcessor: turns a bounded batch of log records into one outcome per record, and those into a CommitBatch.
 
 Decode, validate, route to the handler, retry transient failures, classify poison; no I/O, no clocks of its own.
+Whatever one record does (any exception, anywhere on its way) ends as that record's dead letter, never as an error.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -13,7 +15,19 @@ from dataclasses import dataclass, field
 import orjson
 
 from pipelines import ids
-from pipelines.batch import CommitBatch, DeadLetter, ProcessedEvent, SourceRecord
+from pipelines.batch import (
+    CommitBatch,
+    DeadLetter,
+    InBatchDuplicate,
+    ProcessedEvent,
+    RecordOutcome,
+    SourceRecord,
+    assemble,
+    bare_dead_letter,
+    clean_reason,
+    dead_instead,
+)
+from pipelines.effects import DeviceReading, Effect, UserSpend
 from pipelines.envelope import Envelope
 from pipelines.errors import DeadLetterKind, InvalidEvent, PoisonEvent
 from pipelines.jsontext import dumps_storable
@@ -68,36 +82,52 @@ class PartitionProcessor:
         """Records must be one partition's, in offset order, starting at or after expected_offset."""
         if not records:
             raise ValueError("a batch needs at least one record")
-        first = records[0]
-        processed: list[ProcessedEvent] = []
-        dead: list[DeadLetter] = []
-        seen: set[str] = set()
-        duplicates: list[tuple[str, int]] = []
-        for record in records:
-            started = self.clock()
-            outcome = self._one(record, consumed_at)
-            if self.on_outcome is not None:
-                self.on_outcome(outcome, self.clock() - started)
-            event_id = outcome.event_id
-            if event_id is not None and event_id in seen:
-                duplicates.append((event_id, record.offset))
-                continue
-            if event_id is not None:
-                seen.add(event_id)
-            (processed if isinstance(outcome, ProcessedEvent) else dead).append(outcome)  # type: ignore[arg-type]
-        return CommitBatch(
-            topic=first.topic,
-            partition=first.partition,
+        return assemble(
+            self.outcomes(records, consumed_at),
+            topic=records[0].topic,
+            partition=records[0].partition,
             epoch=epoch,
             owner_id=owner_id,
             expected_offset=expected_offset,
             next_offset=records[-1].offset + 1,
             consumed_at=consumed_at,
-            processed=tuple(processed),
-            dead=tuple(dead),
-            in_batch_duplicates=tuple(duplicates),
             skipped=skipped,
         )
+
+    def outcomes(self, records: Sequence[SourceRecord], consumed_at: float) -> list[RecordOutcome]:
+        """What each record became, one outcome per record in their order; each record is parsed once.
+
+        Nothing a record holds can make this raise: any exception on its way (decoding, validation, the handler,
+        serialisation, building its dead letter, the on_outcome hook) dead-letters that record alone.
+        """
+        out: list[RecordOutcome] = []
+        seen: set[str] = set()
+        for record in records:
+            outcome = self._guarded(record, consumed_at)
+            event_id = outcome.event_id
+            if event_id is not None:
+                if event_id in seen:
+                    out.append(InBatchDuplicate(event_id, record.offset))
+                    continue
+                seen.add(event_id)
+            out.append(outcome)
+        return out
+
+    def _guarded(self, record: SourceRecord, consumed_at: float) -> ProcessedEvent | DeadLetter:
+        started = self.clock()
+        outcome: ProcessedEvent | DeadLetter
+        try:
+            outcome = self._one(record, consumed_at)
+        except Exception as exc:  # noqa: BLE001 - even building its dead letter failed: the bare one cannot
+            outcome = self._bare(record, DeadLetterKind.HANDLER_ERROR, _describe(exc), consumed_at)
+        if self.on_outcome is not None:
+            try:
+                self.on_outcome(outcome, self.clock() - started)
+            except Exception as exc:  # noqa: BLE001 - the hook choked on this event: it costs the event, not the batch
+                reason = f"on_outcome: {_describe(exc)}"
+                if isinstance(outcome, ProcessedEvent):
+                    outcome = dead_instead(outcome, DeadLetterKind.HANDLER_ERROR, reason, record.value)
+        return outcome
 
     @staticmethod
     def _received_at(record: SourceRecord, consumed_at: float) -> float:
@@ -129,6 +159,7 @@ class PartitionProcessor:
             payload_json = _json(envelope.payload)
             handler = self.registry.spec(envelope.type).handler
             result, attempts = call_with_retry(lambda: handler(event), self.retry, self.sleep, self.rng)
+            _storable_effects(result.effects)
             return ProcessedEvent(
                 event_id=envelope.id,
                 type=envelope.type,
@@ -153,9 +184,10 @@ class PartitionProcessor:
         except RetryExhausted as exc:
             return self._dead(record, envelope, DeadLetterKind.EXHAUSTED, str(exc), exc.attempts, consumed_at)
         except Exception as exc:  # noqa: BLE001 - a handler bug must not stall the partition: classify and DLQ it
-            return self._dead(
-                record, envelope, DeadLetterKind.HANDLER_ERROR, f"{type(exc).__name__}: {exc}", 1, consumed_at
-            )
+            return self._dead(record, envelope, DeadLetterKind.HANDLER_ERROR, _describe(exc), 1, consumed_at)
+
+    def _bare(self, record: SourceRecord, kind: DeadLetterKind, reason: str, consumed_at: float) -> DeadLetter:
+        return bare_dead_letter(record.offset, kind, reason, record.value, self._received_at(record, consumed_at))
 
     def _dead(
         self,
@@ -178,7 +210,7 @@ class PartitionProcessor:
         return DeadLetter(
             offset=record.offset,
             error_kind=kind,
-            reason=reason.replace("\x00", "\\0")[:2000],
+            reason=clean_reason(reason),
             attempts=attempts,
             payload=record.value,
             received_at=envelope.received_at if envelope else self._received_at(record, consumed_at),
@@ -192,6 +224,26 @@ class PartitionProcessor:
             parent_ids=envelope.parent_ids if envelope else (),
             idempotency_key=envelope.idempotency_key if envelope else None,
         )
+
+
+def _describe(exc: BaseException) -> str:
+    """The kind and text of an exception, as a dead letter's reason (an exception whose text itself raises still has
+    a kind)."""
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception:  # noqa: BLE001 - its __str__ is broken: the kind alone must do
+        return type(exc).__name__
+
+
+def _storable_effects(effects: Sequence[Effect]) -> None:
+    """Numbers the read models cannot hold are this event's failure here, not its batch's at the database (orjson
+    writes inf and nan as null, which a NOT NULL column refuses; numeric takes NaN but not into a sum)."""
+    for effect in effects:
+        if isinstance(effect, DeviceReading):
+            if not math.isfinite(effect.value):
+                raise PoisonEvent(f"reading of {effect.device_id!r} is {effect.value} in {effect.si_unit}: not finite")
+        elif isinstance(effect, UserSpend) and not effect.amount.is_finite():
+            raise PoisonEvent(f"amount of {effect.user_id!r} is {effect.amount}: not finite")
 
 
 def _entity_key_of(payload: dict[str, object]) -> str | None:

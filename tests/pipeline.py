@@ -133,6 +133,8 @@ def pipeline(infra_settings: Settings, pg_url: str, enrichment_service: FakeEnri
             "enrichment_cache_ttl_s": 1.0,  # a fixed set of merchants: a long TTL would hide the service's faults
             "log_events": True,  # per-event log lines, which tests/integration/test_logs.py checks
             "database_url": SecretStr(url),
+            # A commit failing this long makes an owner `stalled` (production: 30 s): test_stuck_partition.py
+            "owner_stalled_after_s": 3.0,
         }
     )
     migrate(settings.database_url.get_secret_value())

@@ -34,9 +34,40 @@ class Fenced(Exception):
     """A newer epoch owns the partition: this owner must stop and never commit again."""
 
 
+# SQLSTATE classes in which PostgreSQL refuses what a statement carries, not the connection: 22 data exception
+# (numeric overflow, invalid text, NUL), 23 integrity constraint violation (NOT NULL, CHECK, unique, foreign key),
+# 54 program limit exceeded (an index row too large, too many columns). The same batch would be refused again.
+DATA_ERROR_CLASSES = frozenset({"22", "23", "54"})
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """True when PostgreSQL refused the statement for what the data holds: never retry that batch as it is.
+
+    psycopg's own DataError without a SQLSTATE (a parameter it cannot send, e.g. a NUL character) counts too."""
+    if not isinstance(exc, psycopg.Error):
+        return False
+    if exc.sqlstate is None:
+        return isinstance(exc, psycopg.DataError | psycopg.IntegrityError)
+    return exc.sqlstate[:2] in DATA_ERROR_CLASSES
+
+
+def rejection_reason(exc: BaseException) -> str | None:
+    """The database's reason for a data error (`<SQLSTATE> <message>`, with the constraint named), else None."""
+    if not is_data_error(exc) or not isinstance(exc, psycopg.Error):
+        return None
+    diag = exc.diag
+    message = diag.message_primary or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if diag.constraint_name and diag.constraint_name not in message:
+        message = f"{message} (constraint {diag.constraint_name})"
+    return f"{exc.sqlstate} {message}" if exc.sqlstate else message
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """True when the error says PostgreSQL is unreachable or refusing work (it counts against the "postgres"
-    breaker); False when the database answered, e.g. a deadlock to retry or a statement it rejected."""
+    breaker); False when the database answered, e.g. a deadlock to retry or a statement it rejected. psycopg maps
+    class 54 (a data limit) to OperationalError: it is checked first, so a refused row never opens the breaker."""
+    if is_data_error(exc):
+        return False
     if isinstance(exc, psycopg.errors.TransactionRollback):  # deadlock, serialization failure: it is up
         return False
     return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | PoolTimeout)
@@ -274,7 +305,8 @@ class CheckpointStore:
         """Group commit: each batch's statement under its own savepoint, one COMMIT (one WAL flush) for all.
 
         Batches must be of distinct partitions. A fenced batch is rolled back to its savepoint and the others still
-        commit; an error in the transaction fails the whole group, and every batch may be retried as it is.
+        commit; an error in the transaction fails the whole group (nothing is written). A connection error may be
+        retried as it is; a data error (`is_data_error`) would fail the same batches again.
         """
         started = time.perf_counter()
         counts: list[tuple[int, int, list[str]] | None] = []

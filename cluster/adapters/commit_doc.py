@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 
@@ -64,8 +64,52 @@ def _event_row(
     }
 
 
+class UnencodableEvent(ValueError):
+    """One record's rows cannot be written as JSON (a lone surrogate, an integer beyond 64 bits, ...): that record
+    must be dead-lettered on its own; the rest of its batch encodes."""
+
+    def __init__(self, offset: int, reason: str) -> None:
+        super().__init__(f"record at offset {offset} cannot be encoded: {reason}")
+        self.offset = offset
+        self.reason = reason
+
+
 def encode(batch: CommitBatch, trace_contexts: Mapping[int, str] | None = None) -> EncodedBatch:
-    """`trace_contexts` (offset -> W3C traceparent of the event's processing span) is stored with each event."""
+    """`trace_contexts` (offset -> W3C traceparent of the event's processing span) is stored with each event.
+
+    Raises UnencodableEvent naming the first record whose rows cannot be encoded; the batch is encoded in one go and
+    only a failure pays for looking at each record alone.
+    """
+    try:
+        return _encode(batch, trace_contexts)
+    except Exception as exc:
+        culprit = _first_unencodable(batch, trace_contexts)
+        if culprit is None:
+            raise
+        raise culprit from exc
+
+
+def _first_unencodable(batch: CommitBatch, trace_contexts: Mapping[int, str] | None) -> UnencodableEvent | None:
+    alone = [replace(batch, processed=(p,), dead=(), in_batch_duplicates=()) for p in batch.processed]
+    alone += [replace(batch, processed=(), dead=(d,), in_batch_duplicates=()) for d in batch.dead]
+    alone += [replace(batch, processed=(), dead=(), in_batch_duplicates=(x,)) for x in batch.in_batch_duplicates]
+    for one in sorted(alone, key=_offset_of):
+        try:
+            _encode(replace(one, skipped=None), trace_contexts)
+        except Exception as exc:  # noqa: BLE001 - this record is the one: named, so its owner dead-letters it
+            return UnencodableEvent(_offset_of(one), f"{type(exc).__name__}: {exc}")
+    return None
+
+
+def _offset_of(one: CommitBatch) -> int:
+    if one.processed:
+        return one.processed[0].offset
+    if one.dead:
+        return one.dead[0].offset
+    return one.in_batch_duplicates[0][1]
+
+
+def _encode(batch: CommitBatch, trace_contexts: Mapping[int, str] | None) -> EncodedBatch:
     traces = trace_contexts or {}
     events: list[dict[str, object]] = []
     spend: list[dict[str, object]] = []

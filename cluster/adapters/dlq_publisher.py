@@ -1,19 +1,24 @@
 """Writes dead letters to the `events.dlq` topic before their batch commits (at least once, keyed by position).
 
-Readers of the topic dedupe on the key `topic:partition:offset`; the dead_letters table is the authority.
+Readers of the topic dedupe on the key `topic:partition:offset`; the dead_letters table is the authority. A dead
+letter the broker refuses for its size goes again without its bytes: it must never hold its partition.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
 from cluster.adapters.kafka_producer import PublishError, idempotence_lost
-from pipelines.batch import CommitBatch
+from pipelines.batch import CommitBatch, DeadLetter
 
 _MAX_DLQ_VALUE = 512 * 1024
+# The broker refuses the record for its size: it never will take it, so it goes again without the record's bytes
+# (the dead_letters table keeps them) instead of holding the partition's commit forever.
+_TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
 
 
 class DeadLetterPublisher:
@@ -26,26 +31,26 @@ class DeadLetterPublisher:
         if not batch.dead:
             return
         failed: list[KafkaError] = []
+        too_large: list[DeadLetter] = []
 
-        def report(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                failed.append(err)
+        def report(dead: DeadLetter) -> Callable[[KafkaError | None, Message], None]:
+            def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+                if err is None:
+                    return
+                if err.code() in _TOO_LARGE:
+                    too_large.append(dead)  # the broker takes less than we cap at: send it again without its bytes
+                else:
+                    failed.append(err)
+
+            return on_delivery
 
         for dead in batch.dead:
-            key = f"{batch.topic}:{batch.partition}:{dead.offset}".encode()
-            headers = [
-                ("error_kind", dead.error_kind.encode()),
-                ("reason", dead.reason.encode()[:1024]),
-                ("source", f"{batch.topic}:{batch.partition}:{dead.offset}".encode()),
-                ("meta", orjson.dumps({"event_id": dead.event_id, "attempts": dead.attempts})),
-            ]
-            payload = dead.payload
-            if payload is not None and len(payload) > _MAX_DLQ_VALUE:
-                # The table keeps the whole record; the topic carries a prefix so it stays under message.max.bytes.
-                payload = payload[:_MAX_DLQ_VALUE]
-                headers.append(("truncated_from", str(len(dead.payload or b"")).encode()))
-            self._producer.produce(self._topic, key=key, value=payload, headers=headers, on_delivery=report)
+            self._produce(batch, dead, report(dead), with_payload=True)
         remaining = self._producer.flush(timeout_s)
+        for dead in list(too_large):
+            self._produce(batch, dead, report(dead), with_payload=False)
+        if too_large:
+            remaining += self._producer.flush(timeout_s)
         if remaining:
             raise TimeoutError(f"{remaining} dead letters not acknowledged by the broker within {timeout_s}s")
         if failed:
@@ -53,6 +58,29 @@ class DeadLetterPublisher:
                 self._producer = Producer(self._config)  # fenced by its own newer epoch: only a new id recovers
             # Raised so the owner keeps its batch and publishes again: the topic is at least once, never at most.
             raise PublishError(f"{len(failed)} dead letters not acknowledged: {failed[0].str()}")
+
+    def _produce(
+        self,
+        batch: CommitBatch,
+        dead: DeadLetter,
+        on_delivery: Callable[[KafkaError | None, Message], None],
+        *,
+        with_payload: bool,
+    ) -> None:
+        key = f"{batch.topic}:{batch.partition}:{dead.offset}".encode()
+        headers = [
+            ("error_kind", dead.error_kind.encode()),
+            ("reason", dead.reason.encode()[:1024]),
+            ("source", f"{batch.topic}:{batch.partition}:{dead.offset}".encode()),
+            ("meta", orjson.dumps({"event_id": dead.event_id, "attempts": dead.attempts})),
+        ]
+        payload = dead.payload if with_payload else None
+        if payload is not None and len(payload) > _MAX_DLQ_VALUE:
+            # The table keeps the whole record; the topic carries a prefix so it stays under message.max.bytes.
+            payload = payload[:_MAX_DLQ_VALUE]
+        if payload != dead.payload:
+            headers.append(("truncated_from", str(len(dead.payload or b"")).encode()))
+        self._producer.produce(self._topic, key=key, value=payload, headers=headers, on_delivery=on_delivery)
 
     def close(self) -> None:
         self._producer.flush(5.0)

@@ -38,6 +38,9 @@ class Metrics:
     worker_health: Gauge
     circuit_breaker_state: Gauge
     dlq_size: Gauge
+    # Stuck partitions (issue 8): age of the oldest record an owner read and has not committed, failed commits
+    partition_oldest_uncommitted_age_seconds: Gauge
+    partition_commit_failures: Counter
     # API
     http_requests: Counter
     validation_errors: Counter
@@ -101,6 +104,19 @@ def build(registry: CollectorRegistry) -> Metrics:
         dlq_size=Gauge(
             "dlq_size",
             "Dead letters stored in PostgreSQL",
+            registry=registry,
+        ),
+        partition_oldest_uncommitted_age_seconds=Gauge(
+            "partition_oldest_uncommitted_age_seconds",
+            "Seconds since the owner read the oldest record of a partition it has not committed yet; 0 when none is",
+            ["topic", "partition"],
+            registry=registry,
+        ),
+        partition_commit_failures=Counter(
+            "partition_commit_failures",
+            "Commit attempts of a partition's batches that failed, by reason: unavailable (PostgreSQL, the writer or "
+            "the broker down; retried as is), rejected (refused for a data reason; the batch is split), fenced, other",
+            ["topic", "partition", "reason"],
             registry=registry,
         ),
         http_requests=Counter(

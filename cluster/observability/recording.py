@@ -8,13 +8,23 @@ kept to bounded sets (known event types, error type codes) so no input can creat
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from enum import StrEnum
 
 from cluster.observability.metrics import DEAD_LETTERED, DUPLICATE, PROCESSED, Metrics
 from pipelines.batch import CommitBatch, CommitOutcome, DeadLetter, ProcessedEvent
 from pipelines.errors import InvalidEvent
 
 UNKNOWN = "unknown"
+
+
+class CommitFailure(StrEnum):
+    """Why a commit attempt of a partition's batch failed: the `reason` of `partition_commit_failures_total`."""
+
+    UNAVAILABLE = "unavailable"  # PostgreSQL, the checkpoint writer or the broker down: retried as it is
+    REJECTED = "rejected"  # refused for what the batch holds (a data error, an unencodable event): it is split
+    FENCED = "fenced"  # a newer epoch owns the partition: the owner stops
+    OTHER = "other"  # anything else (a bug): retried as it is
 
 
 def type_label(event_type: str | None, known_types: Collection[str]) -> str:
@@ -79,3 +89,14 @@ def record_processing(
 ) -> None:
     """One record's decode, validation and handling time (retries included)."""
     metrics.processing_duration_seconds.labels(type_label(event.type, known_types)).observe(seconds)
+
+
+def record_commit_failure(metrics: Metrics, topic: str, partition: int, failure: CommitFailure) -> None:
+    """One failed commit attempt of a partition's batch."""
+    metrics.partition_commit_failures.labels(topic, str(partition), failure.value).inc()
+
+
+def track_uncommitted_age(metrics: Metrics, topic: str, partition: int, age_s: Callable[[], float]) -> None:
+    """`partition_oldest_uncommitted_age_seconds` of a partition is read from `age_s` whenever metrics are collected,
+    so a partition stuck inside one commit still shows its age growing."""
+    metrics.partition_oldest_uncommitted_age_seconds.labels(topic, str(partition)).set_function(age_s)

@@ -2,7 +2,8 @@
 
 `StatusBoard.document(text)` turns the Prometheus exposition the metrics hub serves on `/metrics` into the panels of
 the Grafana dashboard (kuberay/monitoring/grafana-dashboard.json): rates from counter deltas over a short window,
-percentiles from histogram bucket deltas, lag, errors, DLQ, breakers, worker health, spool depth. It only reads
+percentiles from histogram bucket deltas, lag (a partition stuck on a commit marked stalled), errors, DLQ, breakers,
+worker health, spool depth. It only reads
 metrics text: it never records, merges or scrapes metrics and never opens a socket (the hub's HTTP server routes
 `/status` and `/status.json` here).
 """
@@ -30,6 +31,9 @@ JSON_CONTENT_TYPE = "application/json"
 BREAKER_STATES = {0.0: "closed", 1.0: "open", 2.0: "half_open"}
 _BREAKER_SEVERITY = {"closed": 0, "half_open": 1, "open": 2}
 QUANTILES = (0.5, 0.95, 0.99)
+# A partition whose oldest uncommitted record is this old is marked stalled (red); the owner's own `stalled` state uses
+# the same default (Settings.owner_stalled_after_s), and the PartitionStalled alert a longer one.
+STALLED_AFTER_S = 30.0
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -216,6 +220,8 @@ def summarize(base: Snapshot | None, cur: Snapshot) -> dict[str, Any]:
         for t in types
     ]
     lag = cur.pick_by("queue_lag", ("topic", "partition"), max)
+    age = cur.pick_by("partition_oldest_uncommitted_age_seconds", ("topic", "partition"), max)
+    failures = rates("partition_commit_failures_total", ("topic", "partition"))
     breakers = cur.pick_by(
         "circuit_breaker_state",
         ("dependency",),
@@ -229,6 +235,17 @@ def summarize(base: Snapshot | None, cur: Snapshot) -> dict[str, Any]:
         if base is not None
         else 0.0
     )
+    partitions = [
+        {
+            "topic": topic,
+            "partition": int(p) if p.isdigit() else p,
+            "lag": lag.get((topic, p), 0.0),
+            "oldest_uncommitted_s": age.get((topic, p), 0.0),
+            "commit_failures_per_s": failures.get((topic, p), 0.0) if rated else None,
+            "stalled": age.get((topic, p), 0.0) >= STALLED_AFTER_S,
+        }
+        for topic, p in sorted(set(lag) | set(age), key=lambda k: (k[0], _as_int(k[1])))
+    ]
     return {
         "generated_at": cur.at,
         "window_s": cur.at - base.at if base is not None else None,
@@ -246,10 +263,8 @@ def summarize(base: Snapshot | None, cur: Snapshot) -> dict[str, Any]:
         },
         "lag": {
             "total": sum(lag.values()),
-            "partitions": [
-                {"topic": topic, "partition": int(p) if p.isdigit() else p, "lag": value}
-                for (topic, p), value in sorted(lag.items(), key=lambda kv: (kv[0][0], _as_int(kv[0][1])))
-            ],
+            "partitions": partitions,
+            "stalled": sum(1 for p in partitions if p["stalled"]),
         },
         "errors": {
             "dead_lettered_per_s": _total(dead) if rated else None,

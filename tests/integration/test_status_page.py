@@ -24,6 +24,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+from cluster.observability.endpoint import MetricsEndpoint
+from cluster.observability.status_page import StatusPage
 from tests.factories import valid_event
 from tests.pipeline import Pipeline, unique_prefix
 
@@ -166,3 +168,47 @@ def test_status_page_shows_non_zero_throughput_while_events_flow(pipeline: Pipel
         assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-js-errors") == "0"
         errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
         assert errors == []
+
+
+STUCK_EXPOSITION = "\n".join(
+    [
+        "# TYPE queue_lag gauge",
+        'queue_lag{topic="events.ingest",partition="0"} 120',
+        'queue_lag{topic="events.ingest",partition="1"} 0',
+        "# TYPE partition_oldest_uncommitted_age_seconds gauge",
+        'partition_oldest_uncommitted_age_seconds{topic="events.ingest",partition="0"} 95',
+        'partition_oldest_uncommitted_age_seconds{topic="events.ingest",partition="1"} 0',
+        "# TYPE partition_commit_failures_total counter",
+        'partition_commit_failures_total{topic="events.ingest",partition="0",reason="unavailable"} 40',
+    ]
+)
+
+
+def test_a_partition_stuck_on_its_commit_is_red_on_the_status_page(browser: WebDriver):
+    # given metrics saying events.ingest[0] has held an uncommitted record for 95 s
+    endpoint = MetricsEndpoint("127.0.0.1", 0, lambda: (STUCK_EXPOSITION + "\n").encode(), pages=[StatusPage().handle])
+    assert endpoint.start()
+    try:
+        host, port = endpoint.address  # type: ignore[misc]
+        # when the page is opened and has refreshed
+        browser.get(f"http://{host}:{port}/status")
+        _wait_for(browser, "a refresh", lambda b: _refreshes(b) >= 1)
+
+        # then that partition, and only it, is marked stalled, in red, and counted
+        stalled = browser.find_elements(By.CSS_SELECTOR, '#lag-partitions [data-topic][data-stalled="true"]')
+        assert [(cell.get_attribute("data-partition"), cell.get_attribute("data-age")) for cell in stalled] == [
+            ("0", "95")
+        ]
+        red = browser.execute_script("return getComputedStyle(document.documentElement).getPropertyValue('--red')")
+        color = browser.execute_script("return getComputedStyle(arguments[0]).color", stalled[0])
+        probe = browser.execute_script(
+            "var s = document.createElement('span'); s.style.color = arguments[0]; document.body.append(s);"
+            " var c = getComputedStyle(s).color; s.remove(); return c;",
+            red.strip(),
+        )
+        assert color == probe
+        assert _value(browser, "stalled-partitions") == 1
+        assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-js-errors") == "0"
+        assert [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []
+    finally:
+        endpoint.close()

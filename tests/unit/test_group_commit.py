@@ -76,3 +76,20 @@ def test_a_batch_that_fails_is_reported_to_its_caller_alone() -> None:
             rest[3].result(5)
         assert all(rest[p].result(5).committed for p in (1, 2, 4, 5))
     assert sorted(p for group in store.groups for p in group) == [0, 1, 2, 4, 5]
+
+
+def test_a_batch_refused_for_its_data_in_a_group_comes_back_to_its_caller_as_a_rejection() -> None:
+    store = GatedStore(bad_partition=3)
+    committer = GroupCommitter(
+        store, threads=1, rejection=lambda exc: f"23514 {exc}" if isinstance(exc, ValueError) else None
+    )
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(committer.commit, _batch(0))
+        assert store.first_started.wait(30)
+        rest = {p: pool.submit(committer.commit, _batch(p)) for p in range(1, 6)}
+        _until(lambda: committer._queue.qsize() == 5)
+        store.gate.set()
+        refused = rest[3].result(5)
+        assert all(rest[p].result(5).committed for p in (1, 2, 4, 5)) and first.result(5).committed
+    assert refused == CommitOutcome(committed=False, rejected="23514 partition 3 carries a batch PostgreSQL refuses")
+    assert sorted(p for group in store.groups for p in group) == [0, 1, 2, 4, 5]

@@ -27,6 +27,8 @@ EXPECTED = {
     "validation_errors": ("counter", {"reason"}),
     "publish_duration_seconds": ("histogram", set()),
     "spool_depth": ("gauge", set()),
+    "partition_oldest_uncommitted_age_seconds": ("gauge", {"topic", "partition"}),
+    "partition_commit_failures": ("counter", {"topic", "partition", "reason"}),
 }
 
 SAMPLE_LABELS = {

@@ -197,9 +197,9 @@ def test_gauges_are_combined_like_the_dashboard_queries():
         "spool_depth 0",
     )
     doc = summarize(None, parse(text, at=1000.0))
-    assert doc["lag"]["partitions"] == [
-        {"topic": "events.sensor", "partition": 2, "lag": 5.0},
-        {"topic": "events.sensor", "partition": 10, "lag": 7.0},
+    assert [(p["topic"], p["partition"], p["lag"]) for p in doc["lag"]["partitions"]] == [
+        ("events.sensor", 2, 5.0),
+        ("events.sensor", 10, 7.0),
     ]
     assert doc["lag"]["total"] == 12.0
     assert doc["breakers"] == [
@@ -222,8 +222,42 @@ def test_a_gauge_nobody_reports_is_unknown():
     doc = summarize(None, parse("", at=1000.0))
     assert doc["dlq_size"] is None
     assert doc["spool_depth"] is None
-    assert doc["lag"] == {"total": 0, "partitions": []}
+    assert doc["lag"] == {"total": 0, "partitions": [], "stalled": 0}
     assert doc["workers"]["total"] == 0
+
+
+def test_a_partition_stuck_on_a_commit_is_marked_stalled_with_its_age_and_failure_rate():
+    def reading(age: float, failures: float) -> str:
+        return _exposition(
+            "# TYPE queue_lag gauge",
+            'queue_lag{topic="events.ingest",partition="0"} 40',
+            'queue_lag{topic="events.ingest",partition="1"} 0',
+            "# TYPE partition_oldest_uncommitted_age_seconds gauge",
+            f'partition_oldest_uncommitted_age_seconds{{topic="events.ingest",partition="0",source="a"}} {age}',
+            'partition_oldest_uncommitted_age_seconds{topic="events.ingest",partition="1",source="b"} 0.02',
+            "# TYPE partition_commit_failures_total counter",
+            f'partition_commit_failures_total{{topic="events.ingest",partition="0",reason="unavailable"}} {failures}',
+        )
+
+    doc = summarize(parse(reading(20.0, 3), at=1000.0), parse(reading(45.0, 8), at=1010.0))
+
+    stuck, fine = doc["lag"]["partitions"]
+    assert (stuck["partition"], stuck["stalled"], stuck["oldest_uncommitted_s"]) == (0, True, 45.0)
+    assert stuck["commit_failures_per_s"] == pytest.approx(0.5)
+    assert (fine["partition"], fine["stalled"], fine["commit_failures_per_s"]) == (1, False, 0.0)
+    assert doc["lag"]["stalled"] == 1
+
+
+def test_a_partition_younger_than_the_stall_bound_is_not_marked():
+    text = _exposition(
+        "# TYPE partition_oldest_uncommitted_age_seconds gauge",
+        'partition_oldest_uncommitted_age_seconds{topic="events.sensor",partition="3"} 29.9',
+    )
+
+    doc = summarize(None, parse(text, at=1000.0))
+
+    assert [(p["partition"], p["stalled"], p["lag"]) for p in doc["lag"]["partitions"]] == [(3, False, 0.0)]
+    assert doc["lag"]["stalled"] == 0
 
 
 # --- what the HTTP server answers ------------------------------------------------------------------------------------
