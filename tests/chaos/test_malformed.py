@@ -7,6 +7,7 @@ stored byte for byte.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -56,7 +57,48 @@ def bad_bare_records(scenario: Scenario) -> list[tuple[str, bytes]]:
         ("invalid UTF-8", b'{"type": "user_action", "user_id": "' + p.encode() + b'-\xff\xfe", "action": "\xc3("}'),
         ("NUL in a string", orjson.dumps(action(scenario, 104, target="a\u0000b"))),
         ("empty value", b""),
+        ("1e308 bar (infinite in pascals)", orjson.dumps(sensor(scenario, 105, reading=1e308, unit="bar"))),
+        ("1.7e308 K (overflows any sum)", orjson.dumps(sensor(scenario, 106, reading=1.7e308, unit="K"))),
+        ("-300 C (below absolute zero)", orjson.dumps(sensor(scenario, 107, reading=-300.0, unit="C"))),
+        ("metadata nested 256 deep", json.dumps(action(scenario, 108, metadata=nested(254))).encode()),
+        ("year 1 at +14:00", orjson.dumps(action(scenario, 109, timestamp="0001-01-01T00:00:00+14:00"))),
+        ("year 9999 at -14:00", orjson.dumps(action(scenario, 110, timestamp="9999-12-31T23:59:59-14:00"))),
+        ("a day and more ahead", orjson.dumps(action(scenario, 111, timestamp="2999-01-01T00:00:00Z"))),
+        ("amount 1e30", orjson.dumps({**transaction(scenario, 112), "amount": "1e30"})),
     ]
+
+
+def sensor(scenario: Scenario, n: int, **fields: Any) -> dict[str, Any]:
+    event = {
+        "id": f"{scenario.prefix}-raw{n}",
+        "type": "sensor",
+        "timestamp": TS,
+        "device_id": f"{scenario.prefix}-d{n % 4}",
+        "reading": 20.0,
+        "unit": "C",
+        "location": {"lat": 1.0, "lon": 2.0},
+    }
+    return {**event, **fields}
+
+
+def transaction(scenario: Scenario, n: int) -> dict[str, Any]:
+    return {
+        "id": f"{scenario.prefix}-raw{n}",
+        "type": "transaction",
+        "timestamp": TS,
+        "user_id": f"{scenario.prefix}-k{n % 4}",
+        "amount": "1.00",
+        "currency": "EUR",
+        "metadata": {},
+    }
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """A JSON object `depth` levels deep (orjson writes at most 255 levels: the stdlib json writes this one)."""
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"d": value}
+    return value
 
 
 def bad_envelopes(scenario: Scenario, partition: int) -> list[tuple[str, bytes, str | None]]:
