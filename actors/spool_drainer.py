@@ -16,6 +16,7 @@ from typing import Any
 import ray
 
 from actors.metrics_hub import start_metrics_push
+from cluster.adapters.dlq_publisher import spool_dead_letter
 from cluster.adapters.kafka_config import producer_config
 from cluster.adapters.kafka_producer import BlockingPublisher, Delivered
 from cluster.adapters.spool import SpooledRecord, SpoolStore
@@ -126,19 +127,22 @@ class SpoolDrainer:
         outcomes = self._publisher.publish_in_order(records)
         self._spans.published(spans, outcomes)
         settlement, blocked = settle(rows, outcomes, self._settings.spool_max_attempts)
+        if settlement.dead:
+            self._announce_dead_letters(rows, settlement.dead)
         self._store.settle(settlement)
         self._drained += len(settlement.acked)
         self._batches += 1 if settlement.acked else 0
         if settlement.dead:
             self._dead_lettered += len(settlement.dead)
             self._count_dead_letters(rows, settlement.dead)
-        if any(isinstance(o, Delivered) for o in outcomes):
-            self._breaker.record_success()  # the broker answers: a refused or failing record is that record's problem
+        broker_answers = any(isinstance(o, Delivered) for o in outcomes)
+        if broker_answers:
+            self._breaker.record_success()  # a refused or failing record is that record's problem, not the broker's
         if blocked is None:
             self._last_error = None
             log.debug("settled %d spooled events in %.0f ms", len(rows), (time.monotonic() - started) * 1000)
             return 0.0
-        if not settlement.acked and not settlement.dead and settlement.failed_attempt is None:
+        if not broker_answers:
             self._breaker.record_failure(str(blocked))  # nothing acknowledged: the broker is the problem
         self._last_error = str(blocked)
         log.debug("drained %d of %d spooled events, then stopped: %s", len(settlement.acked), len(rows), blocked)
@@ -147,6 +151,20 @@ class SpoolDrainer:
             self._publisher.close(0)
             self._publisher = _publisher(self._settings)
         return 0.0 if settlement.acked or settlement.dead else _FAILURE_PAUSE_S
+
+    def _announce_dead_letters(self, rows: list[SpooledRecord], dead: tuple[tuple[int, str], ...]) -> None:
+        """Also on the `events.dlq` topic, before the table commit (at least once, like the owners'); best effort: the
+        dead_letters table is the authority, and a topic that cannot take them must not jam the spool again."""
+        by_seq = {row.seq: row for row in rows}
+        topic = self._settings.dlq_topic
+        records = [
+            spool_dead_letter(topic, seq, row.event_id, row.record, reason, row.attempts + 1)
+            for seq, reason in dead
+            for row in (by_seq[seq],)
+        ]
+        failed = [o for o in self._publisher.publish_in_order(records) if not isinstance(o, Delivered)]
+        if failed:
+            log.warning("%d spool dead letters not published on %s: %s", len(failed), topic, failed[0])
 
     def _count_dead_letters(self, rows: list[SpooledRecord], dead: tuple[tuple[int, str], ...]) -> None:
         by_seq = {row.seq: row for row in rows}

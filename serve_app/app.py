@@ -52,7 +52,7 @@ _PING_TIMEOUT_S = 1.0
 
 
 @app.exception_handler(Exception)
-async def _unexpected(request: Request, exc: Exception) -> Response:
+async def unexpected_error(request: Request, exc: Exception) -> Response:
     """Any exception a route let through: a generic 500 with an error id; the cause and traceback go to the log."""
     where = f"{request.method} {request.url.path}"
     error_id = _INCIDENTS.report(f"unexpected error answering {where}", exc, level=logging.ERROR)

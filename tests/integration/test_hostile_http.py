@@ -35,6 +35,7 @@ from serve_app.admission import InflightGate
 from serve_app.delivery import Delivery, SpoolWatch
 from serve_app.ingest import Ingestor, RequestMeta
 from tests.chaos.faultproxy import FaultProxy
+from tests.chaos.rawlog import dlq_keys, high_watermark
 from tests.factories import TS
 from tests.pipeline import Pipeline, unique_prefix, wait_until
 
@@ -260,6 +261,8 @@ def test_a_spooled_row_the_broker_can_never_take_is_dead_lettered_with_its_bytes
     good = [_spool_row(pipeline, _action(prefix, n)) for n in range(1, 4)]
     rows = [(f"{prefix}:0", pipeline.settings.topic("user_action"), f"{prefix}-u0".encode(), oversized), *good]
     last_dead = int(pipeline.scalar("SELECT coalesce(max(id), 0) FROM dead_letters"))
+    bootstrap, dlq_topic = pipeline.settings.kafka_bootstrap, pipeline.settings.dlq_topic
+    dlq_start = high_watermark(bootstrap, dlq_topic, 0)
     seqs = [
         seq
         for (seq,) in pipeline.query(
@@ -283,6 +286,7 @@ def test_a_spooled_row_the_broker_can_never_take_is_dead_lettered_with_its_bytes
     )
     assert (source, kind, size, partition, offset) == ("spool", "publish_rejected", len(oversized), None, None)
     assert "too large" in reason
+    assert dlq_keys(bootstrap, dlq_topic, dlq_start)[f"spool:{seqs[0]}".encode()] >= 1  # also on the DLQ topic
 
     with httpx.Client(base_url=pipeline.base_url, timeout=30) as client:
         listed = client.get("/dead-letters", params={"after": last_dead, "limit": 1000})
