@@ -162,10 +162,6 @@ class SpoolStore:
             for seq, event_id, topic, key, value, headers, attempts in rows
         ]
 
-    def delete(self, seqs: list[int]) -> int:
-        """Delete exactly these rows (the ones the broker acknowledged); returns how many went."""
-        return self.settle(Settlement(acked=tuple(seqs)))
-
     def settle(self, settlement: Settlement) -> int:
         """Apply one round's settlement in one transaction; returns how many rows left the spool."""
         if settlement.empty:
