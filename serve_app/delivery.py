@@ -67,17 +67,14 @@ class SpoolWatch:
         self._interval_s = interval_s
         self._timeout_s = timeout_s
         self._marks = 0
+        self.pending = False  # the spool holds rows: new events must queue behind them (per-key order)
         self.rows = 0  # as of the last read, plus what this replica spooled since
         self.bytes = 0
         self.reachable = True
 
-    @property
-    def pending(self) -> bool:
-        """The spool holds rows: new events must queue behind them (per-key order)."""
-        return self.rows > 0
-
     def spooled(self, rows: int, size: int) -> None:
         self._marks += 1
+        self.pending = True
         self.rows += rows
         self.bytes += size
 
@@ -92,7 +89,7 @@ class SpoolWatch:
         self.reachable = True
         if mark != self._marks:
             return  # this replica spooled while the query ran: the answer may predate those rows
-        self.rows, self.bytes = usage.rows, usage.bytes
+        self.pending, self.rows, self.bytes = usage.pending, usage.rows, usage.bytes
 
     async def run(self) -> None:
         while True:

@@ -26,8 +26,12 @@ SELECT u.event_id, u.topic, u.key, u.value, u.headers::jsonb
        WITH ORDINALITY AS u(event_id, topic, key, value, headers, ord)
  ORDER BY u.ord
 """
-# Rows and bytes, kept exact by the triggers of migration 005: 16 small rows, never a scan of the spool.
-_USAGE = "SELECT coalesce(sum(rows), 0), coalesce(sum(bytes), 0) FROM ingest_spool_usage"
+# Whether any row waits (one probe of the primary key index), and rows and bytes, kept by the triggers of migration
+# 005 (16 small rows): never a scan of the spool. Waiting rows are judged by the table itself, so that counters that
+# drifted (triggers bypassed) could only misjudge the caps, never send every event through the spool.
+_USAGE = """
+SELECT EXISTS (SELECT 1 FROM ingest_spool), coalesce(sum(rows), 0), coalesce(sum(bytes), 0) FROM ingest_spool_usage
+"""
 _OLDEST = "SELECT seq, event_id, topic, key, value, headers, attempts FROM ingest_spool ORDER BY seq LIMIT %s"
 _DELETE = "DELETE FROM ingest_spool WHERE seq = ANY(%s)"
 # A row that can never be published leaves the spool for the dead letters with its bytes, in one statement.
@@ -61,8 +65,9 @@ class SpooledRecord:
 
 @dataclass(frozen=True)
 class SpoolUsage:
-    """Rows in the spool and their bytes (values and keys)."""
+    """Whether rows wait in the spool, how many, and their bytes (values and keys)."""
 
+    pending: bool
     rows: int
     bytes: int
 
@@ -99,8 +104,8 @@ def _columns(rows: list[tuple[str, Record]]) -> tuple[list[str], list[str], list
     )
 
 
-def _usage(row: tuple[int, int] | None) -> SpoolUsage:
-    return SpoolUsage(int(row[0]), int(row[1])) if row else SpoolUsage(0, 0)
+def _usage(row: tuple[bool, int, int] | None) -> SpoolUsage:
+    return SpoolUsage(bool(row[0]), int(row[1]), int(row[2])) if row else SpoolUsage(False, 0, 0)
 
 
 class AsyncSpool:

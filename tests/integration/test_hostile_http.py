@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
+import psycopg
 import pytest
 
 from cluster.adapters.kafka_config import producer_config
@@ -296,6 +297,29 @@ def test_a_spooled_row_the_broker_can_never_take_is_dead_lettered_with_its_bytes
     assert len(mine) == 1 and mine[0]["source"] == "spool" and mine[0]["payload_bytes"] == len(oversized)
     assert status.status_code == 200 and status.json()["status"] == "dead_lettered", status.text
     assert status.json()["dead_letter"]["error_kind"] == "publish_rejected"
+
+
+def test_the_spool_usage_counters_follow_inserts_and_deletes_exactly(pipeline: Pipeline) -> None:
+    """Counters and table read in one snapshot, inside a transaction that is rolled back (the drainer never sees it)."""
+    check = """
+        SELECT (SELECT sum(rows) FROM ingest_spool_usage), (SELECT count(*) FROM ingest_spool),
+               (SELECT sum(bytes) FROM ingest_spool_usage),
+               (SELECT coalesce(sum(octet_length(value) + coalesce(octet_length(key), 0)), 0) FROM ingest_spool)
+    """
+    with psycopg.connect(pipeline.direct_db_url, autocommit=False) as conn:
+        before = conn.execute(check).fetchone()
+        conn.execute(
+            "INSERT INTO ingest_spool (event_id, topic, key, value) SELECT 'usage-' || n, 'events.sensor', 'k', "
+            "repeat('v', n)::bytea FROM generate_series(1, 50) n"
+        )
+        added = conn.execute(check).fetchone()
+        conn.execute("DELETE FROM ingest_spool WHERE event_id LIKE 'usage-%' AND octet_length(value) <= 20")
+        removed = conn.execute(check).fetchone()
+        conn.rollback()
+    for rows, counted, size, measured in (before, added, removed):
+        assert (rows, size) == (counted, measured)
+    assert added[0] - before[0] == 50 and added[2] - before[2] == sum(range(1, 51)) + 50
+    assert added[0] - removed[0] == 20
 
 
 # -- no driver text in 503 bodies ------------------------------------------------------------------------------------

@@ -101,7 +101,7 @@ class StandInSpool:
         self.appended += rows
 
     async def usage(self) -> SpoolUsage:
-        return SpoolUsage(len(self.appended), 0)
+        return SpoolUsage(bool(self.appended), len(self.appended), 0)
 
 
 def _delivery(outcomes: list[Delivered | PublishError], spool: StandInSpool | None = None) -> Delivery:
