@@ -132,9 +132,11 @@ class Delivery:
         """One outcome per (event id, record), in order."""
         if not items:
             return []
-        spool = self._condition(items)
+        pending = self._watch is not None and self._watch.pending
         # The breaker is asked only when the spool is not pending: a half-open breaker's yes takes a probe slot.
-        route = choose_route(spool, broker_allowed=not spool.pending and self._breaker.allow())
+        broker_allowed = not pending and self._breaker.allow()
+        spool = self._condition(items, judge_caps=not broker_allowed)  # the caps matter only if it may spool
+        route = choose_route(spool, broker_allowed)
         if route is Route.SPOOL:
             cause = "events wait in the spool" if spool.pending else self._broker_cause()
             return await self._to_spool(items, cause)
@@ -198,11 +200,11 @@ class Delivery:
         log.debug("spooled %d events", len(items))
         return [Spooled()] * len(items)
 
-    def _condition(self, incoming: list[tuple[str, Record]]) -> SpoolCondition:
+    def _condition(self, incoming: list[tuple[str, Record]], judge_caps: bool = True) -> SpoolCondition:
         if self._spool is None or self._watch is None:
             return SpoolCondition(enabled=False, pending=False, full=True)
         watch = self._watch
-        full = (
+        full = judge_caps and (
             watch.rows + len(incoming) > self._spool_max_rows
             or watch.bytes + sum(record_bytes(r) for _, r in incoming) > self._spool_max_bytes
         )
