@@ -247,7 +247,7 @@ class ApiGateway:
         body = {"status": "ready" if ready else "unavailable", **status}
         if not ready:
             body["reason"] = "neither the broker nor the spool can take events; send to another replica or retry later"
-            body.setdefault("error_id", _INCIDENTS.report("readiness: not ready", cause="not_ready"))
+            body.setdefault("error_id", _INCIDENTS.report(f"readiness: not ready ({status})", cause="not_ready"))
         return (200 if ready else 503), body
 
 

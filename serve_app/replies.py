@@ -33,8 +33,9 @@ def error(status: int, code: str, reason: str, **extra: Any) -> Reply:
 
 
 def body_too_large(limit: int, size: int | None = None) -> Reply:
-    got = f"{size} bytes" if size is not None else "more"
-    return error(413, "payload_too_large", f"the body holds {got}, over the {limit}-byte limit", limit=limit)
+    """413 with the limit; `size` when known (declared, or read whole), else the body was cut off at the limit."""
+    got = f"the body holds {size} bytes" if size is not None else "the body exceeds the limit"
+    return error(413, "payload_too_large", f"{got}: at most {limit} bytes are taken", limit=limit)
 
 
 def event_too_large(size: int, limit: int) -> str:
