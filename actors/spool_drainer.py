@@ -1,8 +1,9 @@
 """SpoolDrainer: the one named, detached actor that moves events from the durable ingest spool to the broker.
 
 It publishes the oldest rows in seq order and deletes exactly the rows the broker acknowledged; it never deletes a row
-before its ack and never publishes a row ahead of an older one that failed. A crash between publish and delete
-re-publishes those rows, which the owners drop by event id.
+before its ack and never publishes a row ahead of an older one that may still be published. A row that never can be
+(cluster.spool_triage) leaves for the dead letters in the transaction that deletes it, so the spool never jams. A crash
+between publish and delete re-publishes those rows, which the owners drop by event id.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import ray
 
 from actors.metrics_hub import start_metrics_push
+from cluster.adapters.dlq_publisher import spool_dead_letter
 from cluster.adapters.kafka_config import producer_config
 from cluster.adapters.kafka_producer import BlockingPublisher, Delivered
 from cluster.adapters.spool import SpooledRecord, SpoolStore
@@ -24,6 +26,7 @@ from cluster.observability.event_spans import DrainSpans
 from cluster.observability.logs import setup_logging
 from cluster.observability.tracing import Tracing
 from cluster.settings import Settings
+from cluster.spool_triage import settle
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +34,17 @@ _IDLE_POLL_S = 0.25  # empty spool (or another drainer holds the lock): look aga
 _FAILURE_PAUSE_S = 0.5  # after a failed publish, before the breaker has opened
 _ERROR_BACKOFF_MIN_S = 0.5  # PostgreSQL unreachable: exponential backoff between these bounds
 _ERROR_BACKOFF_MAX_S = 10.0
-_COUNT_EVERY_S = 1.0  # spool_depth: an exact count of a non-empty spool at most this often
+_COUNT_EVERY_S = 1.0  # spool_depth: read from the usage counters of a non-empty spool at most this often
 
 
 def _publisher(settings: Settings) -> BlockingPublisher:
     return BlockingPublisher(
-        producer_config(settings.kafka_bootstrap, linger_ms=5, message_timeout_ms=settings.producer_message_timeout_ms)
+        producer_config(
+            settings.kafka_bootstrap,
+            linger_ms=5,
+            message_timeout_ms=settings.producer_message_timeout_ms,
+            message_max_bytes=settings.kafka_message_max_bytes,
+        )
     )
 
 
@@ -52,6 +60,7 @@ class SpoolDrainer:
         self._breaker = breaker("kafka", settings)
         self._stopping = threading.Event()
         self._drained = 0
+        self._dead_lettered = 0
         self._batches = 0
         self._last_error: str | None = None
         self._holds_lock = False
@@ -64,6 +73,7 @@ class SpoolDrainer:
         return {
             "breaker": self._breaker.state.value,
             "drained": self._drained,
+            "dead_lettered": self._dead_lettered,
             "batches": self._batches,
             "holds_lock": self._holds_lock,
             "last_error": self._last_error,
@@ -109,7 +119,7 @@ class SpoolDrainer:
         if not has_rows:
             catalogue.METRICS.spool_depth.set(0)
         elif time.monotonic() - self._counted_at >= _COUNT_EVERY_S:
-            catalogue.METRICS.spool_depth.set(self._store.count())
+            catalogue.METRICS.spool_depth.set(self._store.usage().rows)
             self._counted_at = time.monotonic()
 
     def _publish(self, rows: list[SpooledRecord]) -> float:
@@ -117,26 +127,56 @@ class SpoolDrainer:
         records, spans = self._spans.publishing([row.event_id for row in rows], [row.record for row in rows])
         outcomes = self._publisher.publish_in_order(records)
         self._spans.published(spans, outcomes)
-        acked = 0
-        for outcome in outcomes:  # only the acknowledged prefix: a later row must not overtake a failed one
-            if not isinstance(outcome, Delivered):
-                break
-            acked += 1
-        if acked:
-            self._store.delete([row.seq for row in rows[:acked]])
-            self._drained += acked
-            self._batches += 1
-        if acked == len(rows):
-            self._breaker.record_success()
+        settlement, blocked = settle(rows, outcomes, self._settings.spool_max_attempts)
+        if settlement.dead:
+            self._announce_dead_letters(rows, settlement.dead)
+        self._store.settle(settlement)
+        self._drained += len(settlement.acked)
+        self._batches += 1 if settlement.acked else 0
+        if settlement.dead:
+            self._dead_lettered += len(settlement.dead)
+            self._count_dead_letters(rows, settlement.dead)
+        broker_answers = any(isinstance(o, Delivered) for o in outcomes)
+        if broker_answers:
+            self._breaker.record_success()  # a refused or failing record is that record's problem, not the broker's
+        if blocked is None:
             self._last_error = None
-            log.debug("drained %d spooled events in %.0f ms", acked, (time.monotonic() - started) * 1000)
+            log.debug("settled %d spooled events in %.0f ms", len(rows), (time.monotonic() - started) * 1000)
             return 0.0
-        failure = str(outcomes[acked])
-        self._breaker.record_failure(failure)
-        self._last_error = failure
-        log.debug("drained %d of %d spooled events; stopped at seq %d: %s", acked, len(rows), rows[acked].seq, failure)
+        if not broker_answers:
+            self._breaker.record_failure(str(blocked))  # nothing acknowledged: the broker is the problem
+        self._last_error = str(blocked)
+        log.debug("drained %d of %d spooled events, then stopped: %s", len(settlement.acked), len(rows), blocked)
         if self._publisher.broken:
             log.warning("spool producer failed fatally (%s); building a new one", self._publisher.broken)
             self._publisher.close(0)
             self._publisher = _publisher(self._settings)
-        return _FAILURE_PAUSE_S
+        return 0.0 if settlement.acked or settlement.dead else _FAILURE_PAUSE_S
+
+    def _announce_dead_letters(self, rows: list[SpooledRecord], dead: tuple[tuple[int, str], ...]) -> None:
+        """Also on the `events.dlq` topic, before the table commit (at least once, like the owners'); best effort: the
+        dead_letters table is the authority, and a topic that cannot take them must not jam the spool again."""
+        by_seq = {row.seq: row for row in rows}
+        topic = self._settings.dlq_topic
+        records = [
+            spool_dead_letter(topic, seq, row.event_id, row.record, reason, row.attempts + 1)
+            for seq, reason in dead
+            for row in (by_seq[seq],)
+        ]
+        failed = [o for o in self._publisher.publish_in_order(records) if not isinstance(o, Delivered)]
+        if failed:
+            log.warning("%d spool dead letters not published on %s: %s", len(failed), topic, failed[0])
+
+    def _count_dead_letters(self, rows: list[SpooledRecord], dead: tuple[tuple[int, str], ...]) -> None:
+        by_seq = {row.seq: row for row in rows}
+        prefix = f"{self._settings.topic_prefix}."
+        for seq, reason in dead:
+            row = by_seq[seq]
+            event_type = row.record[0].removeprefix(prefix)
+            catalogue.METRICS.events_processed.labels(event_type, catalogue.DEAD_LETTERED).inc()
+            log.warning(
+                "spooled event moved to the dead letters (spool seq %d): %s",
+                seq,
+                reason,
+                extra={"event_id": row.event_id, "error_kind": "publish_rejected"},
+            )

@@ -17,6 +17,9 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EVENT_TYPES = ("transaction", "sensor", "user_action")
+# Room the broker's message.max.bytes must leave above max_event_bytes: the traceparent header and the record's framing
+# are added after an event's record is measured against max_event_bytes.
+RECORD_HEADROOM_BYTES = 1024
 
 
 class Settings(BaseSettings):
@@ -163,6 +166,31 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"events_retention_days={self.events_retention_days} is shorter than dedup_ttl_hours="
                 f"{self.dedup_ttl_hours}: an event re-sent after its row was purged would be processed again"
+            )
+        return self
+
+    # -- Limits at the HTTP edge and on broker records (issue 8) --------------------------------------------------
+    # The producers' message.max.bytes (librdkafka refuses larger records locally; keep it at or below the broker's
+    # and topics' max.message.bytes). max_event_bytes, the bound on each event's serialised record (value, key and
+    # headers), must stay RECORD_HEADROOM_BYTES below it: checked when Settings are built.
+    kafka_message_max_bytes: int = Field(1_000_000, ge=4096)
+    # Bound on a request's whole handling at the API (body read, validation, delivery): 408 while the body is still
+    # being read (nothing taken), 504 with the events' ids once delivery started (outcome unknown: resend, same ids).
+    request_timeout_s: float = Field(30.0, gt=0)
+    # The spool's byte cap (values and keys, kept exact by triggers; see migration 005), besides spool_max_rows.
+    spool_max_bytes: int = Field(1 << 30, ge=1024)
+    # A spooled record that keeps failing transiently while the broker acknowledges the records around it is moved to
+    # the dead letters after this many attempts (a permanent refusal, e.g. too large, moves it at once).
+    spool_max_attempts: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _events_fit_broker_records(self) -> Settings:
+        room = self.kafka_message_max_bytes - RECORD_HEADROOM_BYTES
+        if self.max_event_bytes > room:
+            raise ValueError(
+                f"max_event_bytes ({self.max_event_bytes}) must be at most kafka_message_max_bytes "
+                f"({self.kafka_message_max_bytes}) - {RECORD_HEADROOM_BYTES} = {room}: an event the API accepts must "
+                "fit a broker record with its headers"
             )
         return self
 

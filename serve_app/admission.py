@@ -24,7 +24,7 @@ class SpoolCondition:
 
     enabled: bool
     pending: bool  # it holds rows: new events must queue behind them to keep per-key order
-    full: bool  # it holds spool_max_rows rows (or would, with these events)
+    full: bool  # it holds spool_max_rows rows or spool_max_bytes bytes (or would, with these events)
 
     @property
     def writable(self) -> bool:

@@ -1,12 +1,15 @@
 """The Ray Serve application: one ingress deployment serving ingestion, the read API, schemas and health.
 
 Clients (Kafka producer, kafka breaker, spool and read pools) are built once per replica in the constructor; routes
-only translate HTTP.
+only translate HTTP. Limits come before work: media type and declared size are judged before the body is read, the
+body is read under a byte cap, and a request's whole handling is bounded in time. No 5xx body carries exception text:
+it carries advice and an error id, and the log line with that id carries the cause.
 """
 
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
@@ -24,11 +27,15 @@ from cluster.observability.logs import bind_correlation, setup_logging
 from cluster.observability.tracing import Tracing
 from cluster.settings import Settings
 from pipelines.registry import default_registry
+from serve_app import replies
 from serve_app.admission import InflightGate
+from serve_app.body import BadContentLength, BodyTooLarge, declared_length, read_capped
 from serve_app.delivery import Delivery, SpoolWatch
 from serve_app.http_metrics import RequestMetrics
+from serve_app.incidents import Incidents
 from serve_app.ingest import Ingestor, Reply, RequestMeta
 from serve_app.openapi import batch_body_schema, single_body_schema
+from serve_app.readiness import CachedReadiness
 
 log = logging.getLogger(__name__)
 app = FastAPI(
@@ -39,6 +46,18 @@ app = FastAPI(
     default_response_class=ORJSONResponse,
 )
 app.add_middleware(RequestMetrics)  # http_requests_total{route,method,status}
+_INCIDENTS = Incidents(log)  # error ids of this replica's 5xx answers (a log helper, not a client)
+_READY_TTL_S = 1.0
+_PING_TIMEOUT_S = 1.0
+
+
+@app.exception_handler(Exception)
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    """Any exception a route let through: a generic 500 with an error id; the cause and traceback go to the log."""
+    where = f"{request.method} {request.url.path}"
+    error_id = _INCIDENTS.report(f"unexpected error answering {where}", exc, level=logging.ERROR)
+    body = {"error": "internal_error", "reason": "the request failed unexpectedly; retry later", "error_id": error_id}
+    return ORJSONResponse(body, status_code=500)
 
 
 def _reply(reply: Reply, meta: RequestMeta) -> Response:
@@ -46,14 +65,23 @@ def _reply(reply: Reply, meta: RequestMeta) -> Response:
     return ORJSONResponse(reply.body, status_code=reply.status, headers=headers)
 
 
-def _meta(request: Request) -> RequestMeta:
-    """The request's metadata; its X-Correlation-ID (1-128 characters), else a new one, is bound to its log lines."""
+def _meta(request: Request, deadline: float) -> RequestMeta:
+    """The request's metadata; its X-Correlation-ID (1-128 characters), else a new one, is bound to its log lines.
+
+    Raises BadContentLength for a Content-Length that is not a non-negative integer.
+    """
     h = request.headers
     correlation_id = h.get("x-correlation-id")
     if not correlation_id or len(correlation_id) > 128:
         correlation_id = uuid.uuid4().hex
     bind_correlation(correlation_id)
-    return RequestMeta(h.get("content-type"), h.get("idempotency-key"), correlation_id)
+    return RequestMeta(
+        h.get("content-type"),
+        h.get("idempotency-key"),
+        correlation_id,
+        content_length=declared_length(h.get("content-length")),
+        deadline=deadline,
+    )
 
 
 def _not_found(what: str, key: str) -> Response:
@@ -86,13 +114,20 @@ class ApiGateway:
                 settings.kafka_bootstrap,
                 settings.producer_linger_ms,
                 message_timeout_ms=settings.producer_message_timeout_ms,
+                message_max_bytes=settings.kafka_message_max_bytes,
             )
         )
         database_url = settings.database_url.get_secret_value()
         self._spool = AsyncSpool(database_url) if settings.spool_enabled else None
         self._watch = SpoolWatch(self._spool) if self._spool is not None else None
         self._delivery = Delivery(
-            self._publisher, breaker("kafka", settings), self._spool, self._watch, settings.spool_max_rows
+            self._publisher,
+            breaker("kafka", settings),
+            self._spool,
+            self._watch,
+            settings.spool_max_rows,
+            spool_max_bytes=settings.spool_max_bytes,
+            incidents=_INCIDENTS,
         )
         self._ingestor = Ingestor(
             settings,
@@ -100,9 +135,11 @@ class ApiGateway:
             self._delivery,
             InflightGate(settings.max_inflight_events),
             IngestSpans(self._tracing),
+            _INCIDENTS,
         )
         self._reads = ReadStore(database_url)
         self._reads_open = False
+        self._readiness = CachedReadiness(self._compute_readiness, ttl_s=_READY_TTL_S)
         self._startup: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
 
@@ -131,17 +168,37 @@ class ApiGateway:
         if task is not None and task.done():
             raise RuntimeError(f"the spool watch stopped: {task.exception() if not task.cancelled() else 'cancelled'}")
 
+    async def _ingest(
+        self, request: Request, limit: int, handle: Callable[[bytes, RequestMeta], Awaitable[Reply]]
+    ) -> Response:
+        """Headers judged first, the body read under `limit` bytes, all of it within the request's time bound."""
+        deadline = asyncio.get_running_loop().time() + self._settings.request_timeout_s
+        try:
+            meta = _meta(request, deadline)
+        except BadContentLength as exc:
+            return _reply(replies.error(400, "bad_content_length", str(exc)), RequestMeta(None, None, None))
+        problem = self._ingestor.precheck(meta, limit)
+        if problem is not None:
+            return _reply(problem, meta)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._started()
+                body = await read_capped(request.stream(), limit)
+        except BodyTooLarge:
+            return _reply(replies.body_too_large(limit), meta)
+        except TimeoutError:
+            # Nothing was taken yet: the client may send the same request again as it is.
+            reason = f"the body did not arrive within {self._settings.request_timeout_s:g}s; nothing was taken"
+            return _reply(replies.error(408, "request_timeout", reason), meta)
+        return _reply(await handle(body, meta), meta)
+
     @app.post("/events", status_code=202, openapi_extra=single_body_schema(), summary="Ingest one event")
     async def post_event(self, request: Request) -> Response:
-        await self._started()
-        meta = _meta(request)
-        return _reply(await self._ingestor.single(await request.body(), meta), meta)
+        return await self._ingest(request, self._ingestor.single_limit, self._ingestor.single)
 
     @app.post("/events/batch", status_code=202, openapi_extra=batch_body_schema(), summary="Ingest a batch of events")
     async def post_batch(self, request: Request) -> Response:
-        await self._started()
-        meta = _meta(request)
-        return _reply(await self._ingestor.batch(await request.body(), meta), meta)
+        return await self._ingest(request, self._ingestor.batch_limit, self._ingestor.batch)
 
     @app.get("/events/{event_id}", summary="An event's processing status, timestamps, position and result")
     async def get_event(self, event_id: str) -> Response:
@@ -177,19 +234,27 @@ class ApiGateway:
 
     @app.get("/readyz", summary="Readiness: the broker or the spool can take events (degraded when not both)")
     async def readyz(self) -> Response:
+        status, body = await self._readiness.get()
+        return ORJSONResponse(body, status_code=status)
+
+    async def _compute_readiness(self) -> tuple[int, dict[str, Any]]:
+        """Breaker and spool from what this replica already knows (the spool watch), plus one ping of the database
+        through the read pool: never a query on the spool's own pool, at most once per _READY_TTL_S."""
         await self._started()
-        status = await self._delivery.status()
+        status = self._delivery.status()
         try:
-            await asyncio.wait_for((await self._store()).ping(), 1.0)
+            await asyncio.wait_for((await self._store()).ping(), _PING_TIMEOUT_S)
             status["database"] = "ok"
         except Exception as exc:  # noqa: BLE001 - readiness reports, it does not raise
-            status["database"] = f"unavailable: {exc}"
+            status["database"] = "unavailable"
+            status["error_id"] = _INCIDENTS.report("readiness: the database did not answer a ping", exc)
             status["degraded"] = True
         ready = status.pop("ready")
         body = {"status": "ready" if ready else "unavailable", **status}
         if not ready:
-            body["reason"] = "neither the broker nor the spool can take events"
-        return ORJSONResponse(body, status_code=200 if ready else 503)
+            body["reason"] = "neither the broker nor the spool can take events; send to another replica or retry later"
+            body.setdefault("error_id", _INCIDENTS.report(f"readiness: not ready ({status})", cause="not_ready"))
+        return (200 if ready else 503), body
 
 
 def deployment_options(settings: Settings) -> dict[str, Any]:

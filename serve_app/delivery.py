@@ -1,7 +1,9 @@
 """Delivery of validated records: to the broker through the "kafka" circuit breaker, or into the durable spool when
 the broker cannot take them or older events still wait there; refused only when neither can take them.
 
-It never reports an event as taken unless the broker acknowledged it or its spool row is committed.
+It never reports an event as taken unless the broker acknowledged it or its spool row is committed; a record the
+broker refuses for good is rejected, never spooled and never held against the broker's breaker; no exception text
+reaches a client (refusals carry advice and an error id; the log line with that id carries the cause).
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +21,14 @@ from cluster.adapters.spool import AsyncSpool
 from cluster.observability.metrics import METRICS
 from pipelines.policies.breaker import CircuitBreaker
 from serve_app.admission import Route, SpoolCondition, choose_route, readiness, route_after_publish_failure
+from serve_app.incidents import Incidents
 
 log = logging.getLogger(__name__)
 
 _SPOOL_ERRORS = (psycopg.Error, TimeoutError, OSError)  # PoolTimeout is a psycopg.OperationalError
 _RETRY_AFTER_MAX_S = 30
 _SPOOL_FULL_RETRY_AFTER_S = 5
+_SIZE_CODES = frozenset({"MSG_SIZE_TOO_LARGE", "INVALID_MSG_SIZE", "RECORD_LIST_TOO_LARGE"})
 
 
 @dataclass(frozen=True)
@@ -38,35 +41,47 @@ class Refused:
     """Neither the broker nor the spool took the event: the client must retry after `retry_after_s`."""
 
     error: str  # broker_unavailable | spool_full
-    reason: str
+    reason: str  # advice for the client; never exception text
     retry_after_s: int
+    error_id: str | None = None  # the log line with the cause
 
 
-Outcome = Delivered | Spooled | Refused
+@dataclass(frozen=True)
+class Rejected:
+    """The broker refuses this record for good (too large, invalid for it): not published, not spooled; sending it
+    again as it is cannot succeed."""
+
+    error: str  # event_too_large | publish_rejected
+    reason: str
+
+
+Outcome = Delivered | Spooled | Refused | Rejected
 
 
 class SpoolWatch:
-    """Whether the spool holds rows, known cheaply: a background check every `interval_s`, and set at once when this
-    replica spools itself (a check that started before that cannot clear it)."""
+    """The spool's rows and bytes, known cheaply: read from its usage counters every `interval_s` in the background,
+    and raised at once when this replica spools itself (a read that started before that cannot lower them)."""
 
     def __init__(self, spool: AsyncSpool, interval_s: float = 0.2, timeout_s: float = 1.0) -> None:
         self._spool = spool
         self._interval_s = interval_s
         self._timeout_s = timeout_s
         self._marks = 0
-        self.pending = False
-        self.upper_depth = 0  # at least the number of rows
+        self.pending = False  # the spool holds rows: new events must queue behind them (per-key order)
+        self.rows = 0  # as of the last read, plus what this replica spooled since
+        self.bytes = 0
         self.reachable = True
 
-    def spooled(self, rows: int) -> None:
+    def spooled(self, rows: int, size: int) -> None:
         self._marks += 1
         self.pending = True
-        self.upper_depth += rows
+        self.rows += rows
+        self.bytes += size
 
     async def refresh(self) -> None:
         mark = self._marks
         try:
-            bounds = await asyncio.wait_for(self._spool.bounds(), self._timeout_s)
+            usage = await asyncio.wait_for(self._spool.usage(), self._timeout_s)
         except _SPOOL_ERRORS:
             # Unknown: keep the last answer (pending stays pending, so per-key order is never given up).
             self.reachable = False
@@ -74,13 +89,17 @@ class SpoolWatch:
         self.reachable = True
         if mark != self._marks:
             return  # this replica spooled while the query ran: the answer may predate those rows
-        self.pending = bounds is not None
-        self.upper_depth = bounds.upper_depth if bounds else 0
+        self.pending, self.rows, self.bytes = usage.pending, usage.rows, usage.bytes
 
     async def run(self) -> None:
         while True:
             await self.refresh()
             await asyncio.sleep(self._interval_s)
+
+
+def record_bytes(record: Record) -> int:
+    """What a record weighs in the spool's byte cap: value and key (as the usage triggers count it)."""
+    return len(record[2]) + len(record[1] or b"")
 
 
 class Delivery:
@@ -92,13 +111,18 @@ class Delivery:
         watch: SpoolWatch | None,
         spool_max_rows: int,
         spool_timeout_s: float = 5.0,
+        *,
+        spool_max_bytes: int = 1 << 30,
+        incidents: Incidents | None = None,
     ) -> None:
         self._publisher = publisher
         self._breaker = breaker
         self._spool = spool
         self._watch = watch
         self._spool_max_rows = spool_max_rows
+        self._spool_max_bytes = spool_max_bytes
         self._spool_timeout_s = spool_timeout_s
+        self._incidents = incidents or Incidents(log)
 
     @property
     def breaker(self) -> CircuitBreaker:
@@ -108,9 +132,11 @@ class Delivery:
         """One outcome per (event id, record), in order."""
         if not items:
             return []
-        spool = await self._condition(len(items))
+        pending = self._watch is not None and self._watch.pending
         # The breaker is asked only when the spool is not pending: a half-open breaker's yes takes a probe slot.
-        route = choose_route(spool, broker_allowed=not spool.pending and self._breaker.allow())
+        broker_allowed = not pending and self._breaker.allow()
+        spool = self._condition(items, judge_caps=not broker_allowed)  # the caps matter only if it may spool
+        route = choose_route(spool, broker_allowed)
         if route is Route.SPOOL:
             cause = "events wait in the spool" if spool.pending else self._broker_cause()
             return await self._to_spool(items, cause)
@@ -119,26 +145,44 @@ class Delivery:
         return await self._publish(items)
 
     async def _publish(self, items: list[tuple[str, Record]]) -> list[Outcome]:
-        started = time.perf_counter()
-        outcomes: list[Outcome | PublishError] = list(await self._publisher.publish_many([r for _, r in items]))
-        acked_after = time.perf_counter() - started  # the request's records are acknowledged together
-        for outcome in outcomes:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        published = await self._publisher.publish_many([r for _, r in items])
+        acked_after = loop.time() - started  # the request's records are acknowledged together
+        outcomes: list[Outcome] = []
+        failed: list[int] = []  # transient failures: the spool may take them
+        first_failure: PublishError | None = None
+        for index, ((event_id, _), outcome) in enumerate(zip(items, published, strict=True)):
             if isinstance(outcome, Delivered):
                 METRICS.publish_duration_seconds.observe(acked_after)
-        failed = [i for i, o in enumerate(outcomes) if isinstance(o, PublishError)]
-        if not failed:
-            self._breaker.record_success()
-            return outcomes  # type: ignore[return-value]  # no PublishError left
-        cause = str(outcomes[failed[0]])
+                outcomes.append(outcome)
+            elif outcome.permanent:
+                outcomes.append(self._rejected(event_id, outcome))
+            else:
+                failed.append(index)
+                first_failure = first_failure or outcome
+                outcomes.append(Spooled())  # placeholder, replaced below
+        if first_failure is None:
+            if any(isinstance(o, Delivered) for o in outcomes):
+                self._breaker.record_success()  # a permanent refusal is the record's fault, not the broker's
+            return outcomes
+        cause = str(first_failure)
         self._breaker.record_failure(cause)
-        spool = await self._condition(len(failed))
+        retry = [items[i] for i in failed]
+        spool = self._condition(retry)
         if route_after_publish_failure(spool) is Route.SPOOL:
-            retried = await self._to_spool([items[i] for i in failed], cause)
+            retried = await self._to_spool(retry, f"the broker did not acknowledge ({cause})")
         else:
-            retried = [self._refusal(spool, cause)] * len(failed)
+            retried = [self._refusal(spool, f"the broker did not acknowledge ({cause})")] * len(failed)
         for index, outcome in zip(failed, retried, strict=True):
             outcomes[index] = outcome
-        return outcomes  # type: ignore[return-value]
+        return outcomes
+
+    def _rejected(self, event_id: str, error: PublishError) -> Rejected:
+        log.warning("the broker refuses event %s for good (not spooled): %s", event_id, error)
+        if error.code in _SIZE_CODES:
+            return Rejected("event_too_large", "the event's record is larger than the broker accepts; it was not taken")
+        return Rejected("publish_rejected", "the broker refuses this event's record for good; it was not taken")
 
     async def _to_spool(self, items: list[tuple[str, Record]], cause: str) -> list[Outcome]:
         if self._spool is None or self._watch is None:
@@ -147,28 +191,24 @@ class Delivery:
         try:
             await asyncio.wait_for(self._spool.append(items), self._spool_timeout_s)
         except _SPOOL_ERRORS as exc:
-            log.warning("could not spool %d events (%s): %s", len(items), cause, exc)
-            reason = f"{cause}; the spool could not take the events either: {type(exc).__name__}: {exc}"
-            return [Refused("broker_unavailable", reason, self._broker_retry_after())] * len(items)
-        self._watch.spooled(len(items))
+            error_id = self._incidents.report(f"could not spool {len(items)} events ({cause})", exc)
+            reason = "the broker is unavailable and the spool could not take the events either; retry later"
+            return [Refused("broker_unavailable", reason, self._broker_retry_after(), error_id)] * len(items)
+        self._watch.spooled(len(items), sum(record_bytes(r) for _, r in items))
         if not was_pending:
             log.warning("spooling events: %s", cause)
         log.debug("spooled %d events", len(items))
         return [Spooled()] * len(items)
 
-    async def _condition(self, incoming: int) -> SpoolCondition:
+    def _condition(self, incoming: list[tuple[str, Record]], judge_caps: bool = True) -> SpoolCondition:
         if self._spool is None or self._watch is None:
             return SpoolCondition(enabled=False, pending=False, full=True)
-        full = self._watch.upper_depth + incoming > self._spool_max_rows
-        if full:
-            # The seq range overestimates after gaps: confirm with an exact count before refusing.
-            try:
-                rows = await asyncio.wait_for(self._spool.count(), self._spool_timeout_s)
-            except _SPOOL_ERRORS:
-                rows = self._watch.upper_depth
-            self._watch.upper_depth = rows
-            full = rows + incoming > self._spool_max_rows
-        return SpoolCondition(enabled=True, pending=self._watch.pending, full=full)
+        watch = self._watch
+        full = judge_caps and (
+            watch.rows + len(incoming) > self._spool_max_rows
+            or watch.bytes + sum(record_bytes(r) for _, r in incoming) > self._spool_max_bytes
+        )
+        return SpoolCondition(enabled=True, pending=watch.pending, full=full)
 
     def _broker_cause(self) -> str:
         retry = self._breaker.retry_after_s()
@@ -181,30 +221,33 @@ class Delivery:
 
     def _refusal(self, spool: SpoolCondition, cause: str) -> Refused:
         if spool.enabled and spool.full:
-            reason = f"the spool holds its limit of {self._spool_max_rows} events"
-            if not spool.pending:
-                reason = f"{cause}, and {reason}"
-            return Refused("spool_full", reason, _SPOOL_FULL_RETRY_AFTER_S)
-        return Refused("broker_unavailable", cause, self._broker_retry_after())
+            limit = f"the spool holds its limit ({self._spool_max_rows} events or {self._spool_max_bytes} bytes)"
+            reason = limit if spool.pending else f"the broker is unavailable, and {limit}"
+            error_id = self._incidents.report(f"refused: {reason} ({cause})", cause="spool_full")
+            return Refused("spool_full", f"{reason}; retry later", _SPOOL_FULL_RETRY_AFTER_S, error_id)
+        error_id = self._incidents.report(f"refused: {cause}", cause="broker_unavailable")
+        retry_after = self._broker_retry_after()
+        reason = f"the broker is unavailable and no spool can take the events; retry in {retry_after}s"
+        return Refused("broker_unavailable", reason, retry_after, error_id)
 
-    async def status(self, timeout_s: float = 1.0) -> dict[str, Any]:
-        """Breaker state and spool depth for /readyz (answered within about `timeout_s`, like a probe expects)."""
+    def status(self) -> dict[str, Any]:
+        """Breaker state and the spool's rows and bytes for /readyz, from what the spool watch last read: no query."""
         state = self._breaker.state
         if self._spool is None or self._watch is None:
             verdict = readiness(state, SpoolCondition(False, False, True), spool_reachable=False)
             return {"ready": verdict.ready, "degraded": verdict.degraded, "breakers": {"kafka": state.value}}
-        depth: int | None
-        try:
-            depth = await asyncio.wait_for(self._spool.count(), timeout_s)
-            reachable = True
-        except _SPOOL_ERRORS:
-            depth, reachable = None, False
-        pending = self._watch.pending if depth is None else depth > 0
-        full = depth is not None and depth >= self._spool_max_rows
-        verdict = readiness(state, SpoolCondition(True, pending, full), spool_reachable=reachable)
+        watch = self._watch
+        full = watch.rows >= self._spool_max_rows or watch.bytes >= self._spool_max_bytes
+        verdict = readiness(state, SpoolCondition(True, watch.pending, full), spool_reachable=watch.reachable)
         return {
             "ready": verdict.ready,
             "degraded": verdict.degraded,
             "breakers": {"kafka": state.value},
-            "spool": {"depth": depth, "reachable": reachable, "max_rows": self._spool_max_rows},
+            "spool": {
+                "depth": watch.rows,
+                "bytes": watch.bytes,
+                "reachable": watch.reachable,
+                "max_rows": self._spool_max_rows,
+                "max_bytes": self._spool_max_bytes,
+            },
         }

@@ -1,12 +1,15 @@
-"""Ingestion: admit the request (bounded in-flight events), validate its events, give each a stable id, deliver them
-(broker, or the durable spool when the broker cannot take them) and answer only once they are safe.
+"""Ingestion: admit the request (limits before work, bounded in-flight events), validate its events, give each a stable
+id, bound each event's broker record, deliver them (broker, or the durable spool when the broker cannot take them)
+and answer only once they are safe, within the request's time bound.
 
-It never acknowledges an event that neither the broker acknowledged nor a committed spool row holds, and never
-publishes an invalid one.
+It never acknowledges an event that neither the broker acknowledged nor a committed spool row holds, never publishes
+an invalid or oversized one, and never answers a timed-out delivery as if nothing had been sent.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,17 +26,16 @@ from pipelines import ids
 from pipelines.envelope import Envelope
 from pipelines.errors import InvalidEvent
 from pipelines.registry import Registry
+from serve_app import replies
 from serve_app.admission import InflightGate
-from serve_app.delivery import Delivery, Outcome, Refused, Spooled
+from serve_app.delivery import Delivery, Outcome, Refused, Rejected, Spooled
+from serve_app.incidents import Incidents
+from serve_app.replies import Reply
 
+__all__ = ["JSON_TYPES", "Ingestor", "Prepared", "Reply", "RequestMeta"]
+
+log = logging.getLogger(__name__)
 JSON_TYPES = ("application/json", "application/cloudevents+json", "text/json")
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -52,31 +54,16 @@ class RequestMeta:
     idempotency_key: str | None
     correlation_id: str | None
     scope: str = "anonymous"  # the API key's owner, once API keys exist
+    content_length: int | None = None  # as declared by the client; None for a chunked body
+    deadline: float | None = None  # event-loop time by which the request must be answered; None: from now
 
 
-def _error(status: int, error: str, reason: str, **extra: Any) -> Reply:
-    """A rejected request, counted in validation_errors_total by its error code."""
-    METRICS.validation_errors.labels(error).inc()
-    return Reply(status, {"error": error, "reason": reason, **extra})
+class EventTooLarge(Exception):
+    """The event's serialised broker record exceeds max_event_bytes: rejected, never produced nor spooled."""
 
-
-def _invalid(exc: InvalidEvent) -> Reply:
-    """A rejected event, counted in validation_errors_total by its first field error's code."""
-    METRICS.validation_errors.labels(invalid_reason(exc)).inc()
-    return Reply(422, {"error": "validation_failed", "reason": exc.reason, "errors": [e.as_dict() for e in exc.errors]})
-
-
-def _overloaded(gate: InflightGate, events: int) -> Reply:
-    reason = f"{gate.inflight} events in flight; {events} more would exceed this replica's limit of {gate.limit}"
-    return Reply(429, {"error": "overloaded", "reason": reason}, {"Retry-After": "1"})
-
-
-def _refused(refused: Refused, **extra: Any) -> Reply:
-    return Reply(
-        503,
-        {"error": refused.error, "reason": refused.reason, **extra},
-        {"Retry-After": str(refused.retry_after_s)},
-    )
+    def __init__(self, event_id: str, size: int, limit: int) -> None:
+        super().__init__(replies.event_too_large(size, limit))
+        self.event_id = event_id
 
 
 class Ingestor:
@@ -87,32 +74,55 @@ class Ingestor:
         delivery: Delivery,
         gate: InflightGate,
         spans: IngestSpans | None = None,
+        incidents: Incidents | None = None,
     ) -> None:
         self._settings = settings
         self._registry = registry
         self._delivery = delivery
         self._gate = gate
         self._spans = spans or IngestSpans(Tracing.disabled())
+        self._incidents = incidents or Incidents(log)
 
-    def _precheck(self, body: bytes, meta: RequestMeta, limit: int) -> Reply | None:
+    @property
+    def single_limit(self) -> int:
+        return self._settings.max_event_bytes
+
+    @property
+    def batch_limit(self) -> int:
+        return self._settings.max_body_bytes
+
+    def precheck(self, meta: RequestMeta, limit: int) -> Reply | None:
+        """What the headers alone decide, before a byte of the body is read: media type, declared size, key."""
         ctype = (meta.content_type or "").split(";")[0].strip().lower()
         if ctype not in JSON_TYPES:
             got = ctype or "none"
-            return _error(415, "unsupported_media_type", f"Content-Type must be application/json, got {got!r}")
-        if len(body) > limit:
-            return _error(413, "payload_too_large", f"body of {len(body)} bytes exceeds the {limit}-byte limit")
+            return replies.error(415, "unsupported_media_type", f"Content-Type must be application/json, got {got!r}")
+        if meta.content_length is not None and meta.content_length > limit:
+            return replies.body_too_large(limit, meta.content_length)
         if meta.idempotency_key is not None and not (1 <= len(meta.idempotency_key) <= 256):
-            return _error(400, "bad_idempotency_key", "Idempotency-Key must be 1 to 256 characters")
+            return replies.error(400, "bad_idempotency_key", "Idempotency-Key must be 1 to 256 characters")
         return None
+
+    def _admit(self, body: bytes, meta: RequestMeta, limit: int) -> Reply | None:
+        problem = self.precheck(meta, limit)
+        if problem is None and len(body) > limit:
+            problem = replies.body_too_large(limit, len(body))
+        return problem
 
     def _decode(self, body: bytes) -> Any | Reply:
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            return _error(400, "malformed_json", f"body is not valid JSON: {exc}")
+            where = f"line {exc.lineno}, column {exc.colno}"  # the position only: the parser's text stays here
+            return replies.error(400, "malformed_json", f"body is not valid JSON (at {where})")
+
+    def _deadline(self, meta: RequestMeta) -> float:
+        if meta.deadline is not None:
+            return meta.deadline
+        return asyncio.get_running_loop().time() + self._settings.request_timeout_s
 
     def _prepare(self, raw: Any, meta: RequestMeta, index: int | None, now: float, traced: IngestTrace) -> Prepared:
-        """Validate, fix the event's id (client's, idempotency-derived, or new) and serialise its record."""
+        """Validate, fix the event's id (client's, idempotency-derived, or new), serialise its record and bound it."""
         if isinstance(raw, dict) and raw.get("id") is None:
             if meta.idempotency_key is not None:
                 raw = {**raw, "id": ids.from_idempotency_key(meta.scope, meta.idempotency_key, index)}
@@ -122,24 +132,23 @@ class Ingestor:
         record = Envelope.encode_event(
             event, now, correlation_id=meta.correlation_id, idempotency_key=meta.idempotency_key
         )
+        key = event.entity_key().encode()
+        size = len(record) + len(key)  # headers come later: the traceparent fits the headroom under message.max.bytes
+        if size > self._settings.max_event_bytes:
+            raise EventTooLarge(str(event.id), size, self._settings.max_event_bytes)
         event_type: str = event.type  # type: ignore[attr-defined]
         self._spans.identified(traced, str(event.id), event_type, getattr(event, "user_id", None))
-        return Prepared(
-            str(event.id),
-            event_type,
-            (self._settings.topic(event_type), event.entity_key().encode(), record, None),
-            traced,
-        )
+        return Prepared(str(event.id), event_type, (self._settings.topic(event_type), key, record, None), traced)
 
     async def single(self, body: bytes, meta: RequestMeta) -> Reply:
-        problem = self._precheck(body, meta, self._settings.max_event_bytes)
+        problem = self._admit(body, meta, self.single_limit)
         if problem:
             return problem
         raw = self._decode(body)
         if isinstance(raw, Reply):
             return raw
         if not self._gate.try_acquire(1):
-            return _overloaded(self._gate, 1)
+            return replies.overloaded(self._gate, 1)
         try:
             return await self._single(raw, meta)
         finally:
@@ -151,15 +160,23 @@ class Ingestor:
             prepared = self._prepare(raw, meta, None, time.time(), traced)
         except InvalidEvent as exc:
             self._spans.rejected(traced, exc.reason)
-            return _invalid(exc)
-        (outcome,) = await self._deliver([prepared])
+            return replies.invalid(exc)
+        except EventTooLarge as exc:
+            self._spans.rejected(traced, str(exc))
+            return replies.error(413, replies.EVENT_TOO_LARGE, str(exc), id=exc.event_id)
+        outcomes = await self._deliver([prepared], self._deadline(meta))
+        if outcomes is None:
+            return self._timed_out(id=prepared.id, status="unknown")
+        (outcome,) = outcomes
         if isinstance(outcome, Refused):
-            return _refused(outcome)
+            return replies.refused(outcome)
+        if isinstance(outcome, Rejected):
+            return replies.rejected(outcome, prepared.id)
         METRICS.events_received.labels(prepared.type).inc()
-        return Reply(202, _accepted(prepared, outcome))
+        return Reply(202, replies.accepted(prepared.id, prepared.type, outcome))
 
     async def batch(self, body: bytes, meta: RequestMeta) -> Reply:
-        problem = self._precheck(body, meta, self._settings.max_body_bytes)
+        problem = self._admit(body, meta, self.batch_limit)
         if problem:
             return problem
         raw = self._decode(body)
@@ -167,17 +184,17 @@ class Ingestor:
             return raw
         items = raw.get("events") if isinstance(raw, dict) else raw
         if not isinstance(items, list):
-            return _error(422, "validation_failed", 'body must be a JSON array of events (or {"events": [...]})')
+            return replies.error(422, "validation_failed", 'body must be a JSON array of events (or {"events": [...]})')
         if not items:
-            return _error(422, "validation_failed", "the batch is empty")
+            return replies.error(422, "validation_failed", "the batch is empty")
         if len(items) > self._settings.max_batch_events:
-            return _error(
+            return replies.error(
                 413,
                 "batch_too_large",
                 f"{len(items)} events exceed the {self._settings.max_batch_events}-event batch limit",
             )
         if not self._gate.try_acquire(len(items)):
-            return _overloaded(self._gate, len(items))
+            return replies.overloaded(self._gate, len(items))
         try:
             return await self._batch(items, meta)
         finally:
@@ -197,44 +214,67 @@ class Ingestor:
                 results[index] = {
                     "index": index,
                     "status": "rejected",
+                    "error": "validation_failed",
                     "reason": exc.reason,
                     "errors": [e.as_dict() for e in exc.errors],
                 }
-        outcomes = await self._deliver([p for _, p in valid])
+            except EventTooLarge as exc:
+                self._spans.rejected(traced, str(exc))
+                METRICS.validation_errors.labels(replies.EVENT_TOO_LARGE).inc()
+                results[index] = _rejected_item(index, exc.event_id, replies.EVENT_TOO_LARGE, str(exc))
+        outcomes = await self._deliver([p for _, p in valid], self._deadline(meta))
+        if outcomes is None:
+            for index, prepared in valid:
+                results[index] = {"index": index, "status": "unknown", "id": prepared.id}
+            return self._timed_out(**_summary(results))
         refusal: Refused | None = None
         for (index, prepared), outcome in zip(valid, outcomes, strict=True):
             if isinstance(outcome, Refused):
                 refusal = refusal or outcome
-                results[index] = {"index": index, "status": "failed", "id": prepared.id, "reason": outcome.reason}
+                results[index] = {
+                    "index": index,
+                    "status": "failed",
+                    "id": prepared.id,
+                    "error": outcome.error,
+                    "reason": outcome.reason,
+                    "error_id": outcome.error_id,
+                }
+            elif isinstance(outcome, Rejected):
+                METRICS.validation_errors.labels(outcome.error).inc()
+                results[index] = _rejected_item(index, prepared.id, outcome.error, outcome.reason)
             else:
                 METRICS.events_received.labels(prepared.type).inc()
-                results[index] = {"index": index, **_accepted(prepared, outcome)}
-        accepted = sum(1 for r in results if r and r["status"] == "accepted")
-        failed = sum(1 for r in results if r and r["status"] == "failed")
-        body_out = {
-            "accepted": accepted,
-            "rejected": len(items) - accepted - failed,
-            "failed": failed,
-            "spooled": sum(1 for r in results if r and r.get("spooled")),
-            "results": results,
-        }
-        if accepted:
+                results[index] = {"index": index, **replies.accepted(prepared.id, prepared.type, outcome)}
+        body_out = _summary(results)
+        if body_out["accepted"]:
             return Reply(202, body_out)
         if refusal is not None:
-            return _refused(refusal, **body_out)
+            return replies.refused(refusal, **body_out)
         return Reply(422, {"error": "validation_failed", "reason": "no event in the batch is valid", **body_out})
 
-    async def _deliver(self, prepared: list[Prepared]) -> list[Outcome]:
-        """Deliver with `event-publish` spans: each record carries its span's context as the `traceparent` header."""
+    def _timed_out(self, **extra: Any) -> Reply:
+        timeout_s = self._settings.request_timeout_s
+        message = f"requests outlived their {timeout_s:g}s bound while delivering"
+        error_id = self._incidents.report(message, cause="timeout")
+        return replies.timed_out(timeout_s, error_id, **extra)
+
+    async def _deliver(self, prepared: list[Prepared], deadline: float) -> list[Outcome] | None:
+        """Deliver with `event-publish` spans (each record carries its span's context as the `traceparent` header);
+        None when the deadline passed first: then nobody knows what the broker or the spool took."""
         items = [(p.id, self._spans.publishing(p.trace, p.record)) for p in prepared]
         try:
-            outcomes = await self._delivery.deliver(items)
+            async with asyncio.timeout_at(deadline):
+                outcomes = await self._delivery.deliver(items)
+        except TimeoutError:
+            for p in prepared:
+                self._spans.published(p.trace, None, error="the request timed out while delivering")
+            return None
         except BaseException as exc:
             for p in prepared:
                 self._spans.published(p.trace, None, error=f"{type(exc).__name__}: {exc}")
             raise
         for p, outcome in zip(prepared, outcomes, strict=True):
-            if isinstance(outcome, Refused):
+            if isinstance(outcome, Refused | Rejected):
                 self._spans.published(p.trace, None, error=outcome.reason)
             else:
                 self._spans.published(
@@ -243,17 +283,18 @@ class Ingestor:
         return outcomes
 
 
-def _accepted(prepared: Prepared, outcome: Outcome) -> dict[str, Any]:
-    """The answer for a taken event: its log position, or `spooled` when it waits in the spool for the broker."""
-    if isinstance(outcome, Spooled):
-        return {"id": prepared.id, "status": "accepted", "type": prepared.type, "spooled": True}
-    if not isinstance(outcome, Delivered):
-        raise TypeError(f"not an accepted outcome: {outcome!r}")
-    return {
-        "id": prepared.id,
-        "status": "accepted",
-        "type": prepared.type,
-        "topic": outcome.topic,
-        "partition": outcome.partition,
-        "offset": outcome.offset,
-    }
+def _rejected_item(index: int, event_id: str, code: str, reason: str) -> dict[str, Any]:
+    return {"index": index, "status": "rejected", "id": event_id, "error": code, "reason": reason}
+
+
+def _summary(results: list[dict[str, Any] | None]) -> dict[str, Any]:
+    counts = {"accepted": 0, "rejected": 0, "failed": 0, "unknown": 0}
+    spooled = 0
+    for r in results:
+        if r is not None:
+            counts[r["status"]] += 1
+            spooled += bool(r.get("spooled"))
+    summary: dict[str, Any] = {**counts, "spooled": spooled, "results": results}
+    if not counts["unknown"]:
+        del summary["unknown"]
+    return summary

@@ -18,10 +18,30 @@ def _event_schema() -> dict[str, Any]:
     return _EVENT.json_schema(ref_template="#/components/schemas/{model}")
 
 
+# Answers besides 202, in the order a request meets them (limits before work: 415 and 413 come from the headers).
+_ERRORS = {
+    "400": "Malformed JSON, a bad Content-Length or Idempotency-Key.",
+    "408": "The body did not arrive within the request timeout; nothing was taken: send the same request again.",
+    "413": "The body is over its limit (from Content-Length alone, or while a chunked body streams), or the single "
+    "event's broker record is over max_event_bytes (`event_too_large`); `limit` says the bound.",
+    "415": "Content-Type is not JSON.",
+    "422": "No valid event (field errors per event); in a batch, invalid or oversized items are `rejected` per item.",
+    "429": "Too many events in flight on this replica; retry after Retry-After.",
+    "503": "Neither the broker nor the spool can take the events; retry after Retry-After. `error_id` leads to the "
+    "cause in the logs.",
+    "504": "The request outlived its time bound while delivering: events marked `unknown` may or may not have been "
+    "taken; send them again with the same ids (duplicates are dropped by event id).",
+}
+
+
+def _responses() -> dict[str, Any]:
+    return {"responses": {code: {"description": text} for code, text in _ERRORS.items()}}
+
+
 def single_body_schema() -> dict[str, Any]:
     schema = _event_schema()
     schema.pop("$defs", None)
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}, **_responses()}
 
 
 def batch_body_schema() -> dict[str, Any]:
@@ -31,5 +51,6 @@ def batch_body_schema() -> dict[str, Any]:
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": {"type": "array", "items": item, "maxItems": 1000}}},
-        }
+        },
+        **_responses(),
     }

@@ -12,8 +12,9 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
-from cluster.adapters.kafka_producer import PublishError, idempotence_lost
+from cluster.adapters.kafka_producer import PublishError, Record, idempotence_lost
 from pipelines.batch import CommitBatch, DeadLetter
+from pipelines.errors import DeadLetterKind
 
 _MAX_DLQ_VALUE = 512 * 1024
 # The broker refuses the record for its size: it never will take it, so it goes again without the record's bytes
@@ -84,3 +85,19 @@ class DeadLetterPublisher:
 
     def close(self) -> None:
         self._producer.flush(5.0)
+
+
+def spool_dead_letter(dlq_topic: str, seq: int, event_id: str, record: Record, reason: str, attempts: int) -> Record:
+    """The `events.dlq` record of a spooled record the drainer dead-lettered (keyed `spool:<seq>`; it has no log
+    position). Like the owners' dead letters, the value is the record's, cut to stay under message.max.bytes."""
+    topic, _key, value, _headers = record
+    headers = [
+        ("error_kind", DeadLetterKind.PUBLISH_REJECTED.value.encode()),
+        ("reason", reason.encode()[:1024]),
+        ("source", f"spool:{seq}".encode()),
+        ("meta", orjson.dumps({"event_id": event_id, "attempts": attempts, "topic": topic})),
+    ]
+    if len(value) > _MAX_DLQ_VALUE:
+        headers.append(("truncated_from", str(len(value)).encode()))
+        value = value[:_MAX_DLQ_VALUE]
+    return (dlq_topic, f"spool:{seq}".encode(), value, headers)

@@ -7,9 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
+DEFAULT_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's own default, set explicitly; Settings.kafka_message_max_bytes
+
 
 def producer_config(
-    bootstrap: str, linger_ms: int = 1, message_timeout_ms: int = 30_000, **extra: Any
+    bootstrap: str,
+    linger_ms: int = 1,
+    message_timeout_ms: int = 30_000,
+    message_max_bytes: int = DEFAULT_MESSAGE_MAX_BYTES,
+    **extra: Any,
 ) -> dict[str, Any]:
     return {
         "bootstrap.servers": bootstrap,
@@ -17,6 +23,10 @@ def producer_config(
         "acks": "all",
         "linger.ms": linger_ms,  # 1 ms: single-event ingestion does ~2.7x the req/s of 5 ms
         "compression.type": "none",
+        # Largest record the producer takes: a larger one fails produce() at once with MSG_SIZE_TOO_LARGE (a permanent
+        # error, see kafka_producer.is_permanent). Must not exceed the broker's/topic's max.message.bytes; the API
+        # keeps every event's record below it by Settings.max_event_bytes.
+        "message.max.bytes": message_max_bytes,
         # A record not acknowledged within this bound fails its delivery report: the API spools it then.
         "message.timeout.ms": message_timeout_ms,
         # Bounded local queue (librdkafka's defaults allow 1 GiB): when full, produce() raises BufferError, which

@@ -2,7 +2,8 @@
 the API, and a blocking one that publishes a batch in order and waits for every report, for the spool drainer.
 
 Success is never reported before the broker acknowledged the record; a record the local queue could not take within
-the message timeout is reported failed, never left waiting.
+the message timeout is reported failed, never left waiting; produce() never raises into a caller: every refusal is a
+PublishError for that record, classified permanent (never retry it as it is) or transient.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,56 @@ class Delivered:
 
 
 class PublishError(Exception):
-    """The broker did not acknowledge the record; the client must not be told it was accepted."""
+    """The broker did not acknowledge the record; the client must not be told it was accepted.
+
+    `permanent`: the record can never be published as it is (too large, invalid for the broker): retrying it, spooling
+    it or opening a breaker for it is wrong. Otherwise transient (timeout, unreachable broker): it may succeed later.
+    The message is for logs only (it carries librdkafka's text), never for clients.
+    """
+
+    def __init__(self, detail: str, *, permanent: bool = False, code: str | None = None) -> None:
+        super().__init__(detail)
+        self.permanent = permanent
+        self.code = code  # librdkafka's error name (e.g. MSG_SIZE_TOO_LARGE), when the error came from it
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_publish_error, (str(self), self.permanent, self.code))
+
+
+def _publish_error(detail: str, permanent: bool, code: str | None) -> PublishError:
+    return PublishError(detail, permanent=permanent, code=code)
+
+
+# Errors after which this very record can never be published (retriable() is False for timeouts too, so it cannot
+# tell them apart): sizes, and records the broker validated and refused. Unknown topics and authorisation are not
+# here: they are configuration, fixed without touching the record.
+_PERMANENT = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,  # local (produce() raises) or the broker's
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_MSG,
+        KafkaError._INVALID_ARG,
+    }
+)
+
+
+def is_permanent(err: KafkaError) -> bool:
+    """Whether the record that met this error can never succeed as it is."""
+    return not err.retriable() and not err.fatal() and err.code() in _PERMANENT
+
+
+def publish_error(err: KafkaError, context: str) -> PublishError:
+    return PublishError(f"{context}: {err.str()}", permanent=is_permanent(err), code=err.name())
+
+
+def refused_by_producer(exc: Exception) -> PublishError:
+    """produce() raised (not BufferError): the record was never queued."""
+    if isinstance(exc, KafkaException) and isinstance(exc.args[0] if exc.args else None, KafkaError):
+        return publish_error(exc.args[0], "the producer refused the record")
+    # Anything else from produce() is about the record's arguments (types, encodings): it cannot succeed as it is.
+    return PublishError(f"the producer refused the record: {type(exc).__name__}: {exc}", permanent=True)
 
 
 Record = tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None]
@@ -101,7 +151,7 @@ class KafkaPublisher:
             # Runs on the poller thread, inside poll().
             outcome: Delivered | PublishError
             if err is not None:
-                outcome = PublishError(f"broker did not acknowledge: {err.str()}")
+                outcome = publish_error(err, "broker did not acknowledge")
                 if idempotence_lost(err):
                     self._lost = err.str()
             else:
@@ -128,6 +178,12 @@ class KafkaPublisher:
                         future.set_result(PublishError("the local producer queue stayed full (broker not draining)"))
                         break
                     await asyncio.sleep(_BUFFER_FULL_WAIT_S)
+                except Exception as exc:  # noqa: BLE001 - never into the request: a failed outcome for this record
+                    refused = refused_by_producer(exc)
+                    if isinstance(exc, KafkaException) and exc.args and idempotence_lost(exc.args[0]):
+                        self._lost = exc.args[0].str()
+                    future.set_result(refused)
+                    break
         return list(await asyncio.gather(*futures))
 
     def close(self, timeout: float = 10.0) -> None:
@@ -161,13 +217,14 @@ class BlockingPublisher:
     def publish_in_order(self, records: list[Record]) -> list[Delivered | PublishError]:
         """Produce every record in order, then wait up to the message timeout for all reports; one outcome each.
 
-        Once a record cannot even be queued, the rest are not produced (they would overtake it) and are failed.
+        A record refused for good at produce() (too large) fails alone and the rest go on; once a record cannot be
+        queued for a transient reason, the rest are not produced (they would overtake it) and are failed.
         """
         outcomes: list[Delivered | PublishError | None] = [None] * len(records)
 
         def report(index: int, err: KafkaError | None, msg: Message) -> None:
             if err is not None:
-                outcomes[index] = PublishError(f"broker did not acknowledge: {err.str()}")
+                outcomes[index] = publish_error(err, "broker did not acknowledge")
                 if idempotence_lost(err) and self._fatal is None:
                     self._fatal = err.str()  # fenced by its own newer epoch: only a new producer recovers
             else:
@@ -176,6 +233,7 @@ class BlockingPublisher:
         deadline = time.monotonic() + self._timeout_s + 1.0
         for index, (topic, key, value, headers) in enumerate(records):
             queued = False
+            stop: PublishError | None = None
             while not queued and time.monotonic() < deadline:
                 try:
                     self._producer.produce(
@@ -184,10 +242,19 @@ class BlockingPublisher:
                     queued = True
                 except BufferError:
                     self._producer.poll(0.05)
-            if not queued:
-                for later in range(index, len(records)):
-                    outcomes[later] = PublishError("the local producer queue stayed full (broker not draining)")
-                break
+                except Exception as exc:  # noqa: BLE001 - a failed outcome for this record, never a failed round
+                    refused = refused_by_producer(exc)
+                    if refused.permanent:
+                        outcomes[index] = refused  # it never will be published: the rest do not overtake anything
+                    else:
+                        stop = refused
+                    break
+            if queued or outcomes[index] is not None:
+                continue
+            reason = stop or PublishError("the local producer queue stayed full (broker not draining)")
+            for later in range(index, len(records)):
+                outcomes[later] = reason
+            break
         while any(o is None for o in outcomes) and time.monotonic() < deadline:
             self._producer.poll(0.05)
         return [o if o is not None else PublishError("no delivery report within the message timeout") for o in outcomes]

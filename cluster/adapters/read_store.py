@@ -29,9 +29,14 @@ SELECT si_unit, reading_count, reading_sum, reading_min, reading_max, out_of_ran
   FROM device_stats WHERE device_id = %s ORDER BY si_unit
 """
 _DEAD_LETTERS = """
-SELECT id, event_id, topic, partition, "offset", error_kind, reason, attempts, length(payload) AS payload_bytes,
-       created_at
+SELECT id, event_id, source, topic, partition, "offset", spool_seq, error_kind, reason, attempts,
+       length(payload) AS payload_bytes, created_at
   FROM dead_letters WHERE id > %s ORDER BY id LIMIT %s
+"""
+# An event the spool drainer dead-lettered never reached the log, so it has no `events` row: its status is here.
+_SPOOL_DEAD_LETTER = """
+SELECT event_id AS id, topic, error_kind, reason, attempts, length(payload) AS payload_bytes, created_at
+  FROM dead_letters WHERE event_id = %s AND source = 'spool' ORDER BY id LIMIT 1
 """
 
 
@@ -59,11 +64,25 @@ class ReadStore:
     async def event(self, event_id: str) -> dict[str, Any] | None:
         rows = await self._all(_EVENT, event_id)
         if not rows:
-            return None
+            return await self._spool_dead_letter(event_id)
         event = rows[0]
         if event["status"] == "dead_lettered":
             event["dead_letter"] = (await self._all(_DEAD_FOR_EVENT, event_id) or [None])[0]
         return event
+
+    async def _spool_dead_letter(self, event_id: str) -> dict[str, Any] | None:
+        rows = await self._all(_SPOOL_DEAD_LETTER, event_id)
+        if not rows:
+            return None
+        dead = rows[0]
+        return {
+            "id": dead.pop("id"),
+            "status": "dead_lettered",
+            "topic": dead.pop("topic"),
+            "partition": None,
+            "offset": None,
+            "dead_letter": dead,
+        }
 
     async def audit(self, event_id: str) -> list[dict[str, Any]]:
         return await self._all(_AUDIT, event_id)

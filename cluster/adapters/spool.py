@@ -2,7 +2,8 @@
 take them, kept in arrival order until the spool drainer has published them.
 
 It stores already-serialised broker records and hands them back oldest first; it never publishes, and never deletes
-a row it was not told to (the drainer deletes exactly the rows the broker acknowledged).
+a row it was not told to (the drainer deletes exactly the rows the broker acknowledged, and moves to the dead letters,
+in the same transaction, exactly the rows it judged unpublishable).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from cluster.adapters.kafka_producer import Record
+from pipelines.errors import DeadLetterKind
 
 # One statement per request: the rows of a request are committed together or not at all, in list order.
 _APPEND = """
@@ -24,11 +26,28 @@ SELECT u.event_id, u.topic, u.key, u.value, u.headers::jsonb
        WITH ORDINALITY AS u(event_id, topic, key, value, headers, ord)
  ORDER BY u.ord
 """
-# Both ends of the primary key index: cheap on any size. max - min + 1 bounds the row count from above.
-_BOUNDS = "SELECT min(seq), max(seq) FROM ingest_spool"
-_COUNT = "SELECT count(*) FROM ingest_spool"
-_OLDEST = "SELECT seq, event_id, topic, key, value, headers FROM ingest_spool ORDER BY seq LIMIT %s"
+# Whether any row waits (one probe of the primary key index), and rows and bytes, kept by the triggers of migration
+# 005 (16 small rows): never a scan of the spool. Waiting rows are judged by the table itself, so that counters that
+# drifted (triggers bypassed) could only misjudge the caps, never send every event through the spool.
+_USAGE = """
+SELECT EXISTS (SELECT 1 FROM ingest_spool), coalesce(sum(rows), 0), coalesce(sum(bytes), 0) FROM ingest_spool_usage
+"""
+_OLDEST = "SELECT seq, event_id, topic, key, value, headers, attempts FROM ingest_spool ORDER BY seq LIMIT %s"
 _DELETE = "DELETE FROM ingest_spool WHERE seq = ANY(%s)"
+# A row that can never be published leaves the spool for the dead letters with its bytes, in one statement.
+_TO_DEAD_LETTERS = """
+WITH moved AS (
+    DELETE FROM ingest_spool s
+     USING unnest(%s::bigint[], %s::text[]) AS d(seq, reason)
+     WHERE s.seq = d.seq
+ RETURNING s.seq, s.event_id, s.topic, s.key, s.value, s.headers, s.attempts, d.reason
+)
+INSERT INTO dead_letters (event_id, topic, error_kind, reason, attempts, payload, source, spool_seq, record_key,
+                          record_headers)
+SELECT event_id, topic, %s, reason, attempts + 1, value, 'spool', seq, key, headers FROM moved
+ ORDER BY seq
+"""
+_FAILED_ATTEMPT = "UPDATE ingest_spool SET attempts = attempts + 1, last_error = %s WHERE seq = %s"
 # Session-level advisory lock held by the one drainer allowed to publish (also across Ray clusters on one database).
 _DRAIN_LOCK_KEY = 0x73706F6F6C  # "spool"
 _TRY_DRAIN_LOCK = "SELECT pg_try_advisory_lock(%s)"
@@ -41,18 +60,30 @@ class SpooledRecord:
     seq: int
     event_id: str
     record: Record
+    attempts: int = 0  # earlier transient failures counted against this row
 
 
 @dataclass(frozen=True)
-class SpoolBounds:
-    """Lowest and highest seq in the spool; `upper_depth` is at least the number of rows (seq may have gaps)."""
+class SpoolUsage:
+    """Whether rows wait in the spool, how many, and their bytes (values and keys)."""
 
-    first: int
-    last: int
+    pending: bool
+    rows: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What one drain round does to the spool, in one transaction: delete the acknowledged rows, move the unpublishable
+    ones (seq, reason) to the dead letters, count a transient failure (seq, error) against the row that blocks."""
+
+    acked: tuple[int, ...] = ()
+    dead: tuple[tuple[int, str], ...] = ()
+    failed_attempt: tuple[int, str] | None = None
 
     @property
-    def upper_depth(self) -> int:
-        return self.last - self.first + 1
+    def empty(self) -> bool:
+        return not self.acked and not self.dead and self.failed_attempt is None
 
 
 def _encode_headers(headers: list[tuple[str, bytes]] | None) -> str:
@@ -73,10 +104,8 @@ def _columns(rows: list[tuple[str, Record]]) -> tuple[list[str], list[str], list
     )
 
 
-def _bounds(row: tuple[int | None, int | None] | None) -> SpoolBounds | None:
-    if row is None or row[0] is None or row[1] is None:
-        return None
-    return SpoolBounds(row[0], row[1])
+def _usage(row: tuple[bool, int, int] | None) -> SpoolUsage:
+    return SpoolUsage(bool(row[0]), int(row[1]), int(row[2])) if row else SpoolUsage(False, 0, 0)
 
 
 class AsyncSpool:
@@ -106,21 +135,16 @@ class AsyncSpool:
         async with self._pool.connection() as conn:
             await conn.execute(_APPEND, _columns(rows))
 
-    async def bounds(self) -> SpoolBounds | None:
-        """Lowest and highest seq, or None when the spool is empty."""
+    async def usage(self) -> SpoolUsage:
+        """Rows and bytes in the spool (cheap: no scan)."""
         async with self._pool.connection() as conn:
-            cur = await conn.execute(_BOUNDS)
-            return _bounds(await cur.fetchone())
-
-    async def count(self) -> int:
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(_COUNT)
-            row = await cur.fetchone()
-            return int(row[0]) if row else 0
+            cur = await conn.execute(_USAGE)
+            return _usage(await cur.fetchone())
 
 
 class SpoolStore:
-    """The drainer's side: the oldest rows, deletion of exactly the published ones, and the single-drainer lock."""
+    """The drainer's side: the oldest rows, their settlement (deleted, dead-lettered, failure counted) and the
+    single-drainer lock."""
 
     def __init__(self, database_url: str, pool_size: int = 2, timeout_s: float = 5.0) -> None:
         self._url = database_url
@@ -139,21 +163,29 @@ class SpoolStore:
         with self._pool.connection() as conn:
             rows = conn.execute(_OLDEST, (limit,)).fetchall()
         return [
-            SpooledRecord(seq, event_id, (topic, key, bytes(value), _decode_headers(headers)))
-            for seq, event_id, topic, key, value, headers in rows
+            SpooledRecord(seq, event_id, (topic, key, bytes(value), _decode_headers(headers)), attempts)
+            for seq, event_id, topic, key, value, headers, attempts in rows
         ]
 
-    def delete(self, seqs: list[int]) -> int:
-        """Delete exactly these rows (the ones the broker acknowledged); returns how many went."""
-        if not seqs:
+    def settle(self, settlement: Settlement) -> int:
+        """Apply one round's settlement in one transaction; returns how many rows left the spool."""
+        if settlement.empty:
             return 0
-        with self._pool.connection() as conn:
-            return conn.execute(_DELETE, (seqs,)).rowcount
+        gone = 0
+        with self._pool.connection() as conn, conn.transaction():
+            if settlement.acked:
+                gone += conn.execute(_DELETE, (list(settlement.acked),)).rowcount
+            if settlement.dead:
+                seqs, reasons = [seq for seq, _ in settlement.dead], [reason for _, reason in settlement.dead]
+                gone += conn.execute(_TO_DEAD_LETTERS, (seqs, reasons, DeadLetterKind.PUBLISH_REJECTED.value)).rowcount
+            if settlement.failed_attempt is not None:
+                seq, error = settlement.failed_attempt
+                conn.execute(_FAILED_ATTEMPT, (error, seq))
+        return gone
 
-    def count(self) -> int:
+    def usage(self) -> SpoolUsage:
         with self._pool.connection() as conn:
-            row = conn.execute(_COUNT).fetchone()
-        return int(row[0]) if row else 0
+            return _usage(conn.execute(_USAGE).fetchone())
 
     def hold_drain_lock(self) -> bool:
         """True while this process's session holds the drain lock (taken now if free); False if another has it."""

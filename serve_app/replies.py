@@ -1,0 +1,93 @@
+"""The API's answers to ingestion requests: one builder per kind of answer, so each error code is spelled once.
+
+Bodies carry advice for the client and, for 5xx, an error id; they never carry exception text, URLs or settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cluster.adapters.kafka_producer import Delivered
+from cluster.observability.metrics import METRICS
+from cluster.observability.recording import invalid_reason
+from pipelines.errors import InvalidEvent
+from serve_app.admission import InflightGate
+from serve_app.delivery import Outcome, Refused, Rejected, Spooled
+
+EVENT_TOO_LARGE = "event_too_large"
+RESEND_ADVICE = "send them again with the same ids: the pipeline drops duplicates by event id"
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] | None = None
+
+
+def error(status: int, code: str, reason: str, **extra: Any) -> Reply:
+    """A rejected request, counted in validation_errors_total by its error code."""
+    METRICS.validation_errors.labels(code).inc()
+    return Reply(status, {"error": code, "reason": reason, **extra})
+
+
+def body_too_large(limit: int, size: int | None = None) -> Reply:
+    """413 with the limit; `size` when known (declared, or read whole), else the body was cut off at the limit."""
+    got = f"the body holds {size} bytes" if size is not None else "the body exceeds the limit"
+    return error(413, "payload_too_large", f"{got}: at most {limit} bytes are taken", limit=limit)
+
+
+def event_too_large(size: int, limit: int) -> str:
+    return f"the event's record is {size} bytes, over the {limit}-byte limit per event"
+
+
+def invalid(exc: InvalidEvent) -> Reply:
+    """A rejected event, counted in validation_errors_total by its first field error's code."""
+    METRICS.validation_errors.labels(invalid_reason(exc)).inc()
+    return Reply(422, {"error": "validation_failed", "reason": exc.reason, "errors": [e.as_dict() for e in exc.errors]})
+
+
+def overloaded(gate: InflightGate, events: int) -> Reply:
+    reason = f"{gate.inflight} events in flight; {events} more would exceed this replica's limit of {gate.limit}"
+    return Reply(429, {"error": "overloaded", "reason": reason}, {"Retry-After": "1"})
+
+
+def refused(refusal: Refused, **extra: Any) -> Reply:
+    return Reply(
+        503,
+        {"error": refusal.error, "reason": refusal.reason, "error_id": refusal.error_id, **extra},
+        {"Retry-After": str(refusal.retry_after_s)},
+    )
+
+
+def rejected(rejection: Rejected, event_id: str) -> Reply:
+    """A single event the broker refuses for good: 413 when it is too large, else 422."""
+    METRICS.validation_errors.labels(rejection.error).inc()
+    status = 413 if rejection.error == EVENT_TOO_LARGE else 422
+    return Reply(status, {"error": rejection.error, "reason": rejection.reason, "id": event_id})
+
+
+def timed_out(timeout_s: float, error_id: str, **extra: Any) -> Reply:
+    """The request outlived its bound after delivery started: what was sent may or may not have been taken."""
+    reason = (
+        f"the request did not finish within {timeout_s:g}s; events marked 'unknown' may or may not have been taken: "
+        f"{RESEND_ADVICE}"
+    )
+    return Reply(504, {"error": "timeout", "reason": reason, "error_id": error_id, **extra}, {"Retry-After": "1"})
+
+
+def accepted(event_id: str, event_type: str, outcome: Outcome) -> dict[str, Any]:
+    """The answer for a taken event: its log position, or `spooled` when it waits in the spool for the broker."""
+    if isinstance(outcome, Spooled):
+        return {"id": event_id, "status": "accepted", "type": event_type, "spooled": True}
+    if not isinstance(outcome, Delivered):
+        raise TypeError(f"not an accepted outcome: {outcome!r}")
+    return {
+        "id": event_id,
+        "status": "accepted",
+        "type": event_type,
+        "topic": outcome.topic,
+        "partition": outcome.partition,
+        "offset": outcome.offset,
+    }

@@ -1,0 +1,209 @@
+"""Specification of the API's limits before work: headers judged before the body, bodies read under a byte cap,
+each event's broker record bounded, and a request bounded in time with an honest answer when it runs out.
+
+In-process, with a recording delivery in place of the broker: no broker, no database, no Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import ValidationError
+
+from cluster.adapters.kafka_producer import Delivered, Record
+from cluster.settings import RECORD_HEADROOM_BYTES, Settings
+from pipelines.registry import default_registry
+from serve_app.admission import InflightGate
+from serve_app.body import BadContentLength, BodyTooLarge, declared_length, read_capped
+from serve_app.ingest import Ingestor, RequestMeta
+
+MAX_EVENT_BYTES = 2048
+JSON = RequestMeta("application/json", None, None)
+
+
+def _settings(**fields: Any) -> Settings:
+    return Settings(_env_file=None, tracing_enabled=False, max_event_bytes=MAX_EVENT_BYTES, **fields)  # type: ignore[call-arg]
+
+
+class RecordingDelivery:
+    """Acknowledges every record it is given (or never answers, when `hang`), and remembers them."""
+
+    def __init__(self, hang: bool = False) -> None:
+        self.delivered: list[tuple[str, Record]] = []
+        self._hang = hang
+
+    async def deliver(self, items: list[tuple[str, Record]]) -> list[Any]:
+        self.delivered += items
+        if self._hang:
+            await asyncio.Event().wait()
+        return [Delivered(record[0], 0, n) for n, (_, record) in enumerate(items)]
+
+
+def _ingestor(delivery: RecordingDelivery, **fields: Any) -> Ingestor:
+    settings = _settings(**fields)
+    registry = default_registry(settings.base_currency, settings.risk_amount_threshold)
+    return Ingestor(settings, registry, delivery, InflightGate(10_000))  # type: ignore[arg-type]
+
+
+def _event(n: int, metadata_bytes: int = 0) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "id": f"limits-{n}",
+        "type": "user_action",
+        "user_id": "user-1",
+        "action": "click",
+        "target": "checkout-button",
+        "timestamp": "2024-05-01T10:00:00Z",
+    }
+    if metadata_bytes:
+        event["metadata"] = {"note": "x" * metadata_bytes}
+    return event
+
+
+# -- headers before the body --------------------------------------------------------------------------------------
+
+
+def test_a_declared_length_over_the_limit_is_refused_from_the_headers_alone():
+    ingestor = _ingestor(RecordingDelivery())
+    meta = RequestMeta("application/json", None, None, content_length=MAX_EVENT_BYTES + 1)
+
+    reply = ingestor.precheck(meta, ingestor.single_limit)
+
+    assert reply is not None and reply.status == 413
+    assert reply.body["error"] == "payload_too_large" and reply.body["limit"] == MAX_EVENT_BYTES
+
+
+def test_a_wrong_media_type_is_refused_from_the_headers_alone():
+    ingestor = _ingestor(RecordingDelivery())
+    reply = ingestor.precheck(RequestMeta("text/plain", None, None, content_length=10), ingestor.batch_limit)
+    assert reply is not None and reply.status == 415
+
+
+def test_a_declared_length_within_the_limit_passes_the_headers_check():
+    ingestor = _ingestor(RecordingDelivery())
+    meta = RequestMeta("application/json; charset=utf-8", None, None, content_length=MAX_EVENT_BYTES)
+    assert ingestor.precheck(meta, ingestor.single_limit) is None
+
+
+@pytest.mark.parametrize(("header", "length"), [(None, None), ("0", 0), (" 512 ", 512)])
+def test_content_length_is_read_as_declared(header, length):
+    assert declared_length(header) == length
+
+
+@pytest.mark.parametrize("header", ["-1", "12a", "1e3", "", "١٢"])
+def test_a_content_length_that_is_not_a_non_negative_integer_is_refused(header):
+    with pytest.raises(BadContentLength):
+        declared_length(header)
+
+
+def test_a_streamed_body_is_read_no_further_than_the_chunk_that_exceeds_the_cap():
+    pulled: list[int] = []
+
+    async def endless() -> AsyncIterator[bytes]:
+        n = 0
+        while True:
+            pulled.append(n)
+            n += 1
+            yield b"x" * 1000
+
+    with pytest.raises(BodyTooLarge):
+        asyncio.run(read_capped(endless(), 4500))
+    assert len(pulled) == 5  # 5000 bytes > 4500: the sixth chunk was never asked for
+
+
+def test_a_streamed_body_within_the_cap_is_read_whole():
+    async def chunks() -> AsyncIterator[bytes]:
+        for part in (b'{"a":', b"", b" 1}"):
+            yield part
+
+    assert asyncio.run(read_capped(chunks(), 8)) == b'{"a": 1}'
+
+
+def test_malformed_json_is_answered_with_its_position_not_the_parser_text():
+    reply = asyncio.run(_ingestor(RecordingDelivery()).single(b'{"type": nope}', JSON))
+    assert reply.status == 400 and reply.body["reason"] == "body is not valid JSON (at line 1, column 10)"
+
+
+# -- each event's broker record ----------------------------------------------------------------------------------
+
+
+def test_a_batch_item_whose_record_exceeds_max_event_bytes_is_rejected_and_the_others_are_delivered():
+    delivery = RecordingDelivery()
+    body = orjson.dumps([_event(0), _event(1, metadata_bytes=MAX_EVENT_BYTES), _event(2)])
+    assert len(body) < _settings().max_body_bytes  # the body as a whole is within its limit
+
+    reply = asyncio.run(_ingestor(delivery).batch(body, JSON))
+
+    assert reply.status == 202
+    assert (reply.body["accepted"], reply.body["rejected"], reply.body["failed"]) == (2, 1, 0)
+    big = reply.body["results"][1]
+    assert big["status"] == "rejected" and big["error"] == "event_too_large" and big["id"] == "limits-1"
+    assert f"{MAX_EVENT_BYTES}-byte limit" in big["reason"]
+    assert [event_id for event_id, _ in delivery.delivered] == ["limits-0", "limits-2"]  # never handed on
+
+
+def test_every_delivered_record_fits_max_event_bytes():
+    delivery = RecordingDelivery()
+    near = MAX_EVENT_BYTES - 700  # bodies just under the limit, records around it
+    body = orjson.dumps([_event(n, metadata_bytes=near + 20 * n) for n in range(30)])
+
+    asyncio.run(_ingestor(delivery).batch(body, JSON))
+
+    sizes = [len(record[2]) + len(record[1] or b"") for _, record in delivery.delivered]
+    assert sizes and max(sizes) <= MAX_EVENT_BYTES
+    assert len(delivery.delivered) < 30  # some were over: the bound was exercised
+
+
+def test_a_single_event_whose_record_exceeds_max_event_bytes_is_413_though_its_body_fits():
+    delivery = RecordingDelivery()
+    body = orjson.dumps(_event(0, metadata_bytes=MAX_EVENT_BYTES - 250))  # the envelope makes the record larger
+    assert len(body) <= MAX_EVENT_BYTES
+
+    reply = asyncio.run(_ingestor(delivery).single(body, JSON))
+
+    assert reply.status == 413 and reply.body["error"] == "event_too_large" and reply.body["id"] == "limits-0"
+    assert delivery.delivered == []
+
+
+def test_max_event_bytes_above_the_brokers_message_max_bytes_is_a_configuration_error():
+    with pytest.raises(ValidationError, match="max_event_bytes"):
+        Settings(_env_file=None, kafka_message_max_bytes=100_000, max_event_bytes=100_000)  # type: ignore[call-arg]
+    fits = Settings(  # type: ignore[call-arg]
+        _env_file=None, kafka_message_max_bytes=100_000, max_event_bytes=100_000 - RECORD_HEADROOM_BYTES
+    )
+    assert fits.max_event_bytes == 100_000 - RECORD_HEADROOM_BYTES
+
+
+def test_the_default_limits_are_consistent():
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.max_event_bytes + RECORD_HEADROOM_BYTES <= settings.kafka_message_max_bytes
+
+
+# -- the request's time bound ------------------------------------------------------------------------------------
+
+
+def test_a_batch_whose_delivery_outlives_the_request_timeout_is_504_with_every_event_marked_unknown():
+    delivery = RecordingDelivery(hang=True)
+    body = orjson.dumps([_event(0), {"type": "user_action"}, {**_event(2), "id": None}])
+
+    reply = asyncio.run(_ingestor(delivery, request_timeout_s=0.05).batch(body, JSON))
+
+    assert reply.status == 504 and reply.body["error"] == "timeout" and reply.body["error_id"]
+    assert reply.headers == {"Retry-After": "1"}
+    statuses = [r["status"] for r in reply.body["results"]]
+    assert statuses == ["unknown", "rejected", "unknown"]
+    assert reply.body["accepted"] == 0 and reply.body["unknown"] == 2
+    generated = reply.body["results"][2]["id"]  # the id the API gave the event: the client can resend with it
+    assert [event_id for event_id, _ in delivery.delivered] == ["limits-0", generated]
+
+
+def test_a_single_event_whose_delivery_outlives_the_request_timeout_is_504_unknown_not_accepted():
+    reply = asyncio.run(
+        _ingestor(RecordingDelivery(hang=True), request_timeout_s=0.05).single(orjson.dumps(_event(0)), JSON)
+    )
+    assert reply.status == 504
+    assert reply.body["status"] == "unknown" and reply.body["id"] == "limits-0"
+    assert "same ids" in reply.body["reason"]
