@@ -1,14 +1,18 @@
-"""Builders for raw event objects shared by the unit tests of the pure `pipelines` package.
+"""Fixtures shared by the unit tests: builders of raw event objects for the pure `pipelines` package, and a guard that
+restores logging after a test set it up.
 
-Only plain data: no broker, no database, no Ray; each builder returns a fresh dict a test may mutate.
+Only plain data and in-process state: no broker, no database, no Ray; each builder returns a fresh dict to mutate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
+from cluster.observability.logs import EVENT_LOGGER
 
 RawEventFactory = Callable[..., dict[str, Any]]
 
@@ -58,3 +62,17 @@ def user_action_data() -> RawEventFactory:
             "timestamp": "2024-05-01T10:00:00Z",
         }
     )
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Undo what a test's `setup_logging` did to the root logger, so tests that set logging up stay independent."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    events_level = logging.getLogger(EVENT_LOGGER).level
+    yield
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level)
+    logging.getLogger(EVENT_LOGGER).setLevel(events_level)

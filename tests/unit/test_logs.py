@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +25,6 @@ from cluster.observability.logs import (
 )
 from cluster.observability.tracing import Tracing
 from cluster.settings import Settings
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    events_level = logging.getLogger(EVENT_LOGGER).level
-    yield
-    for handler in [h for h in root.handlers if h not in handlers]:
-        root.removeHandler(handler)
-        handler.close()
-    root.setLevel(level)
-    logging.getLogger(EVENT_LOGGER).setLevel(events_level)
 
 
 def _settings(tmp_path: Path, **fields: Any) -> Settings:

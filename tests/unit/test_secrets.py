@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -18,7 +17,7 @@ import ray.cloudpickle
 from pydantic import SecretStr, ValidationError
 
 from cluster import cli
-from cluster.observability.logs import EVENT_LOGGER, log_file, setup_logging
+from cluster.observability.logs import log_file, setup_logging
 from cluster.observability.redact import mask_credentials
 from cluster.settings import MissingSecret, Settings, secrets_in_environment
 
@@ -63,19 +62,6 @@ def test_the_run_banner_masks_the_database_password(capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     assert "postgresql://eventpipe:***@db.example:5432/eventpipe" in out
     assert PASSWORD not in out
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    events_level = logging.getLogger(EVENT_LOGGER).level
-    yield
-    for handler in [h for h in root.handlers if h not in handlers]:
-        root.removeHandler(handler)
-        handler.close()
-    root.setLevel(level)
-    logging.getLogger(EVENT_LOGGER).setLevel(events_level)
 
 
 def test_no_log_line_carries_a_database_password(
