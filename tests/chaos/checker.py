@@ -90,6 +90,7 @@ class Row:
     refused: int = 0  # ... of which were refused with a 4xx: a valid event must never be
     spooled: int = 0  # acknowledged from the API's spool (no log position in the 202)
     faults: int = 0  # faults the scenario injected (set by the harness)
+    stall_s: float | None = None  # longest wait of a record behind a poison (set by scenarios that inject one)
 
     ERRORS = ("lost", "duplicated", "unexpected", "misrouted", "offset_gaps", "orphans", "misplaced")
 

@@ -26,6 +26,7 @@ COLUMNS = (
     "orphans",
     "misplaced",
     "recover_s",
+    "stall_s",
 )
 
 
@@ -69,7 +70,7 @@ class ChaosReport:
 
 def _cell(row: Row, column: str) -> str:
     value = getattr(row, column)
-    if column == "recover_s":
+    if column in ("recover_s", "stall_s"):
         return "" if value is None else f"{value:.2f}"
     if column == "acked_share":
         return "" if value is None else f"{value:.1%}"

@@ -65,7 +65,7 @@ def test_poison_in_a_busy_partition_is_dead_lettered_once_and_the_partition_move
                 )
     finally:
         scenario.query(sql.SQL("ALTER TABLE results DROP CONSTRAINT IF EXISTS {}").format(constraint))  # type: ignore[arg-type]
-    scenario.verify()
+    row = scenario.verify()
 
     delays = dict(
         scenario.query(
@@ -74,6 +74,7 @@ def test_poison_in_a_busy_partition_is_dead_lettered_once_and_the_partition_move
         )
     )
     stall_s = max(float(v) for v in delays.values())
+    row.stall_s = stall_s
     scenario.notes.append(f"stall of {topic}[{partition}] behind the poison: {stall_s:.2f}s")
     print(f"\n{scenario.name}: stall of {topic}[{partition}] behind the poison {stall_s:.2f}s")
     assert len(delays) == STREAM - POISON_AT - 1
