@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import jsonschema
 import orjson
 import pytest
 
@@ -114,7 +115,6 @@ def test_the_published_schema_states_the_reading_bounds_per_unit(registry):
 def test_a_json_schema_validator_reading_the_published_schema_agrees_with_the_api(
     registry, sensor_data, reading, unit, valid
 ):
-    jsonschema = pytest.importorskip("jsonschema")
     validator = jsonschema.Draft202012Validator(registry.json_schemas()["sensor"]["1"])
 
     assert validator.is_valid(sensor_data(reading=reading, unit=unit)) is valid
