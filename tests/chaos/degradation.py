@@ -108,6 +108,7 @@ class SpooledShare:
 
     acknowledged: int
     spooled: int
+    last: int | None = None  # the highest event number among the spooled ones
 
     @property
     def share(self) -> float | None:
@@ -122,10 +123,14 @@ def spooled_share(acknowledged: Iterable[Record], prefix: str, first: int, end: 
     """Workload events are `{prefix}-e{n}`, numbered in the order they were first sent."""
     tag = f"{prefix}-e"
     acked = spooled = 0
+    last: int | None = None
     for rec in acknowledged:
         if rec.event_id is None or not rec.event_id.startswith(tag) or not rec.event_id[len(tag) :].isdigit():
             continue
-        if first <= int(rec.event_id[len(tag) :]) < end:
+        n = int(rec.event_id[len(tag) :])
+        if first <= n < end:
             acked += 1
-            spooled += rec.spooled
-    return SpooledShare(acked, spooled)
+            if rec.spooled:
+                spooled += 1
+                last = n if last is None else max(last, n)
+    return SpooledShare(acked, spooled, last)

@@ -98,25 +98,27 @@ def test_broker_unreachable_then_healed_and_the_api_leaves_spool_mode_under_load
         tail_from = load.sent
         steady(TAIL_S)
         tail_end = load.sent
+    seen, acked, prefix, first = watch.seen, scenario.checker.acknowledged(), scenario.prefix, load.first_n
+    in_fault = spooled_share(acked, prefix, first + fault_from, first + healed_from)
+    after_heal = spooled_share(acked, prefix, first + healed_from, first + tail_from)
+    tail = spooled_share(acked, prefix, first + tail_from, first + tail_end)
+    since = seen.healthy_since(healed_at)
+    # when the last event spooled after the heal was sent, interpolated from the event counts at the heal and later
+    last = after_heal.last
+    last_s = None if last is None else leave_within_s * (last - first - healed_from) / (tail_from - healed_from)
+    figures = (
+        f"spooled: during the fault {in_fault}, first {leave_within_s:g}s after the heal {after_heal},"
+        f" last {TAIL_S:g}s {tail}; last spooled event sent {'-' if last_s is None else f'{last_s:.1f}s'} after"
+        f" the heal; /readyz not degraded from {'never' if since is None else f'{since - healed_at:.1f}s'} after it"
+    )
+    scenario.note(figures)
     scenario.note(f"degraded mode seen: {watch.seen}")
     scenario.verify(expect=EXPECT)
     # the fault was real: not one byte crossed while it lasted
     assert (during.bytes_up, during.bytes_down) == (held.bytes_up, held.bytes_down)
     assert broker_proxy.stats().bytes_up > during.bytes_up  # and traffic flowed again after the heal
     # and the degraded mode engaged: the kafka breaker opened, events were acknowledged from the spool
-    seen = watch.seen
     assert "open" in seen.breaker_states | seen.gauge_states, seen
-    acked, prefix, first = scenario.checker.acknowledged(), scenario.prefix, load.first_n
-    in_fault = spooled_share(acked, prefix, first + fault_from, first + healed_from)
-    after_heal = spooled_share(acked, prefix, first + healed_from, first + tail_from)
-    tail = spooled_share(acked, prefix, first + tail_from, first + tail_end)
-    since = seen.healthy_since(healed_at)
-    figures = (
-        f"spooled: during the fault {in_fault}, first {leave_within_s:g}s after the heal {after_heal},"
-        f" last {TAIL_S:g}s {tail}; /readyz not degraded from"
-        f" {'never' if since is None else f'{since - healed_at:.1f}s'} after the heal"
-    )
-    scenario.note(figures)
     assert in_fault.spooled >= 10, f"only {in_fault} during the fault; {seen}"
     assert seen.max_spool_depth > 0, seen  # spool rows appeared (and were drained: verify found every event)
     # then the API leaves spool mode under the same load: events go to the broker directly again
