@@ -353,5 +353,6 @@ class Delivery:
                 "reachable": watch.reachable,
                 "max_rows": self._spool_max_rows,
                 "max_bytes": self._spool_max_bytes,
+                "handover": self._handover.hold_until is not None,  # new events held for the spool to empty
             },
         }
