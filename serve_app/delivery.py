@@ -1,5 +1,7 @@
 """Delivery of validated records: to the broker through the "kafka" circuit breaker, or into the durable spool when
-the broker cannot take them or older events still wait there; refused only when neither can take them.
+the broker cannot take them or older events still wait there; refused only when neither can take them. Once the
+drainer visibly empties the spool, new events are held back briefly instead of joining it, so that spool mode ends
+under steady load (the handover, serve_app/admission.py).
 
 It never reports an event as taken unless the broker acknowledged it or its spool row is committed; a record the
 broker refuses for good is rejected, never spooled and never held against the broker's breaker; no exception text
@@ -225,7 +227,7 @@ class Delivery:
             if look.pending or look.breaker is not BreakerState.CLOSED:
                 log.warning("spool handover gave up (spool rows %d, breaker %s); spooling", watch.rows, look.breaker)
             else:
-                log.warning("spool mode ended: the spool is empty and events go to the broker again")
+                log.info("spool mode ended: the spool is empty and events go to the broker again")
         if not self._handover.holding(now):
             return NO_HOLD
         return Hold(on=True, confirmed=watch.applied_look > arrived_after)
