@@ -134,3 +134,38 @@ def test_with_the_broker_still_down_the_stream_keeps_going_to_the_spool():
     answers, breaker = asyncio.run(steady_stream(broker, seconds=0.5))
     assert {type(outcome) for _, _, _, outcome in answers} == {Spooled}
     assert broker.log == [] and breaker is not BreakerState.CLOSED
+
+
+class GatedSpool:
+    """A spool whose usage query answers only when the test opens the gate: a look that is under way."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.oldest: int | None = 5
+
+    async def usage(self) -> SpoolUsage:
+        await self.gate.wait()
+        self.gate.clear()
+        return SpoolUsage(self.oldest is not None, 0 if self.oldest is None else 1, 0, self.oldest)
+
+
+def test_a_waiting_request_is_served_only_by_a_look_that_began_after_it_asked():
+    async def scenario() -> tuple[bool, bool, int, bool]:
+        spool = GatedSpool()
+        watch = SpoolWatch(spool)  # type: ignore[arg-type]
+        under_way = asyncio.create_task(watch.refresh())  # look 1 began: it may predate a row committed now
+        await asyncio.sleep(0)
+        waiting = asyncio.create_task(watch.next_look())
+        await asyncio.sleep(0)
+        spool.gate.set()
+        await under_way
+        served_by_the_older_look = waiting.done()
+        spool.oldest = None  # the drainer deleted the last row
+        spool.gate.set()
+        await watch.refresh()  # look 2 began after the request asked
+        await asyncio.sleep(0)
+        return served_by_the_older_look, waiting.done(), watch.applied_look, watch.draining
+
+    served_early, served, applied, draining = asyncio.run(scenario())
+    assert not served_early and served
+    assert applied == 2 and draining  # the oldest row went: the drainer publishes
