@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 _IDLE_POLL_S = 0.25  # empty spool (or another drainer holds the lock): look again after this
 _FAILURE_PAUSE_S = 0.5  # after a failed publish, before the breaker has opened
+_RENEWED_PAUSE_S = 0.1  # after the broker fenced the producer and a new one was built
 _ERROR_BACKOFF_MIN_S = 0.5  # PostgreSQL unreachable: exponential backoff between these bounds
 _ERROR_BACKOFF_MAX_S = 10.0
 _COUNT_EVERY_S = 1.0  # spool_depth: read from the usage counters of a non-empty spool at most this often
@@ -136,9 +137,12 @@ class SpoolDrainer:
         if settlement.dead:
             self._dead_lettered += len(settlement.dead)
             self._count_dead_letters(rows, settlement.dead)
-        broker_answers = any(isinstance(o, Delivered) for o in outcomes)
+        # The broker answered if it acknowledged a record, or fenced a stale producer (replaced below, so the next
+        # round should succeed): either way a half-open probe succeeded. A failing record is that record's problem.
+        fenced = blocked is not None and blocked.producer_lost
+        broker_answers = fenced or any(isinstance(o, Delivered) for o in outcomes)
         if broker_answers:
-            self._breaker.record_success()  # a refused or failing record is that record's problem, not the broker's
+            self._breaker.record_success()
         if blocked is None:
             self._last_error = None
             log.debug("settled %d spooled events in %.0f ms", len(rows), (time.monotonic() - started) * 1000)
@@ -151,6 +155,8 @@ class SpoolDrainer:
             log.warning("spool producer failed fatally (%s); building a new one", self._publisher.broken)
             self._publisher.close(0)
             self._publisher = _publisher(self._settings)
+            if fenced:
+                return _RENEWED_PAUSE_S  # the broker answered (it fenced the old producer): the new one tries soon
         return 0.0 if settlement.acked or settlement.dead else _FAILURE_PAUSE_S
 
     def _announce_dead_letters(self, rows: list[SpooledRecord], dead: tuple[tuple[int, str], ...]) -> None:

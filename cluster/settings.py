@@ -182,6 +182,10 @@ class Settings(BaseSettings):
     # A spooled record that keeps failing transiently while the broker acknowledges the records around it is moved to
     # the dead letters after this many attempts (a permanent refusal, e.g. too large, moves it at once).
     spool_max_attempts: int = Field(10, ge=1)
+    # Leaving spool mode under load (ADR 0009, addendum): once the drainer is seen emptying a spool of at most
+    # spool_drain_batch rows, an API replica holds new events back this long at most for it to be empty, then sends
+    # them to the broker; 0 turns the handover off (spool mode then ends only when a look finds the spool empty).
+    spool_handover_max_wait_s: float = Field(1.5, ge=0)
 
     @model_validator(mode="after")
     def _events_fit_broker_records(self) -> Settings:

@@ -28,7 +28,7 @@ from cluster.observability.tracing import Tracing
 from cluster.settings import Settings
 from pipelines.registry import default_registry
 from serve_app import replies
-from serve_app.admission import InflightGate
+from serve_app.admission import HandoverPolicy, InflightGate
 from serve_app.body import BadContentLength, BodyTooLarge, declared_length, read_capped
 from serve_app.delivery import Delivery, SpoolWatch
 from serve_app.http_metrics import RequestMetrics
@@ -128,6 +128,11 @@ class ApiGateway:
             settings.spool_max_rows,
             spool_max_bytes=settings.spool_max_bytes,
             incidents=_INCIDENTS,
+            handover=HandoverPolicy(
+                max_wait_s=settings.spool_handover_max_wait_s,
+                max_rows=settings.spool_drain_batch,
+                cooldown_s=2 * settings.spool_handover_max_wait_s,
+            ),
         )
         self._ingestor = Ingestor(
             settings,

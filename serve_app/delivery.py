@@ -1,5 +1,7 @@
 """Delivery of validated records: to the broker through the "kafka" circuit breaker, or into the durable spool when
-the broker cannot take them or older events still wait there; refused only when neither can take them.
+the broker cannot take them or older events still wait there; refused only when neither can take them. Once the
+drainer visibly empties the spool, new events are held back briefly instead of joining it, so that spool mode ends
+under steady load (the handover, serve_app/admission.py).
 
 It never reports an event as taken unless the broker acknowledged it or its spool row is committed; a record the
 broker refuses for good is rejected, never spooled and never held against the broker's breaker; no exception text
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
@@ -19,8 +21,22 @@ import psycopg
 from cluster.adapters.kafka_producer import Delivered, KafkaPublisher, PublishError, Record
 from cluster.adapters.spool import AsyncSpool
 from cluster.observability.metrics import METRICS
-from pipelines.policies.breaker import CircuitBreaker
-from serve_app.admission import Route, SpoolCondition, choose_route, readiness, route_after_publish_failure
+from pipelines.policies.breaker import BreakerState, CircuitBreaker
+from serve_app.admission import (
+    NO_HOLD,
+    Handover,
+    HandoverPolicy,
+    Hold,
+    Route,
+    SpoolCondition,
+    SpoolLook,
+    choose_route,
+    drainer_progressed,
+    may_ask_breaker,
+    next_handover,
+    readiness,
+    route_after_publish_failure,
+)
 from serve_app.incidents import Incidents
 
 log = logging.getLogger(__name__)
@@ -60,17 +76,27 @@ Outcome = Delivered | Spooled | Refused | Rejected
 
 class SpoolWatch:
     """The spool's rows and bytes, known cheaply: read from its usage counters every `interval_s` in the background,
-    and raised at once when this replica spools itself (a read that started before that cannot lower them)."""
+    and raised at once when this replica spools itself (a read that started before that cannot lower them). It also
+    tells whether the drainer is moving the spool's oldest row on, and serves quicker looks to requests that wait."""
 
-    def __init__(self, spool: AsyncSpool, interval_s: float = 0.2, timeout_s: float = 1.0) -> None:
+    def __init__(
+        self, spool: AsyncSpool, interval_s: float = 0.2, timeout_s: float = 1.0, quick_interval_s: float = 0.05
+    ) -> None:
         self._spool = spool
         self._interval_s = interval_s
+        self._quick_interval_s = quick_interval_s
         self._timeout_s = timeout_s
         self._marks = 0
         self.pending = False  # the spool holds rows: new events must queue behind them (per-key order)
         self.rows = 0  # as of the last read, plus what this replica spooled since
         self.bytes = 0
         self.reachable = True
+        self.draining = False  # the last read found the oldest row gone since the read before: the drainer publishes
+        self._oldest: int | None = None
+        self.looks_started = 0  # reads begun; `applied_look` is the number of the last one whose answer is in force
+        self.applied_look = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._wanted = asyncio.Event()
 
     def spooled(self, rows: int, size: int) -> None:
         self._marks += 1
@@ -80,21 +106,52 @@ class SpoolWatch:
 
     async def refresh(self) -> None:
         mark = self._marks
+        self.looks_started += 1
+        look = self.looks_started
         try:
             usage = await asyncio.wait_for(self._spool.usage(), self._timeout_s)
         except _SPOOL_ERRORS:
             # Unknown: keep the last answer (pending stays pending, so per-key order is never given up).
             self.reachable = False
             return
+        finally:
+            self._settle_waiters(look)
         self.reachable = True
+        # Only the drainer removes rows (our own appends add newer seqs), so this read says so even if it is stale.
+        self.draining = drainer_progressed(self._oldest, usage.oldest)
+        self._oldest = usage.oldest
         if mark != self._marks:
             return  # this replica spooled while the query ran: the answer may predate those rows
         self.pending, self.rows, self.bytes = usage.pending, usage.rows, usage.bytes
+        self.applied_look = look
+
+    async def next_look(self) -> None:
+        """Returns once a read of the spool that began after this call has ended (its answer applied or not)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((self.looks_started + 1, waiter))
+        self._wanted.set()
+        await waiter
+
+    def _settle_waiters(self, look: int) -> None:
+        if not self._waiters:
+            return
+        later = []
+        for wanted, waiter in self._waiters:
+            if wanted > look:
+                later.append((wanted, waiter))
+            elif not waiter.done():
+                waiter.set_result(None)
+        self._waiters = later
 
     async def run(self) -> None:
         while True:
+            self._wanted.clear()  # who asks from here on is served by the next read
             await self.refresh()
-            await asyncio.sleep(self._interval_s)
+            try:
+                await asyncio.wait_for(self._wanted.wait(), self._interval_s)
+            except TimeoutError:
+                continue
+            await asyncio.sleep(self._quick_interval_s)  # requests wait for a look: sooner, but not back to back
 
 
 def record_bytes(record: Record) -> int:
@@ -114,6 +171,7 @@ class Delivery:
         *,
         spool_max_bytes: int = 1 << 30,
         incidents: Incidents | None = None,
+        handover: HandoverPolicy | None = None,
     ) -> None:
         self._publisher = publisher
         self._breaker = breaker
@@ -123,6 +181,8 @@ class Delivery:
         self._spool_max_bytes = spool_max_bytes
         self._spool_timeout_s = spool_timeout_s
         self._incidents = incidents or Incidents(log)
+        self._handover_policy = handover or HandoverPolicy()
+        self._handover = Handover()
 
     @property
     def breaker(self) -> CircuitBreaker:
@@ -132,17 +192,55 @@ class Delivery:
         """One outcome per (event id, record), in order."""
         if not items:
             return []
-        pending = self._watch is not None and self._watch.pending
-        # The breaker is asked only when the spool is not pending: a half-open breaker's yes takes a probe slot.
-        broker_allowed = not pending and self._breaker.allow()
-        spool = self._condition(items, judge_caps=not broker_allowed)  # the caps matter only if it may spool
-        route = choose_route(spool, broker_allowed)
+        watch = self._watch
+        arrived_after = watch.looks_started if watch is not None else 0  # looks begun before these events arrived
+        while True:
+            hold = self._hold(arrived_after)
+            spool = self._condition(items, judge_caps=False)
+            allowed = may_ask_breaker(spool, hold) and self._breaker.allow()
+            if hold.on and not allowed and not spool.pending:
+                hold = replace(hold, probe_in_flight=self._breaker.state is BreakerState.HALF_OPEN)
+            if not allowed:  # the caps matter only if it may spool
+                spool = self._condition(items)
+            route = choose_route(spool, allowed, hold)
+            if route is not Route.WAIT:
+                break
+            await self._next_look()
         if route is Route.SPOOL:
             cause = "events wait in the spool" if spool.pending else self._broker_cause()
             return await self._to_spool(items, cause)
         if route is Route.REFUSE:
             return [self._refusal(spool, self._broker_cause())] * len(items)
         return await self._publish(items)
+
+    def _hold(self, arrived_after: int) -> Hold:
+        """The replica's handover brought up to date with what its watch and breaker say now; this request's view."""
+        watch = self._watch
+        if watch is None or (not watch.pending and self._handover.hold_until is None):
+            return NO_HOLD  # the common case, without a clock read: no spool mode to leave
+        now = asyncio.get_running_loop().time()
+        look = SpoolLook(watch.pending, watch.rows, watch.draining, self._breaker.state)
+        before, self._handover = self._handover, next_handover(self._handover, look, now, self._handover_policy)
+        if before.hold_until is None and self._handover.hold_until is not None:
+            log.info("spool handover: the drainer is emptying the spool (%d rows); new events wait for it", watch.rows)
+        elif before.hold_until is not None and self._handover.hold_until is None:
+            if look.pending or look.breaker is not BreakerState.CLOSED:
+                log.warning("spool handover gave up (spool rows %d, breaker %s); spooling", watch.rows, look.breaker)
+            else:
+                log.info("spool mode ended: the spool is empty and events go to the broker again")
+        if not self._handover.holding(now):
+            return NO_HOLD
+        return Hold(on=True, confirmed=watch.applied_look > arrived_after)
+
+    async def _next_look(self) -> None:
+        """Wait for the watch's next look at the spool, but not past the end of the hold."""
+        if self._watch is None or self._handover.hold_until is None:
+            return  # no hold (only a hold brings us here): decide again at once
+        left = self._handover.hold_until - asyncio.get_running_loop().time()
+        try:
+            await asyncio.wait_for(self._watch.next_look(), max(left, 0.0))
+        except TimeoutError:
+            pass  # the hold ran out: the next decision spools
 
     async def _publish(self, items: list[tuple[str, Record]]) -> list[Outcome]:
         loop = asyncio.get_running_loop()
@@ -152,6 +250,7 @@ class Delivery:
         outcomes: list[Outcome] = []
         failed: list[int] = []  # transient failures: the spool may take them
         first_failure: PublishError | None = None
+        broker_failed = False  # a failure the producer's own loss does not explain
         for index, ((event_id, _), outcome) in enumerate(zip(items, published, strict=True)):
             if isinstance(outcome, Delivered):
                 METRICS.publish_duration_seconds.observe(acked_after)
@@ -161,13 +260,20 @@ class Delivery:
             else:
                 failed.append(index)
                 first_failure = first_failure or outcome
+                broker_failed = broker_failed or not outcome.producer_lost
                 outcomes.append(Spooled())  # placeholder, replaced below
         if first_failure is None:
             if any(isinstance(o, Delivered) for o in outcomes):
                 self._breaker.record_success()  # a permanent refusal is the record's fault, not the broker's
             return outcomes
         cause = str(first_failure)
-        self._breaker.record_failure(cause)
+        if broker_failed:
+            self._breaker.record_failure(cause)
+        else:
+            # The broker answered (it fenced a stale producer, which the publisher has replaced): the next call goes
+            # through the new producer at once, instead of waiting out another cool-down of the breaker.
+            log.warning("the kafka producer was replaced after: %s", cause)
+            self._breaker.record_success()
         retry = [items[i] for i in failed]
         spool = self._condition(retry)
         if route_after_publish_failure(spool) is Route.SPOOL:
@@ -249,5 +355,6 @@ class Delivery:
                 "reachable": watch.reachable,
                 "max_rows": self._spool_max_rows,
                 "max_bytes": self._spool_max_bytes,
+                "handover": self._handover.hold_until is not None,  # new events held for the spool to empty
             },
         }

@@ -33,20 +33,25 @@ class PublishError(Exception):
 
     `permanent`: the record can never be published as it is (too large, invalid for the broker): retrying it, spooling
     it or opening a breaker for it is wrong. Otherwise transient (timeout, unreachable broker): it may succeed later.
+    `producer_lost`: the failure is the producer's own (fenced by its own newer epoch, or purged when it was replaced):
+    the broker answered, and the replacement producer should succeed; it says nothing against the broker's health.
     The message is for logs only (it carries librdkafka's text), never for clients.
     """
 
-    def __init__(self, detail: str, *, permanent: bool = False, code: str | None = None) -> None:
+    def __init__(
+        self, detail: str, *, permanent: bool = False, code: str | None = None, producer_lost: bool = False
+    ) -> None:
         super().__init__(detail)
         self.permanent = permanent
         self.code = code  # librdkafka's error name (e.g. MSG_SIZE_TOO_LARGE), when the error came from it
+        self.producer_lost = producer_lost
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_publish_error, (str(self), self.permanent, self.code))
+        return (_publish_error, (str(self), self.permanent, self.code, self.producer_lost))
 
 
-def _publish_error(detail: str, permanent: bool, code: str | None) -> PublishError:
-    return PublishError(detail, permanent=permanent, code=code)
+def _publish_error(detail: str, permanent: bool, code: str | None, producer_lost: bool = False) -> PublishError:
+    return PublishError(detail, permanent=permanent, code=code, producer_lost=producer_lost)
 
 
 # Errors after which this very record can never be published (retriable() is False for timeouts too, so it cannot
@@ -70,7 +75,8 @@ def is_permanent(err: KafkaError) -> bool:
 
 
 def publish_error(err: KafkaError, context: str) -> PublishError:
-    return PublishError(f"{context}: {err.str()}", permanent=is_permanent(err), code=err.name())
+    lost = idempotence_lost(err) or err.code() in _PURGED
+    return PublishError(f"{context}: {err.str()}", permanent=is_permanent(err), code=err.name(), producer_lost=lost)
 
 
 def refused_by_producer(exc: Exception) -> PublishError:
@@ -94,6 +100,8 @@ def _message_timeout_s(config: dict[str, Any]) -> float:
 # producer id (e.g. a stale InitProducerId, sent during a network partition, landed after it healed). librdkafka does
 # not flag them fatal, and every later record fails the same way; only a new producer (a new id) recovers.
 _IDEMPOTENCE_LOST = frozenset({KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
+# What a replaced producer's purge() fails with: records it still held when it was given up.
+_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 
 
 def idempotence_lost(err: KafkaError) -> bool:
@@ -244,6 +252,8 @@ class BlockingPublisher:
                     self._producer.poll(0.05)
                 except Exception as exc:  # noqa: BLE001 - a failed outcome for this record, never a failed round
                     refused = refused_by_producer(exc)
+                    if refused.producer_lost and self._fatal is None:
+                        self._fatal = str(refused)  # only a new producer recovers
                     if refused.permanent:
                         outcomes[index] = refused  # it never will be published: the rest do not overtake anything
                     else:

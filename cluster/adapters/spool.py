@@ -26,11 +26,12 @@ SELECT u.event_id, u.topic, u.key, u.value, u.headers::jsonb
        WITH ORDINALITY AS u(event_id, topic, key, value, headers, ord)
  ORDER BY u.ord
 """
-# Whether any row waits (one probe of the primary key index), and rows and bytes, kept by the triggers of migration
-# 005 (16 small rows): never a scan of the spool. Waiting rows are judged by the table itself, so that counters that
-# drifted (triggers bypassed) could only misjudge the caps, never send every event through the spool.
+# The oldest waiting row's seq, NULL when none waits (one probe of the primary key index), and rows and bytes, kept by
+# the triggers of migration 005 (16 small rows): never a scan of the spool. Waiting rows are judged by the table
+# itself, so that counters that drifted (triggers bypassed) could only misjudge the caps, never send every event
+# through the spool. The oldest seq moving on between two reads shows the drainer publishing (ADR 0009, addendum).
 _USAGE = """
-SELECT EXISTS (SELECT 1 FROM ingest_spool), coalesce(sum(rows), 0), coalesce(sum(bytes), 0) FROM ingest_spool_usage
+SELECT (SELECT min(seq) FROM ingest_spool), coalesce(sum(rows), 0), coalesce(sum(bytes), 0) FROM ingest_spool_usage
 """
 _OLDEST = "SELECT seq, event_id, topic, key, value, headers, attempts FROM ingest_spool ORDER BY seq LIMIT %s"
 _DELETE = "DELETE FROM ingest_spool WHERE seq = ANY(%s)"
@@ -65,11 +66,12 @@ class SpooledRecord:
 
 @dataclass(frozen=True)
 class SpoolUsage:
-    """Whether rows wait in the spool, how many, and their bytes (values and keys)."""
+    """Whether rows wait in the spool, how many, their bytes (values and keys), and the oldest one's seq."""
 
     pending: bool
     rows: int
     bytes: int
+    oldest: int | None = None  # None when no row waits
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,11 @@ def _columns(rows: list[tuple[str, Record]]) -> tuple[list[str], list[str], list
     )
 
 
-def _usage(row: tuple[bool, int, int] | None) -> SpoolUsage:
-    return SpoolUsage(bool(row[0]), int(row[1]), int(row[2])) if row else SpoolUsage(False, 0, 0)
+def _usage(row: tuple[int | None, int, int] | None) -> SpoolUsage:
+    if row is None:
+        return SpoolUsage(False, 0, 0)
+    oldest, rows, size = row
+    return SpoolUsage(oldest is not None, int(rows), int(size), None if oldest is None else int(oldest))
 
 
 class AsyncSpool:
@@ -136,7 +141,7 @@ class AsyncSpool:
             await conn.execute(_APPEND, _columns(rows))
 
     async def usage(self) -> SpoolUsage:
-        """Rows and bytes in the spool (cheap: no scan)."""
+        """Rows, bytes and the oldest seq in the spool (cheap: no scan)."""
         async with self._pool.connection() as conn:
             cur = await conn.execute(_USAGE)
             return _usage(await cur.fetchone())

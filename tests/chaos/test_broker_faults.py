@@ -2,13 +2,15 @@
 
 The broker unreachable (blackhole) and a slow link (500 ms each way). Nothing acknowledged may be lost or doubled.
 The blackhole outlasts the API's producer timeout, so the degraded mode must engage: the kafka breaker opens and
-events are acknowledged from the spool. Plus the producer-level failure the 30 s blackhole found: an idempotent
-producer fenced by its own newer epoch.
+events are acknowledged from the spool; once it heals, the API must leave spool mode within seconds under the same
+load (a spool that stays non-empty at every look must not keep it there for ever). Plus the producer-level failure
+the 30 s blackhole found: an idempotent producer fenced by its own newer epoch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,12 +20,15 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from cluster.adapters.kafka_config import producer_config
 from cluster.adapters.kafka_producer import Delivered, KafkaPublisher
 from cluster.local import EmbeddedBroker, free_port
-from tests.chaos.degradation import DegradationWatch
+from tests.chaos.degradation import DegradationWatch, spooled_share
 from tests.chaos.faultproxy import FaultProxy, ProxyStats
 from tests.chaos.harness import FAULT_S, Expect, Scenario, steady
 from tests.pipeline import wait_until
 
 SLOW_LINK_MS = 500
+RATE = 200.0  # events/s of the workloads
+TAIL_S = 3.0  # after the API should have left spool mode: how long the load goes on to show it did
+MAX_SPOOLED_SHARE_AFTER = 0.02  # of the events acknowledged in that tail (one failed publish may spool a few)
 # The spool acknowledges what the broker cannot take, and clients retry a 503: (almost) every event gets in.
 EXPECT = Expect(min_acked=0.95)
 
@@ -44,50 +49,82 @@ def healed_broker(broker_proxy: FaultProxy) -> Iterator[FaultProxy]:
 
 
 def under_link_fault(
-    scenario: Scenario,
-    proxy: FaultProxy,
-    label: str,
-    inject: Callable[[], None],
-    fault_s: float = FAULT_S,
-    watch: DegradationWatch | None = None,
+    scenario: Scenario, proxy: FaultProxy, label: str, inject: Callable[[], None], fault_s: float = FAULT_S
 ) -> tuple[ProxyStats, ProxyStats]:
     """Load, then `inject` a fault on the broker link for `fault_s`, heal, verify; the proxy's byte counts as the
-    fault began and as it ended. `watch`, if given, runs from the fault's start until the heal."""
-    with scenario.workload(rate=200):
+    fault began and as it ended."""
+    with scenario.workload(rate=RATE):
         steady(1.0)
         with scenario.fault(label):
             inject()
             try:
                 began = proxy.stats()
-                if watch is None:
-                    steady(fault_s)
-                else:
-                    with watch:
-                        steady(fault_s)
+                steady(fault_s)
                 ended = proxy.stats()
             finally:
                 proxy.heal()
         steady(1.0)
-    if watch is not None:
-        scenario.note(f"during the fault: {watch.seen}")
     scenario.verify(expect=EXPECT)
     return began, ended
 
 
-def test_broker_unreachable_then_healed(scenario: Scenario, broker_proxy: FaultProxy) -> None:
+def leave_spool_mode_within_s(scenario: Scenario) -> float:
+    """How soon after the heal the API must be out of spool mode under load: the breakers' cool-down (the API's and
+    the drainer's may each wait one out), one publish that times out at the heal, and a few seconds to drain."""
+    settings = scenario.pipeline.settings
+    return 2 * settings.breaker_reset_timeout_s + settings.producer_message_timeout_ms / 1000 + 2.0
+
+
+def test_broker_unreachable_then_healed_and_the_api_leaves_spool_mode_under_load(
+    scenario: Scenario, broker_proxy: FaultProxy
+) -> None:
     fault_s = blackhole_s(scenario)
+    leave_within_s = leave_spool_mode_within_s(scenario)
     label = f"broker blackholed for {fault_s:g}s (every Kafka client)"
     watch = DegradationWatch(scenario.pipeline.base_url, scenario.pipeline.metrics_url)
-    held, during = under_link_fault(scenario, broker_proxy, label, broker_proxy.blackhole, fault_s, watch)
+    # given steady load, when the broker is blackholed long enough for the spool to take over, then healed
+    with watch, scenario.workload(rate=RATE) as load:
+        steady(1.0)
+        with scenario.fault(label):
+            broker_proxy.blackhole()
+            try:
+                fault_from, held = load.sent, broker_proxy.stats()
+                steady(fault_s)
+                healed_from, during = load.sent, broker_proxy.stats()
+            finally:
+                broker_proxy.heal()
+        healed_at = time.monotonic()
+        steady(leave_within_s)
+        tail_from = load.sent
+        steady(TAIL_S)
+        tail_end = load.sent
+    seen, acked, prefix, first = watch.seen, scenario.checker.acknowledged(), scenario.prefix, load.first_n
+    in_fault = spooled_share(acked, prefix, first + fault_from, first + healed_from)
+    after_heal = spooled_share(acked, prefix, first + healed_from, first + tail_from)
+    tail = spooled_share(acked, prefix, first + tail_from, first + tail_end)
+    since = seen.healthy_since(healed_at)
+    # when the last event spooled after the heal was sent, interpolated from the event counts at the heal and later
+    last = after_heal.last
+    last_s = None if last is None else leave_within_s * (last - first - healed_from) / (tail_from - healed_from)
+    figures = (
+        f"spooled: during the fault {in_fault}, first {leave_within_s:g}s after the heal {after_heal},"
+        f" last {TAIL_S:g}s {tail}; last spooled event sent {'-' if last_s is None else f'{last_s:.1f}s'} after"
+        f" the heal; /readyz not degraded from {'never' if since is None else f'{since - healed_at:.1f}s'} after it"
+    )
+    scenario.note(figures)
+    scenario.note(f"degraded mode seen: {watch.seen}")
+    scenario.verify(expect=EXPECT)
     # the fault was real: not one byte crossed while it lasted
     assert (during.bytes_up, during.bytes_down) == (held.bytes_up, held.bytes_down)
     assert broker_proxy.stats().bytes_up > during.bytes_up  # and traffic flowed again after the heal
     # and the degraded mode engaged: the kafka breaker opened, events were acknowledged from the spool
-    seen = watch.seen
     assert "open" in seen.breaker_states | seen.gauge_states, seen
-    spooled = [r for r in scenario.checker.acknowledged() if r.spooled]
-    assert len(spooled) >= 10, f"only {len(spooled)} events acknowledged from the spool; {seen}"
+    assert in_fault.spooled >= 10, f"only {in_fault} during the fault; {seen}"
     assert seen.max_spool_depth > 0, seen  # spool rows appeared (and were drained: verify found every event)
+    # then the API leaves spool mode under the same load: events go to the broker directly again
+    assert tail.acknowledged >= 0.9 * (tail_end - tail_from), figures
+    assert tail.share is not None and tail.share <= MAX_SPOOLED_SHARE_AFTER, figures
+    assert since is not None and since - healed_at <= leave_within_s + 1.0, figures  # /readyz caches for 1 s
 
 
 def test_broker_link_slow(scenario: Scenario, broker_proxy: FaultProxy) -> None:

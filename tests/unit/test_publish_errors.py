@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 from typing import Any
 
 import psycopg
@@ -24,6 +25,7 @@ from cluster.adapters.kafka_producer import (
     PublishError,
     Record,
     is_permanent,
+    publish_error,
 )
 from cluster.adapters.spool import SpoolUsage
 from pipelines.policies.breaker import BreakerState, CircuitBreaker
@@ -150,3 +152,49 @@ def test_a_refusal_body_carries_advice_and_an_error_id_and_the_log_line_with_tha
         assert text not in outcome.reason
     (line,) = [r for r in caplog.records if outcome.error_id in r.getMessage()]
     assert "OperationalError" in line.getMessage() and getattr(line, "error_id", None) == outcome.error_id
+
+
+@pytest.mark.parametrize(
+    ("code", "lost"),
+    [
+        (KafkaError.PRODUCER_FENCED, True),  # "a newer producer with the same transactionalId": a stale producer
+        (KafkaError.INVALID_PRODUCER_EPOCH, True),
+        (KafkaError._PURGE_QUEUE, True),  # what the replaced producer still held
+        (KafkaError._PURGE_INFLIGHT, True),
+        (KafkaError._MSG_TIMED_OUT, False),  # the broker did not answer: its health is in question
+        (KafkaError._TRANSPORT, False),
+    ],
+)
+def test_only_failures_of_the_producer_itself_are_marked_producer_lost(code, lost):
+    error = publish_error(KafkaError(code), "broker did not acknowledge")
+    assert error.producer_lost is lost and not error.permanent
+    assert pickle.loads(pickle.dumps(error)).producer_lost is lost  # it crosses Ray as it is
+
+
+def _half_open_delivery(outcomes: list[Delivered | PublishError], spool: StandInSpool) -> Delivery:
+    clock = [0.0]
+    breaker = CircuitBreaker("kafka", failure_threshold=1, reset_timeout_s=2.0, clock=lambda: clock[0])
+    breaker.record_failure("blackhole")
+    clock[0] = 2.0  # the cool-down passed: the next call is a probe
+    return Delivery(StandInPublisher(outcomes), breaker, spool, SpoolWatch(spool), 1000)  # type: ignore[arg-type]
+
+
+def test_a_probe_that_meets_a_fenced_producer_closes_the_breaker_for_the_replacement_producer():
+    # given a half-open breaker, and a probe whose records the broker refuses because a newer epoch fenced the producer
+    spool = StandInSpool(broken=False)
+    fenced = publish_error(KafkaError(KafkaError.PRODUCER_FENCED), "broker did not acknowledge")
+    delivery = _half_open_delivery([fenced, fenced], spool)
+    assert delivery.breaker.state is BreakerState.HALF_OPEN
+    # when the probe is made
+    outcomes = asyncio.run(delivery.deliver(_items(2)))
+    # then its events are spooled (not acknowledged by the broker), and the breaker does not wait out another cool-down
+    assert outcomes == [Spooled(), Spooled()]
+    assert delivery.breaker.state is BreakerState.CLOSED and delivery.breaker.allow()
+
+
+def test_a_probe_that_times_out_reopens_the_breaker():
+    spool = StandInSpool(broken=False)
+    timed_out = publish_error(KafkaError(KafkaError._MSG_TIMED_OUT), "broker did not acknowledge")
+    delivery = _half_open_delivery([timed_out], spool)
+    assert asyncio.run(delivery.deliver(_items(1))) == [Spooled()]
+    assert delivery.breaker.state is BreakerState.OPEN
