@@ -27,6 +27,7 @@ from cluster.observability.logs import setup_logging
 from cluster.observability.tracing import Tracing
 from cluster.settings import Settings
 from cluster.spool_triage import settle
+from pipelines.errors import DeadLetterKind
 
 log = logging.getLogger(__name__)
 
@@ -184,5 +185,5 @@ class SpoolDrainer:
                 "spooled event moved to the dead letters (spool seq %d): %s",
                 seq,
                 reason,
-                extra={"event_id": row.event_id, "error_kind": "publish_rejected"},
+                extra={"event_id": row.event_id, "error_kind": DeadLetterKind.PUBLISH_REJECTED.value},
             )

@@ -179,8 +179,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0)
     # The spool's byte cap (values and keys, kept exact by triggers; see migration 005), besides spool_max_rows.
     spool_max_bytes: int = Field(1 << 30, ge=1024)
-    # A spooled record that keeps failing transiently while the broker acknowledges the records around it is moved to
-    # the dead letters after this many attempts (a permanent refusal, e.g. too large, moves it at once).
+    # A spooled record that keeps failing for an unexplained reason (neither transient nor permanent, see
+    # cluster/spool_triage.py) while the broker acknowledges the records around it is moved to the dead letters after
+    # this many attempts; a permanent refusal (too large) moves it at once; transient failures are never counted.
     spool_max_attempts: int = Field(10, ge=1)
     # Leaving spool mode under load (ADR 0009, addendum): once the drainer is seen emptying a spool of at most
     # spool_drain_batch rows, an API replica holds new events back this long at most for it to be empty, then sends
