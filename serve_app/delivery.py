@@ -42,6 +42,9 @@ from serve_app.incidents import Incidents
 log = logging.getLogger(__name__)
 
 _SPOOL_ERRORS = (psycopg.Error, TimeoutError, OSError)  # PoolTimeout is a psycopg.OperationalError
+# The spool's driver refused the append (no connection within the pool timeout, the statement failed): not taken.
+# A timeout of the append itself is not here: the INSERT may have committed (Unknown).
+_SPOOL_REFUSALS = (psycopg.Error, OSError)
 _RETRY_AFTER_MAX_S = 30
 _SPOOL_FULL_RETRY_AFTER_S = 5
 _SIZE_CODES = frozenset({"MSG_SIZE_TOO_LARGE", "INVALID_MSG_SIZE", "RECORD_LIST_TOO_LARGE"})
@@ -71,7 +74,15 @@ class Rejected:
     reason: str
 
 
-Outcome = Delivered | Spooled | Refused | Rejected
+@dataclass(frozen=True)
+class Unknown:
+    """The spool did not confirm the rows within its bound (or the append was cancelled): its INSERT may have
+    committed. Never "not taken": the client must send the event again with the same id (duplicates are dropped)."""
+
+    error_id: str  # the log line with the cause
+
+
+Outcome = Delivered | Spooled | Refused | Rejected | Unknown
 
 
 class SpoolWatch:
@@ -294,13 +305,20 @@ class Delivery:
         if self._spool is None or self._watch is None:
             raise RuntimeError("routed to the spool, but the spool is disabled")
         was_pending = self._watch.pending
+        size = sum(record_bytes(r) for _, r in items)
         try:
             await asyncio.wait_for(self._spool.append(items), self._spool_timeout_s)
-        except _SPOOL_ERRORS as exc:
+        except TimeoutError as exc:
+            # The INSERT may have committed: never answer "not taken" (a retry under a new id would duplicate it).
+            self._watch.spooled(len(items), size)  # rows may wait there: new events queue behind them (per-key order)
+            message = f"spooling {len(items)} events outlived {self._spool_timeout_s:g}s; they may be taken ({cause})"
+            error_id = self._incidents.report(message, exc, cause="spool_timeout")
+            return [Unknown(error_id)] * len(items)
+        except _SPOOL_REFUSALS as exc:
             error_id = self._incidents.report(f"could not spool {len(items)} events ({cause})", exc)
             reason = "the broker is unavailable and the spool could not take the events either; retry later"
             return [Refused("broker_unavailable", reason, self._broker_retry_after(), error_id)] * len(items)
-        self._watch.spooled(len(items), sum(record_bytes(r) for _, r in items))
+        self._watch.spooled(len(items), size)
         if not was_pending:
             log.warning("spooling events: %s", cause)
         log.debug("spooled %d events", len(items))

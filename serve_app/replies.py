@@ -13,7 +13,7 @@ from cluster.observability.metrics import METRICS
 from cluster.observability.recording import invalid_reason
 from pipelines.errors import InvalidEvent
 from serve_app.admission import InflightGate
-from serve_app.delivery import Outcome, Refused, Rejected, Spooled
+from serve_app.delivery import Outcome, Refused, Rejected, Spooled, Unknown
 
 EVENT_TOO_LARGE = "event_too_large"
 RESEND_ADVICE = "send them again with the same ids: the pipeline drops duplicates by event id"
@@ -54,10 +54,20 @@ def overloaded(gate: InflightGate, events: int) -> Reply:
 
 
 def refused(refusal: Refused, **extra: Any) -> Reply:
+    """503: not taken. The body of a single event carries its `id` (`extra`): a retry must reuse it, since a broker
+    timeout before the refusal may have written the record (duplicates are dropped by id)."""
     return Reply(
         503,
-        {"error": refusal.error, "reason": refusal.reason, "error_id": refusal.error_id, **extra},
+        {"error": refusal.error, "reason": f"{refusal.reason}; {RESEND_ADVICE}", "error_id": refusal.error_id, **extra},
         {"Retry-After": str(refusal.retry_after_s)},
+    )
+
+
+def unknown(outcome: Unknown, **extra: Any) -> Reply:
+    """504: the spool did not confirm the events in time; they may or may not have been taken (like timed_out)."""
+    reason = f"the spool did not confirm the events in time; they may or may not have been taken: {RESEND_ADVICE}"
+    return Reply(
+        504, {"error": "timeout", "reason": reason, "error_id": outcome.error_id, **extra}, {"Retry-After": "1"}
     )
 
 
