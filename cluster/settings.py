@@ -177,6 +177,9 @@ class Settings(BaseSettings):
     # Bound on a request's whole handling at the API (body read, validation, delivery): 408 while the body is still
     # being read (nothing taken), 504 with the events' ids once delivery started (outcome unknown: resend, same ids).
     request_timeout_s: float = Field(30.0, gt=0)
+    # -- read API and edge memory (fixedge) --
+    # A read route whose database does not answer within this bound is a 503 with Retry-After (not a 30 s wait).
+    read_timeout_s: float = Field(5.0, gt=0)
     # The spool's byte cap (values and keys, kept exact by triggers; see migration 005), besides spool_max_rows.
     spool_max_bytes: int = Field(1 << 30, ge=1024)
     # A spooled record that keeps failing for an unexplained reason (neither transient nor permanent, see

@@ -36,6 +36,7 @@ from serve_app.incidents import Incidents
 from serve_app.ingest import Ingestor, Reply, RequestMeta
 from serve_app.openapi import batch_body_schema, single_body_schema
 from serve_app.readiness import CachedReadiness
+from serve_app.reads import Reads
 
 log = logging.getLogger(__name__)
 app = FastAPI(
@@ -84,8 +85,8 @@ def _meta(request: Request, deadline: float) -> RequestMeta:
     )
 
 
-def _not_found(what: str, key: str) -> Response:
-    return ORJSONResponse({"error": "not_found", "reason": f"no {what} {key!r} (yet)"}, status_code=404)
+def _answer(reply: Reply) -> Response:
+    return ORJSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
 
 
 @serve.deployment(
@@ -142,8 +143,9 @@ class ApiGateway:
             IngestSpans(self._tracing),
             _INCIDENTS,
         )
-        self._reads = ReadStore(database_url)
+        self._read_store = ReadStore(database_url)
         self._reads_open = False
+        self._reads = Reads(self._store, _INCIDENTS, settings.read_timeout_s)
         self._readiness = CachedReadiness(self._compute_readiness, ttl_s=_READY_TTL_S)
         self._startup: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
@@ -163,9 +165,9 @@ class ApiGateway:
 
     async def _store(self) -> ReadStore:
         if not self._reads_open:
-            await self._reads.open()
+            await self._read_store.open()
             self._reads_open = True
-        return self._reads
+        return self._read_store
 
     async def check_health(self) -> None:
         """Liveness of the replica itself; a dependency being down is /readyz's business (restarts would not help)."""
@@ -207,27 +209,23 @@ class ApiGateway:
 
     @app.get("/events/{event_id}", summary="An event's processing status, timestamps, position and result")
     async def get_event(self, event_id: str) -> Response:
-        event = await (await self._store()).event(event_id)
-        return ORJSONResponse(event) if event else _not_found("event", event_id)
+        return _answer(await self._reads.event(event_id))
 
     @app.get("/events/{event_id}/audit", summary="Every state transition of an event")
     async def get_audit(self, event_id: str) -> Response:
-        rows = await (await self._store()).audit(event_id)
-        return ORJSONResponse({"event_id": event_id, "transitions": rows}) if rows else _not_found("event", event_id)
+        return _answer(await self._reads.audit(event_id))
 
     @app.get("/users/{user_id}/summary", summary="Running totals and action counts of a user")
     async def get_user(self, user_id: str) -> Response:
-        summary = await (await self._store()).user_summary(user_id)
-        return ORJSONResponse(summary) if summary else _not_found("user", user_id)
+        return _answer(await self._reads.user(user_id))
 
     @app.get("/devices/{device_id}/summary", summary="Reading statistics of a device, in SI units")
     async def get_device(self, device_id: str) -> Response:
-        summary = await (await self._store()).device_summary(device_id)
-        return ORJSONResponse(summary) if summary else _not_found("device", device_id)
+        return _answer(await self._reads.device(device_id))
 
     @app.get("/dead-letters", summary="Dead letters, oldest first, paged by id")
     async def get_dead_letters(self, after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> Response:
-        return ORJSONResponse({"items": await (await self._store()).dead_letters(after, limit)})
+        return _answer(await self._reads.dead_letters(after, limit))
 
     @app.get("/schemas", summary="JSON Schema of every event type and version")
     async def get_schemas(self) -> dict[str, Any]:

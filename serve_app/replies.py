@@ -78,6 +78,12 @@ def rejected(rejection: Rejected, event_id: str) -> Reply:
     return Reply(status, {"error": rejection.error, "reason": rejection.reason, "id": event_id})
 
 
+def database_unavailable(error_id: str) -> Reply:
+    """503 on a read route: PostgreSQL did not answer in time (down, or every connection busy)."""
+    reason = "the database did not answer; retry later"
+    return Reply(503, {"error": "database_unavailable", "reason": reason, "error_id": error_id}, {"Retry-After": "5"})
+
+
 def timed_out(timeout_s: float, error_id: str, **extra: Any) -> Reply:
     """The request outlived its bound after delivery started: what was sent may or may not have been taken."""
     reason = (
