@@ -166,7 +166,15 @@ class SpoolDrainer:
         by_seq = {row.seq: row for row in rows}
         topic = self._settings.dlq_topic
         records = [
-            spool_dead_letter(topic, seq, row.event_id, row.record, reason, row.attempts + 1)
+            spool_dead_letter(
+                topic,
+                seq,
+                row.event_id,
+                row.record,
+                reason,
+                row.attempts + 1,
+                message_max_bytes=self._settings.kafka_message_max_bytes,
+            )
             for seq, reason in dead
             for row in (by_seq[seq],)
         ]

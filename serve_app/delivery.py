@@ -18,9 +18,10 @@ from typing import Any
 
 import psycopg
 
-from cluster.adapters.kafka_producer import Delivered, KafkaPublisher, PublishError, Record
+from cluster.adapters.kafka_producer import Delivered, KafkaPublisher, PublishError, Record, is_size_error
 from cluster.adapters.spool import AsyncSpool
 from cluster.observability.metrics import METRICS
+from pipelines.errors import DeadLetterKind
 from pipelines.policies.breaker import BreakerState, CircuitBreaker
 from serve_app.admission import (
     NO_HOLD,
@@ -47,7 +48,7 @@ _SPOOL_ERRORS = (psycopg.Error, TimeoutError, OSError)  # PoolTimeout is a psyco
 _SPOOL_REFUSALS = (psycopg.Error, OSError)
 _RETRY_AFTER_MAX_S = 30
 _SPOOL_FULL_RETRY_AFTER_S = 5
-_SIZE_CODES = frozenset({"MSG_SIZE_TOO_LARGE", "INVALID_MSG_SIZE", "RECORD_LIST_TOO_LARGE"})
+EVENT_TOO_LARGE = "event_too_large"  # the error code of an event whose record is too large (replies.EVENT_TOO_LARGE)
 
 
 @dataclass(frozen=True)
@@ -297,9 +298,11 @@ class Delivery:
 
     def _rejected(self, event_id: str, error: PublishError) -> Rejected:
         log.warning("the broker refuses event %s for good (not spooled): %s", event_id, error)
-        if error.code in _SIZE_CODES:
-            return Rejected("event_too_large", "the event's record is larger than the broker accepts; it was not taken")
-        return Rejected("publish_rejected", "the broker refuses this event's record for good; it was not taken")
+        if is_size_error(error):
+            return Rejected(EVENT_TOO_LARGE, "the event's record is larger than the broker accepts; it was not taken")
+        return Rejected(
+            DeadLetterKind.PUBLISH_REJECTED, "the broker refuses this event's record for good; it was not taken"
+        )
 
     async def _to_spool(self, items: list[tuple[str, Record]], cause: str) -> list[Outcome]:
         if self._spool is None or self._watch is None:

@@ -13,9 +13,9 @@ from cluster.observability.metrics import METRICS
 from cluster.observability.recording import invalid_reason
 from pipelines.errors import InvalidEvent
 from serve_app.admission import InflightGate
-from serve_app.delivery import Outcome, Refused, Rejected, Spooled, Unknown
+from serve_app.delivery import EVENT_TOO_LARGE, Outcome, Refused, Rejected, Spooled, Unknown
 
-EVENT_TOO_LARGE = "event_too_large"
+# EVENT_TOO_LARGE (spelled once, in delivery, which this module imports) is used as replies.EVENT_TOO_LARGE too.
 RESEND_ADVICE = "send them again with the same ids: the pipeline drops duplicates by event id"
 
 
