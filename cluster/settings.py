@@ -180,6 +180,9 @@ class Settings(BaseSettings):
     # -- read API and edge memory (fixedge) --
     # A read route whose database does not answer within this bound is a 503 with Retry-After (not a 30 s wait).
     read_timeout_s: float = Field(5.0, gt=0)
+    # Bytes of request bodies one API replica holds at once (declared Content-Length, or chunks as they arrive), on
+    # top of the per-body cap max_body_bytes: beyond it a request is answered 429 with Retry-After before it is read.
+    max_inflight_body_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     # The spool's byte cap (values and keys, kept exact by triggers; see migration 005), besides spool_max_rows.
     spool_max_bytes: int = Field(1 << 30, ge=1024)
     # A spooled record that keeps failing for an unexplained reason (neither transient nor permanent, see

@@ -29,8 +29,9 @@ from cluster.settings import Settings
 from pipelines.registry import default_registry
 from serve_app import replies
 from serve_app.admission import HandoverPolicy, InflightGate
-from serve_app.body import BadContentLength, BodyTooLarge, declared_length, read_capped
+from serve_app.body import BadContentLength, BodyLease, declared_length
 from serve_app.delivery import Delivery, SpoolWatch
+from serve_app.edge import receive
 from serve_app.http_metrics import RequestMetrics
 from serve_app.incidents import Incidents
 from serve_app.ingest import Ingestor, Reply, RequestMeta
@@ -143,6 +144,7 @@ class ApiGateway:
             IngestSpans(self._tracing),
             _INCIDENTS,
         )
+        self._body_budget = InflightGate(settings.max_inflight_body_bytes)  # bytes of bodies held at once
         self._read_store = ReadStore(database_url)
         self._reads_open = False
         self._reads = Reads(self._store, _INCIDENTS, settings.read_timeout_s)
@@ -178,7 +180,8 @@ class ApiGateway:
     async def _ingest(
         self, request: Request, limit: int, handle: Callable[[bytes, RequestMeta], Awaitable[Reply]]
     ) -> Response:
-        """Headers judged first, the body read under `limit` bytes, all of it within the request's time bound."""
+        """Headers judged first, then the replica's start (503), the byte budget (429) and the body under `limit` bytes
+        (413, 408), all of it within the request's time bound."""
         deadline = asyncio.get_running_loop().time() + self._settings.request_timeout_s
         try:
             meta = _meta(request, deadline)
@@ -187,17 +190,14 @@ class ApiGateway:
         problem = self._ingestor.precheck(meta, limit)
         if problem is not None:
             return _reply(problem, meta)
+        lease = BodyLease(self._body_budget)
         try:
-            async with asyncio.timeout_at(deadline):
-                await self._started()
-                body = await read_capped(request.stream(), limit)
-        except BodyTooLarge:
-            return _reply(replies.body_too_large(limit), meta)
-        except TimeoutError:
-            # Nothing was taken yet: the client may send the same request again as it is.
-            reason = f"the body did not arrive within {self._settings.request_timeout_s:g}s; nothing was taken"
-            return _reply(replies.error(408, "request_timeout", reason), meta)
-        return _reply(await handle(body, meta), meta)
+            body = await receive(request.stream(), meta, limit, lease, self._started, _INCIDENTS)
+            if isinstance(body, Reply):
+                return _reply(body, meta)
+            return _reply(await handle(body, meta), meta)
+        finally:
+            lease.release()
 
     @app.post("/events", status_code=202, openapi_extra=single_body_schema(), summary="Ingest one event")
     async def post_event(self, request: Request) -> Response:

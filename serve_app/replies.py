@@ -53,6 +53,18 @@ def overloaded(gate: InflightGate, events: int) -> Reply:
     return Reply(429, {"error": "overloaded", "reason": reason}, {"Retry-After": "1"})
 
 
+def bodies_over_budget() -> Reply:
+    """429: this replica holds its budget of request-body bytes (max_inflight_body_bytes); nothing was read."""
+    reason = "this replica is reading as many request bytes as it may hold; nothing was taken, retry shortly"
+    return Reply(429, {"error": "overloaded", "reason": reason}, {"Retry-After": "1"})
+
+
+def not_started(error_id: str) -> Reply:
+    """503: the replica did not finish starting (spool open, first look) within the request's bound."""
+    reason = "this replica is still starting; nothing was taken, retry shortly"
+    return Reply(503, {"error": "starting", "reason": reason, "error_id": error_id}, {"Retry-After": "1"})
+
+
 def refused(refusal: Refused, **extra: Any) -> Reply:
     """503: not taken. The body of a single event carries its `id` (`extra`): a retry must reuse it, since a broker
     timeout before the refusal may have written the record (duplicates are dropped by id)."""
