@@ -3,9 +3,10 @@ the broker cannot take them or older events still wait there; refused only when 
 drainer visibly empties the spool, new events are held back briefly instead of joining it, so that spool mode ends
 under steady load (the handover, serve_app/admission.py).
 
-It never reports an event as taken unless the broker acknowledged it or its spool row is committed; a record the
-broker refuses for good is rejected, never spooled and never held against the broker's breaker; no exception text
-reaches a client (refusals carry advice and an error id; the log line with that id carries the cause).
+It never reports an event as taken unless the broker acknowledged it or its spool row is committed, nor as not taken
+when its spool row may be committed (an append that outlived its bound is Unknown); a record the broker refuses for
+good is rejected, never spooled and never held against the broker's breaker; no exception text reaches a client
+(refusals carry advice and an error id; the log line with that id carries the cause).
 """
 
 from __future__ import annotations
@@ -77,8 +78,9 @@ class Rejected:
 
 @dataclass(frozen=True)
 class Unknown:
-    """The spool did not confirm the rows within its bound (or the append was cancelled): its INSERT may have
-    committed. Never "not taken": the client must send the event again with the same id (duplicates are dropped)."""
+    """The spool did not confirm the rows within its bound: its INSERT may have committed (a cancelled append, the
+    request's own deadline, is answered "unknown" by the ingest path). Never "not taken": the client must send the
+    event again with the same id (duplicates are dropped)."""
 
     error_id: str  # the log line with the cause
 
