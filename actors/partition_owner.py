@@ -218,7 +218,8 @@ class PartitionOwner:
         source = PartitionSource(
             consumer_config(s.kafka_bootstrap, "eventpipe-owners", s.consumer_fetch_wait_ms), st.topic, st.partition
         )
-        dlq = DeadLetterPublisher(producer_config(s.kafka_bootstrap, linger_ms=0), s.dlq_topic)
+        dlq_config = producer_config(s.kafka_bootstrap, linger_ms=0, message_max_bytes=s.kafka_message_max_bytes)
+        dlq = DeadLetterPublisher(dlq_config, s.dlq_topic)
         writer = ray.get_actor(names.writer_name(names.writer_for(st.topic, st.partition, s.checkpoint_writers)))
         committer = OwnerCommitter(
             lambda encoded: ray.get(writer.commit.remote(encoded), timeout=60),

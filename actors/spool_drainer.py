@@ -27,6 +27,7 @@ from cluster.observability.logs import setup_logging
 from cluster.observability.tracing import Tracing
 from cluster.settings import Settings
 from cluster.spool_triage import settle
+from pipelines.errors import DeadLetterKind
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,15 @@ class SpoolDrainer:
         by_seq = {row.seq: row for row in rows}
         topic = self._settings.dlq_topic
         records = [
-            spool_dead_letter(topic, seq, row.event_id, row.record, reason, row.attempts + 1)
+            spool_dead_letter(
+                topic,
+                seq,
+                row.event_id,
+                row.record,
+                reason,
+                row.attempts + 1,
+                message_max_bytes=self._settings.kafka_message_max_bytes,
+            )
             for seq, reason in dead
             for row in (by_seq[seq],)
         ]
@@ -184,5 +193,5 @@ class SpoolDrainer:
                 "spooled event moved to the dead letters (spool seq %d): %s",
                 seq,
                 reason,
-                extra={"event_id": row.event_id, "error_kind": "publish_rejected"},
+                extra={"event_id": row.event_id, "error_kind": DeadLetterKind.PUBLISH_REJECTED.value},
             )

@@ -177,10 +177,17 @@ class Settings(BaseSettings):
     # Bound on a request's whole handling at the API (body read, validation, delivery): 408 while the body is still
     # being read (nothing taken), 504 with the events' ids once delivery started (outcome unknown: resend, same ids).
     request_timeout_s: float = Field(30.0, gt=0)
+    # -- read API and edge memory (fixedge) --
+    # A read route whose database does not answer within this bound is a 503 with Retry-After (not a 30 s wait).
+    read_timeout_s: float = Field(5.0, gt=0)
+    # Bytes of request bodies one API replica holds at once (declared Content-Length, or chunks as they arrive), on
+    # top of the per-body cap max_body_bytes: beyond it a request is answered 429 with Retry-After before it is read.
+    max_inflight_body_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     # The spool's byte cap (values and keys, kept exact by triggers; see migration 005), besides spool_max_rows.
     spool_max_bytes: int = Field(1 << 30, ge=1024)
-    # A spooled record that keeps failing transiently while the broker acknowledges the records around it is moved to
-    # the dead letters after this many attempts (a permanent refusal, e.g. too large, moves it at once).
+    # A spooled record that keeps failing for an unexplained reason (neither transient nor permanent, see
+    # cluster/spool_triage.py) while the broker acknowledges the records around it is moved to the dead letters after
+    # this many attempts; a permanent refusal (too large) moves it at once; transient failures are never counted.
     spool_max_attempts: int = Field(10, ge=1)
     # Leaving spool mode under load (ADR 0009, addendum): once the drainer is seen emptying a spool of at most
     # spool_drain_batch rows, an API replica holds new events back this long at most for it to be empty, then sends

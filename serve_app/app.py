@@ -29,13 +29,15 @@ from cluster.settings import Settings
 from pipelines.registry import default_registry
 from serve_app import replies
 from serve_app.admission import HandoverPolicy, InflightGate
-from serve_app.body import BadContentLength, BodyTooLarge, declared_length, read_capped
+from serve_app.body import BadContentLength, BodyLease, declared_length
 from serve_app.delivery import Delivery, SpoolWatch
+from serve_app.edge import receive
 from serve_app.http_metrics import RequestMetrics
 from serve_app.incidents import Incidents
 from serve_app.ingest import Ingestor, Reply, RequestMeta
 from serve_app.openapi import batch_body_schema, single_body_schema
 from serve_app.readiness import CachedReadiness
+from serve_app.reads import Reads
 
 log = logging.getLogger(__name__)
 app = FastAPI(
@@ -84,8 +86,8 @@ def _meta(request: Request, deadline: float) -> RequestMeta:
     )
 
 
-def _not_found(what: str, key: str) -> Response:
-    return ORJSONResponse({"error": "not_found", "reason": f"no {what} {key!r} (yet)"}, status_code=404)
+def _answer(reply: Reply) -> Response:
+    return ORJSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
 
 
 @serve.deployment(
@@ -142,8 +144,10 @@ class ApiGateway:
             IngestSpans(self._tracing),
             _INCIDENTS,
         )
-        self._reads = ReadStore(database_url)
+        self._body_budget = InflightGate(settings.max_inflight_body_bytes)  # bytes of bodies held at once
+        self._read_store = ReadStore(database_url)
         self._reads_open = False
+        self._reads = Reads(self._store, _INCIDENTS, settings.read_timeout_s)
         self._readiness = CachedReadiness(self._compute_readiness, ttl_s=_READY_TTL_S)
         self._startup: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
@@ -163,9 +167,9 @@ class ApiGateway:
 
     async def _store(self) -> ReadStore:
         if not self._reads_open:
-            await self._reads.open()
+            await self._read_store.open()
             self._reads_open = True
-        return self._reads
+        return self._read_store
 
     async def check_health(self) -> None:
         """Liveness of the replica itself; a dependency being down is /readyz's business (restarts would not help)."""
@@ -176,7 +180,8 @@ class ApiGateway:
     async def _ingest(
         self, request: Request, limit: int, handle: Callable[[bytes, RequestMeta], Awaitable[Reply]]
     ) -> Response:
-        """Headers judged first, the body read under `limit` bytes, all of it within the request's time bound."""
+        """Headers judged first, then the replica's start (503), the byte budget (429) and the body under `limit` bytes
+        (413, 408), all of it within the request's time bound."""
         deadline = asyncio.get_running_loop().time() + self._settings.request_timeout_s
         try:
             meta = _meta(request, deadline)
@@ -185,17 +190,14 @@ class ApiGateway:
         problem = self._ingestor.precheck(meta, limit)
         if problem is not None:
             return _reply(problem, meta)
+        lease = BodyLease(self._body_budget)
         try:
-            async with asyncio.timeout_at(deadline):
-                await self._started()
-                body = await read_capped(request.stream(), limit)
-        except BodyTooLarge:
-            return _reply(replies.body_too_large(limit), meta)
-        except TimeoutError:
-            # Nothing was taken yet: the client may send the same request again as it is.
-            reason = f"the body did not arrive within {self._settings.request_timeout_s:g}s; nothing was taken"
-            return _reply(replies.error(408, "request_timeout", reason), meta)
-        return _reply(await handle(body, meta), meta)
+            body = await receive(request.stream(), meta, limit, lease, self._started, _INCIDENTS)
+            if isinstance(body, Reply):
+                return _reply(body, meta)
+            return _reply(await handle(body, meta), meta)
+        finally:
+            lease.release()
 
     @app.post("/events", status_code=202, openapi_extra=single_body_schema(), summary="Ingest one event")
     async def post_event(self, request: Request) -> Response:
@@ -207,27 +209,23 @@ class ApiGateway:
 
     @app.get("/events/{event_id}", summary="An event's processing status, timestamps, position and result")
     async def get_event(self, event_id: str) -> Response:
-        event = await (await self._store()).event(event_id)
-        return ORJSONResponse(event) if event else _not_found("event", event_id)
+        return _answer(await self._reads.event(event_id))
 
     @app.get("/events/{event_id}/audit", summary="Every state transition of an event")
     async def get_audit(self, event_id: str) -> Response:
-        rows = await (await self._store()).audit(event_id)
-        return ORJSONResponse({"event_id": event_id, "transitions": rows}) if rows else _not_found("event", event_id)
+        return _answer(await self._reads.audit(event_id))
 
     @app.get("/users/{user_id}/summary", summary="Running totals and action counts of a user")
     async def get_user(self, user_id: str) -> Response:
-        summary = await (await self._store()).user_summary(user_id)
-        return ORJSONResponse(summary) if summary else _not_found("user", user_id)
+        return _answer(await self._reads.user(user_id))
 
     @app.get("/devices/{device_id}/summary", summary="Reading statistics of a device, in SI units")
     async def get_device(self, device_id: str) -> Response:
-        summary = await (await self._store()).device_summary(device_id)
-        return ORJSONResponse(summary) if summary else _not_found("device", device_id)
+        return _answer(await self._reads.device(device_id))
 
     @app.get("/dead-letters", summary="Dead letters, oldest first, paged by id")
     async def get_dead_letters(self, after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> Response:
-        return ORJSONResponse({"items": await (await self._store()).dead_letters(after, limit)})
+        return _answer(await self._reads.dead_letters(after, limit))
 
     @app.get("/schemas", summary="JSON Schema of every event type and version")
     async def get_schemas(self) -> dict[str, Any]:

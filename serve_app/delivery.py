@@ -3,9 +3,10 @@ the broker cannot take them or older events still wait there; refused only when 
 drainer visibly empties the spool, new events are held back briefly instead of joining it, so that spool mode ends
 under steady load (the handover, serve_app/admission.py).
 
-It never reports an event as taken unless the broker acknowledged it or its spool row is committed; a record the
-broker refuses for good is rejected, never spooled and never held against the broker's breaker; no exception text
-reaches a client (refusals carry advice and an error id; the log line with that id carries the cause).
+It never reports an event as taken unless the broker acknowledged it or its spool row is committed, nor as not taken
+when its spool row may be committed (an append that outlived its bound is Unknown); a record the broker refuses for
+good is rejected, never spooled and never held against the broker's breaker; no exception text reaches a client
+(refusals carry advice and an error id; the log line with that id carries the cause).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from typing import Any
 
 import psycopg
 
-from cluster.adapters.kafka_producer import Delivered, KafkaPublisher, PublishError, Record
+from cluster.adapters.kafka_producer import Delivered, KafkaPublisher, PublishError, Record, is_size_error
 from cluster.adapters.spool import AsyncSpool
 from cluster.observability.metrics import METRICS
+from pipelines.errors import DeadLetterKind
 from pipelines.policies.breaker import BreakerState, CircuitBreaker
 from serve_app.admission import (
     NO_HOLD,
@@ -42,9 +44,12 @@ from serve_app.incidents import Incidents
 log = logging.getLogger(__name__)
 
 _SPOOL_ERRORS = (psycopg.Error, TimeoutError, OSError)  # PoolTimeout is a psycopg.OperationalError
+# The spool's driver refused the append (no connection within the pool timeout, the statement failed): not taken.
+# A timeout of the append itself is not here: the INSERT may have committed (Unknown).
+_SPOOL_REFUSALS = (psycopg.Error, OSError)
 _RETRY_AFTER_MAX_S = 30
 _SPOOL_FULL_RETRY_AFTER_S = 5
-_SIZE_CODES = frozenset({"MSG_SIZE_TOO_LARGE", "INVALID_MSG_SIZE", "RECORD_LIST_TOO_LARGE"})
+EVENT_TOO_LARGE = "event_too_large"  # the error code of an event whose record is too large (replies.EVENT_TOO_LARGE)
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,16 @@ class Rejected:
     reason: str
 
 
-Outcome = Delivered | Spooled | Refused | Rejected
+@dataclass(frozen=True)
+class Unknown:
+    """The spool did not confirm the rows within its bound: its INSERT may have committed (a cancelled append, the
+    request's own deadline, is answered "unknown" by the ingest path). Never "not taken": the client must send the
+    event again with the same id (duplicates are dropped)."""
+
+    error_id: str  # the log line with the cause
+
+
+Outcome = Delivered | Spooled | Refused | Rejected | Unknown
 
 
 class SpoolWatch:
@@ -286,21 +300,30 @@ class Delivery:
 
     def _rejected(self, event_id: str, error: PublishError) -> Rejected:
         log.warning("the broker refuses event %s for good (not spooled): %s", event_id, error)
-        if error.code in _SIZE_CODES:
-            return Rejected("event_too_large", "the event's record is larger than the broker accepts; it was not taken")
-        return Rejected("publish_rejected", "the broker refuses this event's record for good; it was not taken")
+        if is_size_error(error):
+            return Rejected(EVENT_TOO_LARGE, "the event's record is larger than the broker accepts; it was not taken")
+        return Rejected(
+            DeadLetterKind.PUBLISH_REJECTED, "the broker refuses this event's record for good; it was not taken"
+        )
 
     async def _to_spool(self, items: list[tuple[str, Record]], cause: str) -> list[Outcome]:
         if self._spool is None or self._watch is None:
             raise RuntimeError("routed to the spool, but the spool is disabled")
         was_pending = self._watch.pending
+        size = sum(record_bytes(r) for _, r in items)
         try:
             await asyncio.wait_for(self._spool.append(items), self._spool_timeout_s)
-        except _SPOOL_ERRORS as exc:
+        except TimeoutError as exc:
+            # The INSERT may have committed: never answer "not taken" (a retry under a new id would duplicate it).
+            self._watch.spooled(len(items), size)  # rows may wait there: new events queue behind them (per-key order)
+            message = f"spooling {len(items)} events outlived {self._spool_timeout_s:g}s; they may be taken ({cause})"
+            error_id = self._incidents.report(message, exc, cause="spool_timeout")
+            return [Unknown(error_id)] * len(items)
+        except _SPOOL_REFUSALS as exc:
             error_id = self._incidents.report(f"could not spool {len(items)} events ({cause})", exc)
             reason = "the broker is unavailable and the spool could not take the events either; retry later"
             return [Refused("broker_unavailable", reason, self._broker_retry_after(), error_id)] * len(items)
-        self._watch.spooled(len(items), sum(record_bytes(r) for _, r in items))
+        self._watch.spooled(len(items), size)
         if not was_pending:
             log.warning("spooling events: %s", cause)
         log.debug("spooled %d events", len(items))

@@ -28,7 +28,7 @@ from pipelines.errors import InvalidEvent
 from pipelines.registry import Registry
 from serve_app import replies
 from serve_app.admission import InflightGate
-from serve_app.delivery import Delivery, Outcome, Refused, Rejected, Spooled
+from serve_app.delivery import Delivery, Outcome, Refused, Rejected, Spooled, Unknown
 from serve_app.incidents import Incidents
 from serve_app.replies import Reply
 
@@ -169,7 +169,9 @@ class Ingestor:
             return self._timed_out(id=prepared.id, status="unknown")
         (outcome,) = outcomes
         if isinstance(outcome, Refused):
-            return replies.refused(outcome)
+            return replies.refused(outcome, id=prepared.id)
+        if isinstance(outcome, Unknown):
+            return replies.unknown(outcome, id=prepared.id, status="unknown")
         if isinstance(outcome, Rejected):
             return replies.rejected(outcome, prepared.id)
         METRICS.events_received.labels(prepared.type).inc()
@@ -228,8 +230,12 @@ class Ingestor:
                 results[index] = {"index": index, "status": "unknown", "id": prepared.id}
             return self._timed_out(**_summary(results))
         refusal: Refused | None = None
+        unknown: Unknown | None = None
         for (index, prepared), outcome in zip(valid, outcomes, strict=True):
-            if isinstance(outcome, Refused):
+            if isinstance(outcome, Unknown):
+                unknown = unknown or outcome
+                results[index] = {"index": index, "status": "unknown", "id": prepared.id}
+            elif isinstance(outcome, Refused):
                 refusal = refusal or outcome
                 results[index] = {
                     "index": index,
@@ -248,6 +254,8 @@ class Ingestor:
         body_out = _summary(results)
         if body_out["accepted"]:
             return Reply(202, body_out)
+        if unknown is not None:
+            return replies.unknown(unknown, **body_out)
         if refusal is not None:
             return replies.refused(refusal, **body_out)
         return Reply(422, {"error": "validation_failed", "reason": "no event in the batch is valid", **body_out})
@@ -276,6 +284,8 @@ class Ingestor:
         for p, outcome in zip(prepared, outcomes, strict=True):
             if isinstance(outcome, Refused | Rejected):
                 self._spans.published(p.trace, None, error=outcome.reason)
+            elif isinstance(outcome, Unknown):
+                self._spans.published(p.trace, None, error="the spool did not confirm the event in time")
             else:
                 self._spans.published(
                     p.trace, outcome if isinstance(outcome, Delivered) else None, spooled=isinstance(outcome, Spooled)

@@ -13,9 +13,9 @@ from cluster.observability.metrics import METRICS
 from cluster.observability.recording import invalid_reason
 from pipelines.errors import InvalidEvent
 from serve_app.admission import InflightGate
-from serve_app.delivery import Outcome, Refused, Rejected, Spooled
+from serve_app.delivery import EVENT_TOO_LARGE, Outcome, Refused, Rejected, Spooled, Unknown
 
-EVENT_TOO_LARGE = "event_too_large"
+# EVENT_TOO_LARGE (spelled once, in delivery, which this module imports) is used as replies.EVENT_TOO_LARGE too.
 RESEND_ADVICE = "send them again with the same ids: the pipeline drops duplicates by event id"
 
 
@@ -53,11 +53,33 @@ def overloaded(gate: InflightGate, events: int) -> Reply:
     return Reply(429, {"error": "overloaded", "reason": reason}, {"Retry-After": "1"})
 
 
+def bodies_over_budget() -> Reply:
+    """429: this replica holds its budget of request-body bytes (max_inflight_body_bytes); nothing was read."""
+    reason = "this replica is reading as many request bytes as it may hold; nothing was taken, retry shortly"
+    return Reply(429, {"error": "overloaded", "reason": reason}, {"Retry-After": "1"})
+
+
+def not_started(error_id: str) -> Reply:
+    """503: the replica did not finish starting (spool open, first look) within the request's bound."""
+    reason = "this replica is still starting; nothing was taken, retry shortly"
+    return Reply(503, {"error": "starting", "reason": reason, "error_id": error_id}, {"Retry-After": "1"})
+
+
 def refused(refusal: Refused, **extra: Any) -> Reply:
+    """503: not taken. The body of a single event carries its `id` (`extra`): a retry must reuse it, since a broker
+    timeout before the refusal may have written the record (duplicates are dropped by id)."""
     return Reply(
         503,
-        {"error": refusal.error, "reason": refusal.reason, "error_id": refusal.error_id, **extra},
+        {"error": refusal.error, "reason": f"{refusal.reason}; {RESEND_ADVICE}", "error_id": refusal.error_id, **extra},
         {"Retry-After": str(refusal.retry_after_s)},
+    )
+
+
+def unknown(outcome: Unknown, **extra: Any) -> Reply:
+    """504: the spool did not confirm the events in time; they may or may not have been taken (like timed_out)."""
+    reason = f"the spool did not confirm the events in time; they may or may not have been taken: {RESEND_ADVICE}"
+    return Reply(
+        504, {"error": "timeout", "reason": reason, "error_id": outcome.error_id, **extra}, {"Retry-After": "1"}
     )
 
 
@@ -66,6 +88,12 @@ def rejected(rejection: Rejected, event_id: str) -> Reply:
     METRICS.validation_errors.labels(rejection.error).inc()
     status = 413 if rejection.error == EVENT_TOO_LARGE else 422
     return Reply(status, {"error": rejection.error, "reason": rejection.reason, "id": event_id})
+
+
+def database_unavailable(error_id: str) -> Reply:
+    """503 on a read route: PostgreSQL did not answer in time (down, or every connection busy)."""
+    reason = "the database did not answer; retry later"
+    return Reply(503, {"error": "database_unavailable", "reason": reason, "error_id": error_id}, {"Retry-After": "5"})
 
 
 def timed_out(timeout_s: float, error_id: str, **extra: Any) -> Reply:

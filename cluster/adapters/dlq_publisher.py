@@ -12,14 +12,19 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
-from cluster.adapters.kafka_producer import PublishError, Record, idempotence_lost
+from cluster.adapters.kafka_config import DEFAULT_MESSAGE_MAX_BYTES
+from cluster.adapters.kafka_producer import PublishError, Record, idempotence_lost, is_size_error
 from pipelines.batch import CommitBatch, DeadLetter
 from pipelines.errors import DeadLetterKind
 
-_MAX_DLQ_VALUE = 512 * 1024
-# The broker refuses the record for its size: it never will take it, so it goes again without the record's bytes
-# (the dead_letters table keeps them) instead of holding the partition's commit forever.
-_TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
+# Room a dead letter's value leaves under message.max.bytes for its key, headers (reason cut to 1 KiB, meta, source)
+# and the record's framing.
+DLQ_HEADROOM_BYTES = 8 * 1024
+
+
+def dlq_value_limit(message_max_bytes: int) -> int:
+    """The most of a dead record's value the topic carries (the dead_letters table keeps it whole)."""
+    return max(0, message_max_bytes - DLQ_HEADROOM_BYTES)
 
 
 class DeadLetterPublisher:
@@ -27,6 +32,7 @@ class DeadLetterPublisher:
         self._config = config
         self._producer = Producer(config)
         self._topic = topic
+        self._max_value = dlq_value_limit(int(config.get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES)))
 
     def publish(self, batch: CommitBatch, timeout_s: float = 10.0) -> None:
         if not batch.dead:
@@ -38,7 +44,7 @@ class DeadLetterPublisher:
             def on_delivery(err: KafkaError | None, _msg: Message) -> None:
                 if err is None:
                     return
-                if err.code() in _TOO_LARGE:
+                if is_size_error(err):
                     too_large.append(dead)  # the broker takes less than we cap at: send it again without its bytes
                 else:
                     failed.append(err)
@@ -76,9 +82,9 @@ class DeadLetterPublisher:
             ("meta", orjson.dumps({"event_id": dead.event_id, "attempts": dead.attempts})),
         ]
         payload = dead.payload if with_payload else None
-        if payload is not None and len(payload) > _MAX_DLQ_VALUE:
+        if payload is not None and len(payload) > self._max_value:
             # The table keeps the whole record; the topic carries a prefix so it stays under message.max.bytes.
-            payload = payload[:_MAX_DLQ_VALUE]
+            payload = payload[: self._max_value]
         if payload != dead.payload:
             headers.append(("truncated_from", str(len(dead.payload or b"")).encode()))
         self._producer.produce(self._topic, key=key, value=payload, headers=headers, on_delivery=on_delivery)
@@ -87,9 +93,19 @@ class DeadLetterPublisher:
         self._producer.flush(5.0)
 
 
-def spool_dead_letter(dlq_topic: str, seq: int, event_id: str, record: Record, reason: str, attempts: int) -> Record:
+def spool_dead_letter(
+    dlq_topic: str,
+    seq: int,
+    event_id: str,
+    record: Record,
+    reason: str,
+    attempts: int,
+    *,
+    message_max_bytes: int = DEFAULT_MESSAGE_MAX_BYTES,
+) -> Record:
     """The `events.dlq` record of a spooled record the drainer dead-lettered (keyed `spool:<seq>`; it has no log
     position). Like the owners' dead letters, the value is the record's, cut to stay under message.max.bytes."""
+    max_value = dlq_value_limit(message_max_bytes)
     topic, _key, value, _headers = record
     headers = [
         ("error_kind", DeadLetterKind.PUBLISH_REJECTED.value.encode()),
@@ -97,7 +113,7 @@ def spool_dead_letter(dlq_topic: str, seq: int, event_id: str, record: Record, r
         ("source", f"spool:{seq}".encode()),
         ("meta", orjson.dumps({"event_id": event_id, "attempts": attempts, "topic": topic})),
     ]
-    if len(value) > _MAX_DLQ_VALUE:
+    if len(value) > max_value:
         headers.append(("truncated_from", str(len(value)).encode()))
-        value = value[:_MAX_DLQ_VALUE]
+        value = value[:max_value]
     return (dlq_topic, f"spool:{seq}".encode(), value, headers)

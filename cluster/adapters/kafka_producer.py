@@ -32,39 +32,87 @@ class PublishError(Exception):
     """The broker did not acknowledge the record; the client must not be told it was accepted.
 
     `permanent`: the record can never be published as it is (too large, invalid for the broker): retrying it, spooling
-    it or opening a breaker for it is wrong. Otherwise transient (timeout, unreachable broker): it may succeed later.
+    it or opening a breaker for it is wrong. `transient`: an outage or an ambiguous answer explains it (timeout, no
+    leader, unreachable broker, full local queue, purge): it may succeed later, and a timed-out record may even have
+    been written. Neither: an error this module does not know (counted against the record by the spool drainer).
     `producer_lost`: the failure is the producer's own (fenced by its own newer epoch, or purged when it was replaced):
     the broker answered, and the replacement producer should succeed; it says nothing against the broker's health.
     The message is for logs only (it carries librdkafka's text), never for clients.
     """
 
     def __init__(
-        self, detail: str, *, permanent: bool = False, code: str | None = None, producer_lost: bool = False
+        self,
+        detail: str,
+        *,
+        permanent: bool = False,
+        code: str | None = None,
+        producer_lost: bool = False,
+        transient: bool | None = None,
     ) -> None:
         super().__init__(detail)
         self.permanent = permanent
         self.code = code  # librdkafka's error name (e.g. MSG_SIZE_TOO_LARGE), when the error came from it
         self.producer_lost = producer_lost
+        # Default: a failure without a librdkafka code is a local timeout (queue full, no report): transient.
+        self.transient = (not permanent) if transient is None else (transient and not permanent)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_publish_error, (str(self), self.permanent, self.code, self.producer_lost))
+        return (_publish_error, (str(self), self.permanent, self.code, self.producer_lost, self.transient))
 
 
-def _publish_error(detail: str, permanent: bool, code: str | None, producer_lost: bool = False) -> PublishError:
-    return PublishError(detail, permanent=permanent, code=code, producer_lost=producer_lost)
+def _publish_error(
+    detail: str, permanent: bool, code: str | None, producer_lost: bool = False, transient: bool | None = None
+) -> PublishError:
+    return PublishError(detail, permanent=permanent, code=code, producer_lost=producer_lost, transient=transient)
 
 
-# Errors after which this very record can never be published (retriable() is False for timeouts too, so it cannot
-# tell them apart): sizes, and records the broker validated and refused. Unknown topics and authorisation are not
-# here: they are configuration, fixed without touching the record.
-_PERMANENT = frozenset(
+# The one classification of librdkafka's errors for a record (the API, the spool drainer and the DLQ publisher all
+# use it). Size: the record is larger than the broker (or the producer) takes.
+_SIZE = frozenset(
     {
         KafkaError.MSG_SIZE_TOO_LARGE,  # local (produce() raises) or the broker's
         KafkaError.INVALID_MSG_SIZE,
-        KafkaError.INVALID_RECORD,
         KafkaError.RECORD_LIST_TOO_LARGE,
-        KafkaError.INVALID_MSG,
-        KafkaError._INVALID_ARG,
+    }
+)
+_SIZE_NAMES = frozenset(KafkaError(code).name() for code in _SIZE)
+# Permanent: this very record can never be published (retriable() is False for timeouts too, so it cannot tell them
+# apart): sizes, and records the broker validated and refused. Unknown topics and authorisation are not here: they
+# are configuration, fixed without touching the record.
+_PERMANENT = _SIZE | {KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG, KafkaError._INVALID_ARG}
+# Transient: an outage, a leader election, a full local queue or a purge explains the failure, or the answer is
+# ambiguous (a timed-out record may have been written). Such a failure says nothing against the record itself.
+_TRANSIENT = frozenset(
+    {
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NOT_LEADER_FOR_PARTITION,  # also NOT_LEADER_OR_FOLLOWER
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._QUEUE_FULL,
+        KafkaError._PURGE_QUEUE,
+        KafkaError._PURGE_INFLIGHT,
+        KafkaError._DESTROY,
+        KafkaError._RESOLVE,
+        KafkaError._FATAL,
+        KafkaError.NETWORK_EXCEPTION,
+        KafkaError.BROKER_NOT_AVAILABLE,
+        KafkaError.REPLICA_NOT_AVAILABLE,
+        KafkaError.NOT_ENOUGH_REPLICAS,
+        KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+        KafkaError.KAFKA_STORAGE_ERROR,
+        KafkaError.NOT_CONTROLLER,
+        KafkaError.FENCED_LEADER_EPOCH,
+        KafkaError.UNKNOWN_LEADER_EPOCH,
+        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.THROTTLING_QUOTA_EXCEEDED,
     }
 )
 
@@ -74,9 +122,27 @@ def is_permanent(err: KafkaError) -> bool:
     return not err.retriable() and not err.fatal() and err.code() in _PERMANENT
 
 
+def is_transient(err: KafkaError) -> bool:
+    """Whether an outage, an election or an ambiguous answer explains this error (the record may still succeed)."""
+    return bool(err.retriable()) or bool(err.fatal()) or err.code() in _TRANSIENT or idempotence_lost(err)
+
+
+def is_size_error(err: KafkaError | PublishError) -> bool:
+    """Whether the record was refused for its size (a librdkafka error, or a PublishError made from one)."""
+    if isinstance(err, PublishError):
+        return err.code in _SIZE_NAMES
+    return err.code() in _SIZE
+
+
 def publish_error(err: KafkaError, context: str) -> PublishError:
     lost = idempotence_lost(err) or err.code() in _PURGED
-    return PublishError(f"{context}: {err.str()}", permanent=is_permanent(err), code=err.name(), producer_lost=lost)
+    return PublishError(
+        f"{context}: {err.str()}",
+        permanent=is_permanent(err),
+        code=err.name(),
+        producer_lost=lost,
+        transient=is_transient(err),
+    )
 
 
 def refused_by_producer(exc: Exception) -> PublishError:

@@ -347,3 +347,33 @@ def test_503_bodies_carry_an_error_id_and_no_driver_text(pipeline: Pipeline, bro
         assert reply.body["error_id"] and "retry" in reply.body["reason"], reply.body
         text = orjson.dumps(reply.body).decode()
         assert not [leak for leak in leaks if leak in text], text
+
+
+# -- hostile path ids on the read routes ------------------------------------------------------------------------------
+
+_HOSTILE_READS = [
+    "/events/a%00b",
+    "/events/a%00b/audit",
+    "/users/a%00b/summary",
+    "/devices/a%00b/summary",
+    "/events/" + "e" * 129,
+    "/events/has%20space",
+    "/events/%C3%A9t%C3%A9/audit",
+    "/users/" + "u" * 129 + "/summary",
+]
+
+
+@pytest.mark.parametrize("path", _HOSTILE_READS)
+def test_a_hostile_path_id_on_a_read_route_is_404_before_any_query_never_500(pipeline: Pipeline, path: str) -> None:
+    # given ids no event, user or device can have (NUL, over 128 characters, outside the event id pattern)
+    # when a read route is asked for them
+    reply = httpx.get(pipeline.base_url + path, timeout=10)
+    # then the answer is the client's fault, not the server's
+    assert reply.status_code == 404, reply.text
+    assert reply.json()["error"] == "not_found" and "\x00" not in reply.text
+
+
+def test_an_entity_id_outside_the_event_id_pattern_is_still_looked_up(pipeline: Pipeline) -> None:
+    # user and device ids are free text (no NUL, at most 128 characters): a space is a lookup, answered 404 when unknown
+    reply = httpx.get(pipeline.base_url + "/users/no%20such%20user/summary", timeout=10)
+    assert reply.status_code == 404 and "no such user" in reply.json()["reason"], reply.text

@@ -19,6 +19,7 @@ from cluster.settings import RECORD_HEADROOM_BYTES, Settings
 from pipelines.registry import default_registry
 from serve_app.admission import InflightGate
 from serve_app.body import BadContentLength, BodyTooLarge, declared_length, read_capped
+from serve_app.delivery import Refused, Unknown
 from serve_app.ingest import Ingestor, RequestMeta
 
 MAX_EVENT_BYTES = 2048
@@ -207,3 +208,44 @@ def test_a_single_event_whose_delivery_outlives_the_request_timeout_is_504_unkno
     assert reply.status == 504
     assert reply.body["status"] == "unknown" and reply.body["id"] == "limits-0"
     assert "same ids" in reply.body["reason"]
+
+
+class AnsweringDelivery(RecordingDelivery):
+    """Answers every record with the same outcome."""
+
+    def __init__(self, outcome: Any) -> None:
+        super().__init__()
+        self._outcome = outcome
+
+    async def deliver(self, items: list[tuple[str, Record]]) -> list[Any]:
+        self.delivered += items
+        return [self._outcome] * len(items)
+
+
+def test_a_refused_single_event_carries_its_id_so_a_retry_can_reuse_it():
+    # given an event without a client id (the API makes one), and neither the broker nor the spool taking it
+    refused = Refused("broker_unavailable", "the broker is unavailable; retry later", 3, "err-1")
+    delivery = AnsweringDelivery(refused)
+    body = orjson.dumps({k: v for k, v in _event(0).items() if k != "id"})
+    # when it is sent
+    reply = asyncio.run(_ingestor(delivery).single(body, JSON))
+    # then the 503 names the id the event was given, and says to resend with it
+    (event_id, _) = delivery.delivered[0]
+    assert reply.status == 503 and reply.body["id"] == event_id and reply.body["error_id"] == "err-1"
+    assert "same id" in reply.body["reason"]
+
+
+def test_a_single_event_whose_spooling_is_unknown_is_504_unknown_with_its_id():
+    delivery = AnsweringDelivery(Unknown("err-2"))
+    body = orjson.dumps({k: v for k, v in _event(0).items() if k != "id"})
+    reply = asyncio.run(_ingestor(delivery).single(body, JSON))
+    (event_id, _) = delivery.delivered[0]
+    assert reply.status == 504 and reply.body["status"] == "unknown" and reply.body["id"] == event_id
+    assert reply.body["error_id"] == "err-2" and "same id" in reply.body["reason"]
+
+
+def test_batch_events_whose_spooling_is_unknown_are_marked_unknown_not_failed():
+    delivery = AnsweringDelivery(Unknown("err-3"))
+    reply = asyncio.run(_ingestor(delivery).batch(orjson.dumps([_event(0), _event(1)]), JSON))
+    assert reply.status == 504 and reply.body["unknown"] == 2 and reply.body["error_id"] == "err-3"
+    assert [(r["status"], r["id"]) for r in reply.body["results"]] == [("unknown", "limits-0"), ("unknown", "limits-1")]

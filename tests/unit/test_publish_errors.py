@@ -198,3 +198,35 @@ def test_a_probe_that_times_out_reopens_the_breaker():
     delivery = _half_open_delivery([timed_out], spool)
     assert asyncio.run(delivery.deliver(_items(1))) == [Spooled()]
     assert delivery.breaker.state is BreakerState.OPEN
+
+
+class CommitsThenHangsSpool(StandInSpool):
+    """A spool whose INSERT commits, but whose answer never comes back within the bound (a stalled connection)."""
+
+    def __init__(self) -> None:
+        super().__init__(broken=False)
+
+    async def append(self, rows: list[tuple[str, Record]]) -> None:
+        self.appended += rows
+        await asyncio.Event().wait()
+
+
+def test_a_spool_append_that_outlives_its_bound_is_unknown_never_refused():
+    # given a broker that fails transiently and a spool that commits the rows but does not answer within the bound
+    spool = CommitsThenHangsSpool()
+    timed_out = publish_error(KafkaError(KafkaError._MSG_TIMED_OUT), "broker did not acknowledge")
+    breaker = CircuitBreaker("kafka", failure_threshold=1, reset_timeout_s=60)
+    delivery = Delivery(
+        StandInPublisher([timed_out, timed_out]),  # type: ignore[arg-type]
+        breaker,
+        spool,  # type: ignore[arg-type]
+        SpoolWatch(spool),  # type: ignore[arg-type]
+        1000,
+        spool_timeout_s=0.05,
+    )
+    # when the events are delivered
+    outcomes = asyncio.run(delivery.deliver(_items(2)))
+    # then nobody knows whether they were taken: never "not taken, retry later" (a retry with a new id duplicates)
+    assert [type(o).__name__ for o in outcomes] == ["Unknown", "Unknown"]
+    assert outcomes[0].error_id  # type: ignore[union-attr]
+    assert len(spool.appended) == 2
