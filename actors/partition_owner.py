@@ -19,14 +19,13 @@ from ray.exceptions import RayError
 
 from actors import names
 from actors.metrics_hub import start_metrics_push
-from actors.remote_errors import cause, describe, retry_after_s
-from cluster.adapters.checkpoint_store import Fenced, Lease, is_unavailable
+from actors.remote_errors import describe, explain_commit_failure, retry_after_s
+from cluster.adapters.checkpoint_store import Fenced, Lease
 from cluster.adapters.dlq_publisher import DeadLetterPublisher
 from cluster.adapters.enrichment_client import EnrichmentClient
 from cluster.adapters.kafka_config import consumer_config, producer_config
-from cluster.adapters.kafka_producer import PublishError
 from cluster.adapters.kafka_source import PartitionSource
-from cluster.adapters.owner_commit import Explained, OwnerCommitter
+from cluster.adapters.owner_commit import OwnerCommitter
 from cluster.observability import metrics as catalogue  # a module: Ray pickles methods by value
 from cluster.observability.event_spans import BatchTrace, ProcessingSpans
 from cluster.observability.logs import setup_logging
@@ -223,7 +222,7 @@ class PartitionOwner:
         committer = OwnerCommitter(
             lambda encoded: ray.get(writer.commit.remote(encoded), timeout=60),
             dlq,
-            _explain,
+            explain_commit_failure,
             on_failure=self._failed,
             on_success=self._succeeded,
         )
@@ -381,12 +380,3 @@ class PartitionOwner:
     def _succeeded(self) -> None:
         self._status.commit_error = None
         self._stall.progressed()
-
-
-def _explain(exc: BaseException) -> Explained:
-    """What a failed commit attempt was. Unavailable: a breaker's refusal, PostgreSQL unreachable, the writer gone or
-    silent, the broker not acknowledging dead letters. Anything else is `other`."""
-    original, hint = cause(exc), retry_after_s(exc)
-    unavailable = hint is not None or is_unavailable(original)
-    unavailable = unavailable or isinstance(original, RayError | PublishError | TimeoutError)
-    return (CommitFailure.UNAVAILABLE if unavailable else CommitFailure.OTHER), describe(exc), hint
