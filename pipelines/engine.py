@@ -132,10 +132,15 @@ class PartitionProcessor:
         except Exception as exc:  # noqa: BLE001 - even building its dead letter failed: the bare one cannot
             return self._bare(record, DeadLetterKind.HANDLER_ERROR, _describe(exc), consumed_at)
 
-    @staticmethod
-    def _received_at(record: SourceRecord, consumed_at: float) -> float:
-        """The broker's timestamp for raw records; without one, the time we read it (never a fresh clock)."""
-        return (record.timestamp_ms / 1000.0) if record.timestamp_ms else consumed_at
+    def _received_at(self, record: SourceRecord, consumed_at: float) -> float:
+        """The broker's timestamp for raw records, when it is inside the registry's event-time window; without one,
+        or when a producer's CreateTime is far off (no database timestamp may hold it), the time we read it."""
+        if record.timestamp_ms:
+            seconds = record.timestamp_ms / 1000.0
+            window = self.registry.time_window
+            if window.earliest.timestamp() <= seconds <= self.registry.clock() + window.max_ahead_s:
+                return seconds
+        return consumed_at
 
     def _envelope(self, record: SourceRecord, consumed_at: float) -> Envelope:
         """Records on the raw ingest topic are bare events; everything else is an API envelope."""
