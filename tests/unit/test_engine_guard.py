@@ -252,6 +252,20 @@ def test_the_commit_document_names_the_one_event_it_cannot_encode(bad):
     encode(assemble([_event(0), _event(2)], **_header(3)))  # the others encode
 
 
+def test_a_nul_in_the_commit_document_names_its_event_and_no_stored_text_is_rewritten():
+    # given one event holding the literal text \u0000 (a backslash, then u0000) and another holding a NUL character
+    literal = _event(0, payload_json=orjson.dumps({"note": "C:\\u0000"}).decode())
+    nul = _event(1, correlation_id="a\u0000b")
+
+    # when the batch is encoded, the event with the NUL is named, so bisection dead-letters it alone
+    with pytest.raises(UnencodableEvent) as raised:
+        encode(assemble([literal, nul], **_header(2)))
+    assert raised.value.offset == 1 and "NUL" in raised.value.reason
+
+    # and the other event's text is stored byte for byte
+    assert b'"note":"C:\\\\u0000"' in encode(assemble([literal], **_header(1))).doc
+
+
 def _hostile_value(rng: random.Random, depth: int = 0) -> Any:
     """A JSON value of the kinds that broke pipelines before: huge and tiny numbers, NUL, surrogate escapes, deep
     nesting, long strings, wrong types."""
