@@ -24,6 +24,7 @@ from cluster.observability.endpoint import MetricsEndpoint
 from cluster.observability.hub import HUB_SOURCE, MetricsMerger
 from cluster.observability.lag import HighWatermarks, Partition, queue_lag, watermark_consumer_config
 from cluster.observability.logs import setup_logging
+from cluster.observability.owner_state import HEALTHY_OWNER_STATES
 from cluster.observability.snapshot import Snapshot, take
 from cluster.observability.status_page import StatusPage
 from cluster.settings import Settings
@@ -34,7 +35,6 @@ _MEASURE_EVERY_S = 2.0
 _HEALTH_TIMEOUT_S = 3.0
 _DLQ_EVERY_S = 5.0
 _BIND_RETRY_S = 5.0
-_HEALTHY_OWNER_STATES = frozenset({"starting", "running"})
 
 
 def start_metrics_push(settings: Settings, role: str) -> push.MetricsPusher:
@@ -56,7 +56,7 @@ def workers(settings: Settings) -> list[str]:
 def healthy(worker: str, answer: Any) -> bool:
     """Whether a worker's answer to its status call says it is doing its job (an answer at all is required)."""
     if worker.startswith("owner:"):
-        return isinstance(answer, dict) and answer.get("state") in _HEALTHY_OWNER_STATES
+        return isinstance(answer, dict) and answer.get("state") in HEALTHY_OWNER_STATES
     if worker == names.SPOOL_DRAINER:
         return isinstance(answer, dict) and bool(answer.get("running"))
     return answer is not None

@@ -19,17 +19,17 @@ from ray.exceptions import RayError
 
 from actors import names
 from actors.metrics_hub import start_metrics_push
-from actors.remote_errors import cause, describe, retry_after_s
-from cluster.adapters.checkpoint_store import Fenced, Lease, is_unavailable
+from actors.remote_errors import describe, explain_commit_failure, retry_after_s
+from cluster.adapters.checkpoint_store import Fenced, Lease
 from cluster.adapters.dlq_publisher import DeadLetterPublisher
 from cluster.adapters.enrichment_client import EnrichmentClient
 from cluster.adapters.kafka_config import consumer_config, producer_config
-from cluster.adapters.kafka_producer import PublishError
 from cluster.adapters.kafka_source import PartitionSource
-from cluster.adapters.owner_commit import Explained, OwnerCommitter
+from cluster.adapters.owner_commit import OwnerCommitter
 from cluster.observability import metrics as catalogue  # a module: Ray pickles methods by value
 from cluster.observability.event_spans import BatchTrace, ProcessingSpans
 from cluster.observability.logs import setup_logging
+from cluster.observability.owner_state import OwnerState
 from cluster.observability.recording import (
     CommitFailure,
     record_commit,
@@ -57,7 +57,7 @@ class OwnerStatus:
     partition: int
     owner_id: str
     pid: int
-    state: str = "starting"  # starting | running | stalled | fenced | stopped | error (stalled: see status())
+    state: OwnerState = OwnerState.STARTING  # STALLED is never stored: status() derives it
     epoch: int | None = None
     committed_offset: int | None = None
     batches: int = 0
@@ -137,8 +137,9 @@ class PartitionOwner:
         st.timings_ms = self._timings.summary()
         out = dict(st.__dict__)
         now = time.time()
-        if st.state == "running" and self._stall.stalled(now):
-            out["state"] = "stalled"
+        out["state"] = st.state.value
+        if st.state is OwnerState.RUNNING and self._stall.stalled(now):
+            out["state"] = OwnerState.STALLED.value
         out["failing_for_s"] = round(self._stall.failing_for(now), 3)
         out["oldest_uncommitted_s"] = round(self._stall.uncommitted_age(now), 3)
         return out
@@ -147,8 +148,8 @@ class PartitionOwner:
         """Finish the batch in flight, then stop reading. Used for graceful shutdown."""
         self._stop.set()
         self._thread.join(timeout_s)
-        if self._status.state not in ("fenced", "error"):
-            self._status.state = "stopped"
+        if self._status.state not in (OwnerState.FENCED, OwnerState.ABANDONED, OwnerState.ERROR):
+            self._status.state = OwnerState.STOPPED
         return self.status()
 
     # -- the loop -------------------------------------------------------------------------------
@@ -164,16 +165,17 @@ class PartitionOwner:
                 self._run()
                 return
             except Abandoned as exc:
+                self._status.state = OwnerState.ABANDONED
                 self._status.last_error = str(exc)
                 log.critical("owner %s stops with a batch it could not commit: %s", self._status.owner_id, exc)
                 return
             except Fenced as exc:
-                self._status.state = "fenced"
+                self._status.state = OwnerState.FENCED
                 self._status.last_error = str(exc)
                 log.error("owner %s fenced: %s; it stops and commits nothing more", self._status.owner_id, exc)
                 return
             except Exception as exc:  # noqa: BLE001 - keep the partition alive: log, back off, start over
-                self._status.state = "error"
+                self._status.state = OwnerState.ERROR
                 self._status.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("owner %s failed; restarting its loop in %.1fs", self._status.owner_id, backoff)
                 self._stop.wait(backoff)
@@ -206,7 +208,7 @@ class PartitionOwner:
     def _run(self) -> None:
         s, st = self._settings, self._status
         lease = self._claim()
-        st.epoch, st.committed_offset, st.state = lease.epoch, lease.next_offset, "running"
+        st.epoch, st.committed_offset, st.state = lease.epoch, lease.next_offset, OwnerState.RUNNING
         log.info(
             "owner %s holds %s[%d] at epoch %d from offset %d",
             st.owner_id,
@@ -224,7 +226,7 @@ class PartitionOwner:
         committer = OwnerCommitter(
             lambda encoded: ray.get(writer.commit.remote(encoded), timeout=60),
             dlq,
-            _explain,
+            explain_commit_failure,
             on_failure=self._failed,
             on_success=self._succeeded,
         )
@@ -382,12 +384,3 @@ class PartitionOwner:
     def _succeeded(self) -> None:
         self._status.commit_error = None
         self._stall.progressed()
-
-
-def _explain(exc: BaseException) -> Explained:
-    """What a failed commit attempt was. Unavailable: a breaker's refusal, PostgreSQL unreachable, the writer gone or
-    silent, the broker not acknowledging dead letters. Anything else is `other`."""
-    original, hint = cause(exc), retry_after_s(exc)
-    unavailable = hint is not None or is_unavailable(original)
-    unavailable = unavailable or isinstance(original, RayError | PublishError | TimeoutError)
-    return (CommitFailure.UNAVAILABLE if unavailable else CommitFailure.OTHER), describe(exc), hint

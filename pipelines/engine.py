@@ -6,6 +6,7 @@ Whatever one record does (any exception, anywhere on its way) ends as that recor
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -25,7 +26,6 @@ from pipelines.batch import (
     assemble,
     bare_dead_letter,
     clean_reason,
-    dead_instead,
 )
 from pipelines.effects import DeviceReading, Effect, UserSpend
 from pipelines.envelope import Envelope
@@ -34,6 +34,8 @@ from pipelines.jsontext import dumps_storable
 from pipelines.policies.retry import RetryExhausted, RetryPolicy, call_with_retry
 from pipelines.registry import Registry
 from pipelines.schemas import EventBase
+
+log = logging.getLogger(__name__)
 
 
 def _json(value: object) -> str:
@@ -98,12 +100,21 @@ class PartitionProcessor:
         """What each record became, one outcome per record in their order; each record is parsed once.
 
         Nothing a record holds can make this raise: any exception on its way (decoding, validation, the handler,
-        serialisation, building its dead letter, the on_outcome hook) dead-letters that record alone.
+        serialisation, building its dead letter) dead-letters that record alone. The on_outcome hook only observes:
+        its failures are logged, once per batch, and change no outcome.
         """
         out: list[RecordOutcome] = []
         seen: set[str] = set()
+        hook_failures, first_failure = 0, ""
         for record in records:
+            started = self.clock()
             outcome = self._guarded(record, consumed_at)
+            if self.on_outcome is not None:
+                try:
+                    self.on_outcome(outcome, self.clock() - started)
+                except Exception as exc:  # noqa: BLE001 - an observation bug must not change what an event became
+                    hook_failures += 1
+                    first_failure = first_failure or f"offset {record.offset}: {_describe(exc)}"
             event_id = outcome.event_id
             if event_id is not None:
                 if event_id in seen:
@@ -111,28 +122,25 @@ class PartitionProcessor:
                     continue
                 seen.add(event_id)
             out.append(outcome)
+        if hook_failures:
+            log.error("on_outcome failed on %d of %d records (first at %s)", hook_failures, len(records), first_failure)
         return out
 
     def _guarded(self, record: SourceRecord, consumed_at: float) -> ProcessedEvent | DeadLetter:
-        started = self.clock()
-        outcome: ProcessedEvent | DeadLetter
         try:
-            outcome = self._one(record, consumed_at)
+            return self._one(record, consumed_at)
         except Exception as exc:  # noqa: BLE001 - even building its dead letter failed: the bare one cannot
-            outcome = self._bare(record, DeadLetterKind.HANDLER_ERROR, _describe(exc), consumed_at)
-        if self.on_outcome is not None:
-            try:
-                self.on_outcome(outcome, self.clock() - started)
-            except Exception as exc:  # noqa: BLE001 - the hook choked on this event: it costs the event, not the batch
-                reason = f"on_outcome: {_describe(exc)}"
-                if isinstance(outcome, ProcessedEvent):
-                    outcome = dead_instead(outcome, DeadLetterKind.HANDLER_ERROR, reason, record.value)
-        return outcome
+            return self._bare(record, DeadLetterKind.HANDLER_ERROR, _describe(exc), consumed_at)
 
-    @staticmethod
-    def _received_at(record: SourceRecord, consumed_at: float) -> float:
-        """The broker's timestamp for raw records; without one, the time we read it (never a fresh clock)."""
-        return (record.timestamp_ms / 1000.0) if record.timestamp_ms else consumed_at
+    def _received_at(self, record: SourceRecord, consumed_at: float) -> float:
+        """The broker's timestamp for raw records, when it is inside the registry's event-time window; without one,
+        or when a producer's CreateTime is far off (no database timestamp may hold it), the time we read it."""
+        if record.timestamp_ms:
+            seconds = record.timestamp_ms / 1000.0
+            window = self.registry.time_window
+            if window.earliest.timestamp() <= seconds <= self.registry.clock() + window.max_ahead_s:
+                return seconds
+        return consumed_at
 
     def _envelope(self, record: SourceRecord, consumed_at: float) -> Envelope:
         """Records on the raw ingest topic are bare events; everything else is an API envelope."""

@@ -6,7 +6,6 @@ Encoding happens in the partition owner (spread over many processes); the writer
 from __future__ import annotations
 
 import base64
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -15,8 +14,6 @@ import orjson
 from pipelines.batch import CommitBatch, DeadLetter, ProcessedEvent
 from pipelines.effects import ActionCount, DeviceReading, UserSpend
 from pipelines.jsontext import has_nul
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -167,9 +164,9 @@ def _encode(batch: CommitBatch, trace_contexts: Mapping[int, str] | None) -> Enc
         }
     )
     if has_nul(doc):
-        # The engine rejects NUL in everything it stores; this guard keeps one bad string from stalling a partition.
-        log.error("commit document for %s[%d] carried a NUL escape; replaced", batch.topic, batch.partition)
-        doc = doc.replace(b"\\u0000", b"\\ufffd")
+        # The engine rejects NUL in everything it stores; one that slipped through names its record (encode() looks
+        # at each alone), which is dead-lettered on its own. Stored text is never rewritten.
+        raise ValueError("a NUL character (\\u0000), which PostgreSQL cannot store")
     return EncodedBatch(
         batch.topic,
         batch.partition,

@@ -1,7 +1,8 @@
 """The partition owner's side of one fenced commit: encode the batch, put its dead letters on the DLQ topic once,
 send it to a checkpoint writer, retry dependency outages as they are, and hand a refusal back as a value.
 
-It never splits a batch (pipelines.policies.bisect does) and never retries a batch refused for what it holds.
+It never splits a batch (pipelines.policies.bisect does), never retries a batch refused for what it holds, and never
+retries forever a commit that keeps failing for any reason but an outage (DESIGN §2.5).
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from pipelines.errors import DeadLetterKind
 from pipelines.policies.bisect import Refusal
 
 log = logging.getLogger(__name__)
+
+# Commit attempts of one batch failing for a reason that is no outage (CommitFailure.OTHER: a bug in the writer, a
+# PostgreSQL internal error, out of memory on a big document) before it is handed back as a refusal to split.
+MAX_OTHER_FAILURES = 3
 
 # What a failed attempt was: its class (the metric's reason), a one-line description, and a breaker's retry hint.
 Explained = tuple[CommitFailure, str, float | None]
@@ -46,6 +51,7 @@ class OwnerCommitter:
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
         max_delay_s: float = 5.0,
+        max_other_failures: int = MAX_OTHER_FAILURES,
     ) -> None:
         self._send = send
         self._dead_letters = dead_letters
@@ -55,6 +61,7 @@ class OwnerCommitter:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._max_delay_s = max_delay_s
+        self._max_other_failures = max_other_failures
         self._published: set[int] = set()
 
     def begin(self) -> None:
@@ -65,6 +72,8 @@ class OwnerCommitter:
         """Commit one batch, or say it was refused for what it holds; raises Fenced.
 
         A dependency outage only pauses us: the batch is kept and retried as it is until it commits or we are fenced.
+        Dead letters the broker does not acknowledge are an outage too. Any other failure of the commit is tried
+        `max_other_failures` times (outages in between do not restart the count), then comes back as a refusal.
         A retry after a lost acknowledgement (the writer died after COMMIT) comes back as already_committed. While
         the PostgreSQL breaker is open the writer refuses at once and says when to come back; we wait that long.
         """
@@ -77,13 +86,23 @@ class OwnerCommitter:
             reason = f"commit document: {type(exc).__name__}: {exc}"
             self._on_failure(CommitFailure.REJECTED, reason)
             return Refusal(DeadLetterKind.HANDLER_ERROR, reason)
-        delay = 0.05
+        delay, others = 0.05, 0
         while True:
+            sending = False
             try:
                 self._publish_once(batch)
+                sending = True
                 outcome = self._send(encoded)
             except Exception as exc:  # noqa: BLE001 - PostgreSQL, broker or writer down: back off and retry as is
                 failure, description, hint = self._explain(exc)
+                if sending and failure is CommitFailure.OTHER:
+                    others += 1
+                    if others >= self._max_other_failures:
+                        self._on_failure(failure, description)
+                        log.warning(
+                            "commit of %s failed %d times (%s); splitting it", _range(batch), others, description
+                        )
+                        return Refusal(DeadLetterKind.STORE_REJECTED, f"{description} (failed {others} times)")
                 if hint is not None:  # fail-fast refusal: not a failed attempt, so the backoff does not grow
                     wait = hint + self._rng.uniform(0, min(1.0, hint / 4 + 0.05))
                 else:

@@ -24,7 +24,7 @@ class CommitFailure(StrEnum):
     UNAVAILABLE = "unavailable"  # PostgreSQL, the checkpoint writer or the broker down: retried as it is
     REJECTED = "rejected"  # refused for what the batch holds (a data error, an unencodable event): it is split
     FENCED = "fenced"  # a newer epoch owns the partition: the owner stops
-    OTHER = "other"  # anything else (a bug): retried as it is
+    OTHER = "other"  # anything else (a bug, out of memory): retried 3 times (owner_commit), then split as rejected
 
 
 def type_label(event_type: str | None, known_types: Collection[str]) -> str:

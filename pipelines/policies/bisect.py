@@ -7,6 +7,7 @@ itself: the commit function and what to do when even a bare dead letter is refus
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -106,19 +107,30 @@ class _Bisection:
         self._isolated: list[Isolated] = []
 
     def refused(self, lo: int, hi: int, refusal: Refusal) -> None:
-        """[lo, hi) was refused: commit it in parts, left to right, isolating the record that is refused alone."""
-        if hi - lo == 1:
-            self._isolate(lo, refusal)
-            return
-        at = self._index_of(refusal.offset, lo, hi)
-        if at is not None:  # the refuser named the record: no need to search for it
-            self._try(lo, at)
-            self._isolate(at, refusal)
-            self._try(at + 1, hi)
-            return
-        mid = (lo + hi) // 2
-        self._try(lo, mid)
-        self._try(mid, hi)
+        """[lo, hi) was refused: commit it in parts, left to right, isolating the record that is refused alone.
+
+        A loop over a stack of ranges, not recursion: a batch whose every record is refused by name (or refused at
+        all) takes as many rounds as it has records, however many that is, and the stack never holds more than
+        about log2(n) + 2 ranges."""
+        todo: list[tuple[int, int, Refusal | None]] = [(lo, hi, refusal)]  # leftmost range last; None: not tried
+        while todo:
+            lo, hi, known = todo.pop()
+            if lo >= hi:
+                continue
+            if known is None:
+                result = self._commit(lo, hi)
+                if not isinstance(result, Refusal):
+                    continue
+                known = result
+            if hi - lo == 1:
+                self._isolate(lo, known)
+                continue
+            at = self._index_of(known.offset, lo, hi)
+            if at is not None:  # the refuser named the record: no need to search for it
+                todo += [(at + 1, hi, None), (at, at + 1, known), (lo, at, None)]
+            else:
+                mid = (lo + hi) // 2
+                todo += [(mid, hi, None), (lo, mid, None)]
 
     def result(self) -> Committed:
         w = self._whole
@@ -134,13 +146,6 @@ class _Bisection:
             skipped=w.skipped,
         )
         return Committed(batch, _sum(self._outcomes), len(self._outcomes), self._refusals, tuple(self._isolated))
-
-    def _try(self, lo: int, hi: int) -> None:
-        if lo >= hi:
-            return
-        result = self._commit(lo, hi)
-        if isinstance(result, Refusal):
-            self.refused(lo, hi, result)
 
     def _isolate(self, i: int, refusal: Refusal) -> None:
         """Dead-letter record i with the refusal's reason: with its event row if it has one, else (or when that is
@@ -192,12 +197,11 @@ class _Bisection:
         )
 
     def _index_of(self, offset: int | None, lo: int, hi: int) -> int | None:
+        """Where the record at `offset` is in [lo, hi), if there (records are in offset order)."""
         if offset is None:
             return None
-        for i in range(lo, hi):
-            if self._records[i].offset == offset:
-                return i
-        return None
+        i = bisect_left(self._records, offset, lo, hi, key=lambda r: r.offset)
+        return i if i < hi and self._records[i].offset == offset else None
 
 
 def _sum(outcomes: Sequence[CommitOutcome]) -> CommitOutcome:

@@ -251,3 +251,41 @@ def test_records_that_were_already_dead_letters_keep_their_first_reason_when_ref
     assert dead.error_kind == "store_rejected" and dead.event_id is None
     assert "22021" in dead.reason and "dead-lettered before as invalid" in dead.reason
     assert store.next_offset == 106
+
+
+@pytest.mark.parametrize("every", [1, 2], ids=["every-record-named", "every-other-record-named"])
+def test_many_named_refusals_in_one_batch_isolate_each_record_without_deep_recursion(every):
+    # given 500 records (consume_batch_max), every `every`-th refused as processed, the refuser naming it each time
+    whole, outcomes, records = given_batch(500)
+    poisons = {f"ev-{i}": 100 + i for i in range(0, 500, every)}
+    store = FencedStore(100, lambda _b: None)
+
+    def commit(batch: CommitBatch) -> CommitOutcome | Refusal:
+        named = [p.offset for p in batch.processed if p.event_id in poisons]
+        if named:
+            store.attempts.append((batch.expected_offset, batch.next_offset))
+            return Refusal(DeadLetterKind.HANDLER_ERROR, "commit document: surrogates not allowed", offset=named[0])
+        return store.commit(batch)
+
+    # when it is committed
+    done = BatchBisector(commit, never_called).commit(whole, outcomes, records)
+
+    # then every poison is dead-lettered once, every good record committed, in contiguous fenced sub-batches
+    ranges = [(b.expected_offset, b.next_offset) for b in store.committed]
+    assert ranges[0][0] == 100 and store.next_offset == 600
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+    assert sorted(d.offset for d in store.dead_letters()) == sorted(poisons.values())
+    assert sorted(store.processed_ids()) == sorted(f"ev-{i}" for i in range(500) if f"ev-{i}" not in poisons)
+    assert len(done.isolated) == len(poisons) and done.refusals == len(poisons)
+
+
+def test_unnamed_refusals_of_many_records_are_halved_without_deep_recursion():
+    # given 500 records, every third refused by the store without it saying which
+    whole, outcomes, records = given_batch(500)
+    bad = {f"ev-{i}" for i in range(0, 500, 3)}
+    store = FencedStore(100, lambda b: "23514 check" if any(p.event_id in bad for p in b.processed) else None)
+
+    done = BatchBisector(store.commit, never_called).commit(whole, outcomes, records)
+
+    assert store.next_offset == 600 and len(done.isolated) == len(bad)
+    assert sorted(store.processed_ids()) == sorted(f"ev-{i}" for i in range(500) if f"ev-{i}" not in bad)

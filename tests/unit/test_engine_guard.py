@@ -1,6 +1,7 @@
 """Specification of the engine's per-event guard: whatever one record does on its way through the owner (its handler
-raising anything, a result that cannot be serialised, numbers the read models cannot hold, a hook that chokes on it)
-costs that record a dead letter with the exception's kind and text, never its batch an exception.
+raising anything, a result that cannot be serialised, numbers the read models cannot hold) costs that record a dead
+letter with the exception's kind and text, never its batch an exception; an observation hook choking on it costs
+nothing but a log line.
 
 And the commit document names the one record whose rows cannot be encoded, instead of failing for the batch.
 """
@@ -180,18 +181,26 @@ def test_when_building_the_dead_letter_itself_fails_a_bare_one_with_the_raw_byte
     assert "TypeError" in bad.reason or "RuntimeError" in bad.reason
 
 
-def test_a_hook_that_raises_on_one_event_dead_letters_that_event_and_the_batch_goes_on():
+def test_a_hook_that_raises_only_logs_once_per_batch_and_every_outcome_is_kept_as_it_was(caplog):
+    # given an observation hook (metrics, spans) that chokes on a processed event and on a dead letter
     def hook(outcome: ProcessedEvent | DeadLetter, seconds: float) -> None:
-        if outcome.event_id == "ev-1":
+        if outcome.event_id in ("ev-1", "ev-2"):
             raise ValueError("metrics choked")
 
-    processor = PartitionProcessor(registry_with(Scripted({})), TOPIC, rng=random.Random(0), on_outcome=hook)
+    processor = PartitionProcessor(
+        registry_with(Scripted({"bad": KeyError("k")})), TOPIC, rng=random.Random(0), on_outcome=hook
+    )
 
-    ok, bad, after = outcomes_of(processor, "a", "b", "c")
+    # when the batch is processed
+    with caplog.at_level("ERROR", logger="pipelines.engine"):
+        ok, observed_badly, dead, after = outcomes_of(processor, "a", "b", "bad", "c")
 
-    assert isinstance(ok, ProcessedEvent) and isinstance(after, ProcessedEvent)
-    assert isinstance(bad, DeadLetter) and bad.error_kind == "handler_error"
-    assert bad.reason == "on_outcome: ValueError: metrics choked" and bad.event_id == "ev-1"
+    # then the valid event stays processed, the dead letter keeps its own reason, and the failure is logged once
+    assert all(isinstance(o, ProcessedEvent) for o in (ok, observed_badly, after))
+    assert isinstance(dead, DeadLetter) and dead.error_kind == "handler_error" and "KeyError" in dead.reason
+    hook_logs = [r for r in caplog.records if "on_outcome" in r.getMessage()]
+    assert len(hook_logs) == 1 and "ValueError: metrics choked" in hook_logs[0].getMessage()
+    assert "2 of 4" in hook_logs[0].getMessage()
 
 
 def test_outcomes_are_one_per_record_with_in_batch_duplicates_marked():
@@ -241,6 +250,20 @@ def test_the_commit_document_names_the_one_event_it_cannot_encode(bad):
 
     assert raised.value.offset == 1 and raised.value.reason
     encode(assemble([_event(0), _event(2)], **_header(3)))  # the others encode
+
+
+def test_a_nul_in_the_commit_document_names_its_event_and_no_stored_text_is_rewritten():
+    # given one event holding the literal text \u0000 (a backslash, then u0000) and another holding a NUL character
+    literal = _event(0, payload_json=orjson.dumps({"note": "C:\\u0000"}).decode())
+    nul = _event(1, correlation_id="a\u0000b")
+
+    # when the batch is encoded, the event with the NUL is named, so bisection dead-letters it alone
+    with pytest.raises(UnencodableEvent) as raised:
+        encode(assemble([literal, nul], **_header(2)))
+    assert raised.value.offset == 1 and "NUL" in raised.value.reason
+
+    # and the other event's text is stored byte for byte
+    assert b'"note":"C:\\\\u0000"' in encode(assemble([literal], **_header(1))).doc
 
 
 def _hostile_value(rng: random.Random, depth: int = 0) -> Any:

@@ -143,3 +143,55 @@ def test_a_breakers_hint_is_waited_without_growing_the_backoff(status):
     )
 
     assert len(sleeps) == 2 and all(2.0 <= s <= 2.55 for s in sleeps)
+
+
+class Bug(Exception):
+    pass
+
+
+def test_a_failure_that_is_no_outage_is_tried_three_times_then_handed_back_as_a_refusal(status):
+    # given a writer that fails on this batch with an error that says nothing about a dependency being down
+    writer, sleeps = Writer(*[Bug("TypeError: bad operand")] * 3), []
+
+    # when the owner commits it
+    result = committer(writer, Dlq(), status, sleeps).commit(batch())
+
+    # then after three attempts it is a refusal for what the batch holds, so the bisection isolates the record
+    assert result == Refusal(DeadLetterKind.STORE_REJECTED, "TypeError: bad operand (failed 3 times)")
+    assert len(writer.sent) == 3 and len(sleeps) == 2
+    assert status.failures == [CommitFailure.OTHER] * 3 and status.successes == 0
+
+
+def test_outages_between_other_failures_do_not_restart_their_count(status):
+    writer = Writer(Bug("XX000"), Outage("down"), Bug("XX000"), Outage("down"), Bug("XX000"))
+
+    result = committer(writer, Dlq(), status, []).commit(batch())
+
+    assert isinstance(result, Refusal) and len(writer.sent) == 5
+
+
+def test_an_outage_is_never_handed_back_as_a_refusal_however_long_it_lasts(status):
+    writer = Writer(*[Outage("down")] * 25)
+
+    outcome = committer(writer, Dlq(), status, []).commit(batch())
+
+    assert outcome == CommitOutcome(committed=True) and len(writer.sent) == 26
+
+
+def test_dead_letters_the_broker_does_not_take_are_retried_and_never_split(status):
+    class FlakyDlq(Dlq):
+        def __init__(self) -> None:
+            super().__init__()
+            self.failures_left = 5
+
+        def publish(self, batch: CommitBatch) -> None:
+            if self.failures_left:
+                self.failures_left -= 1
+                raise Bug("BufferError: local queue full")
+            super().publish(batch)
+
+    writer, dlq = Writer(), FlakyDlq()
+
+    outcome = committer(writer, dlq, status, []).commit(batch(11))
+
+    assert outcome == CommitOutcome(committed=True) and dlq.published == [11] and len(writer.sent) == 1

@@ -229,6 +229,25 @@ def test_raw_record_is_received_when_it_was_written_to_the_log(processor, user_a
     assert event.received_at == LOG_TIME_MS / 1000.0
 
 
+@pytest.mark.parametrize(
+    "log_time_ms",
+    [2**63 - 1, 253_402_300_800_000, -(2**62), -1_000, 4_102_444_800_000],
+    ids=["int64-max", "year-10000", "far-before-1970", "before-1970", "year-2100"],
+)
+def test_a_raw_record_whose_producer_time_is_far_off_is_received_when_it_was_read(
+    processor, user_action_data, log_time_ms
+):
+    # given a bare event whose producer set a CreateTime no database timestamp (or sane clock) holds
+    record = SourceRecord(INGEST, 0, 0, None, orjson.dumps(user_action_data()), log_time_ms)
+
+    # when it is processed (and when the same record is dead-lettered)
+    event = the_processed(run(processor, [record]))
+    dead = the_dead(run(processor, [SourceRecord(INGEST, 0, 0, None, b"{not json", log_time_ms)]))
+
+    # then it is received when it was read, not at that time
+    assert event.received_at == 0.0 and dead.received_at == 0.0
+
+
 def test_transient_failure_that_succeeds_on_attempt_2_is_processed_with_attempts_2(
     processor, scripted, sleeps, user_action_data
 ):
