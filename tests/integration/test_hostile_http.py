@@ -14,8 +14,6 @@ import asyncio
 import select
 import socket
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,20 +22,15 @@ import orjson
 import psycopg
 import pytest
 
-from cluster.adapters.kafka_config import producer_config
-from cluster.adapters.kafka_producer import KafkaPublisher
-from cluster.adapters.spool import AsyncSpool
 from cluster.local import free_port
-from cluster.settings import Settings
 from pipelines.envelope import Envelope
-from pipelines.policies.breaker import BreakerState, CircuitBreaker
+from pipelines.policies.breaker import BreakerState
 from pipelines.registry import default_registry
-from serve_app.admission import InflightGate
-from serve_app.delivery import Delivery, SpoolWatch
-from serve_app.ingest import Ingestor, RequestMeta
+from serve_app.ingest import RequestMeta
 from tests.chaos.faultproxy import FaultProxy
 from tests.chaos.rawlog import dlq_keys, high_watermark
 from tests.factories import TS
+from tests.ingestor import in_process_ingestor
 from tests.pipeline import Pipeline, unique_prefix, wait_until
 
 pytestmark = pytest.mark.integration
@@ -122,40 +115,6 @@ def test_a_chunked_body_over_the_limit_gets_413_while_the_client_is_still_sendin
 # -- per-event record bounds (in-process Ingestor, real broker and pipeline) ----------------------------------------
 
 
-@asynccontextmanager
-async def edge_ingestor(
-    pipeline: Pipeline,
-    *,
-    settings: Settings | None = None,
-    message_max_bytes: int | None = None,
-    spool_url: str | None = None,
-    broker_timeout_ms: int = 3_000,
-) -> AsyncIterator[tuple[Ingestor, CircuitBreaker]]:
-    """An Ingestor like a replica's, in this process, with its own settings and producer limit."""
-    settings = settings or pipeline.settings
-    publisher = KafkaPublisher(
-        producer_config(
-            settings.kafka_bootstrap,
-            message_timeout_ms=broker_timeout_ms,
-            message_max_bytes=message_max_bytes or settings.kafka_message_max_bytes,
-        )
-    )
-    spool = AsyncSpool(spool_url, timeout_s=1.0) if spool_url else None
-    watch = SpoolWatch(spool) if spool else None
-    if spool is not None and watch is not None:
-        await spool.open()
-        await watch.refresh()
-    breaker = CircuitBreaker("kafka", failure_threshold=2, reset_timeout_s=60.0)
-    delivery = Delivery(publisher, breaker, spool, watch, 1_000, spool_timeout_s=2.0)
-    registry = default_registry(settings.base_currency, settings.risk_amount_threshold)
-    try:
-        yield Ingestor(settings, registry, delivery, InflightGate(1_000)), breaker
-    finally:
-        if spool is not None:
-            await spool.close()
-        publisher.close(timeout=5.0)
-
-
 def _action(prefix: str, n: int, note_bytes: int = 0) -> dict[str, Any]:
     event: dict[str, Any] = {
         "id": f"{prefix}:{n}",
@@ -192,7 +151,7 @@ def test_a_batch_item_over_max_event_bytes_is_rejected_and_the_others_are_accept
     batch = [_action(prefix, 0), _action(prefix, 1, note_bytes=4096), _action(prefix, 2)]
 
     async def scenario() -> Any:
-        async with edge_ingestor(pipeline, settings=settings) as (ingestor, _):
+        async with in_process_ingestor(pipeline, settings=settings, broker_timeout_ms=3_000) as (ingestor, _):
             return await ingestor.batch(orjson.dumps(batch), JSON)
 
     reply = asyncio.run(scenario())
@@ -214,7 +173,9 @@ def test_a_record_over_the_producers_message_max_bytes_is_never_produced_and_the
     batch = [_action(prefix, 0), _action(prefix, 1, note_bytes=8192), _action(prefix, 2)]
 
     async def scenario() -> tuple[Any, Any, BreakerState]:
-        async with edge_ingestor(pipeline, settings=settings, message_max_bytes=4096, spool_url=pipeline.db_url) as (
+        async with in_process_ingestor(
+            pipeline, settings=settings, message_max_bytes=4096, spool_url=pipeline.db_url, broker_timeout_ms=3_000
+        ) as (
             ingestor,
             breaker,
         ):
@@ -331,7 +292,7 @@ def test_503_bodies_carry_an_error_id_and_no_driver_text(pipeline: Pipeline, bro
     nowhere = f"postgresql://postgres:{secret}@127.0.0.1:{free_port()}/eventpipe"  # nothing listens there
 
     async def scenario() -> list[Any]:
-        async with edge_ingestor(pipeline, spool_url=nowhere, broker_timeout_ms=1_000) as (ingestor, _):
+        async with in_process_ingestor(pipeline, spool_url=nowhere) as (ingestor, _):
             replies = [await ingestor.single(orjson.dumps(_action(prefix, n)), JSON) for n in range(2)]
             replies.append(await ingestor.batch(orjson.dumps([_action(prefix, n) for n in range(3, 6)]), JSON))
             return replies

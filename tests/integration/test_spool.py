@@ -9,25 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
 
-from cluster.adapters.kafka_config import producer_config
-from cluster.adapters.kafka_producer import KafkaPublisher
-from cluster.adapters.spool import AsyncSpool
 from cluster.local import free_port
-from pipelines.policies.breaker import CircuitBreaker
-from pipelines.registry import default_registry
-from serve_app.admission import InflightGate
-from serve_app.delivery import Delivery, SpoolWatch
-from serve_app.ingest import Ingestor, Reply, RequestMeta
+from serve_app.ingest import Reply, RequestMeta
 from tests.chaos.faultproxy import FaultProxy
 from tests.factories import TS
+from tests.ingestor import in_process_ingestor
 from tests.pipeline import Pipeline, unique_prefix, wait_until
 
 pytestmark = pytest.mark.integration
@@ -152,29 +146,6 @@ def test_events_sent_while_the_broker_is_unreachable_are_spooled_then_processed_
         assert ready["breakers"] == {"kafka": "closed"} and ready["spool"]["depth"] == 0
 
 
-@asynccontextmanager
-async def dedicated_ingestor(
-    pipeline: Pipeline, spool_url: str | None, spool_max_rows: int = 1_000, max_inflight_events: int = 1_000
-) -> AsyncIterator[Ingestor]:
-    """An Ingestor like a replica's, in this process, with its own limits and a short broker timeout."""
-    settings = pipeline.settings
-    publisher = KafkaPublisher(producer_config(settings.kafka_bootstrap, message_timeout_ms=1_000))
-    spool = AsyncSpool(spool_url, timeout_s=1.0) if spool_url else None
-    watch = SpoolWatch(spool) if spool else None
-    if spool is not None and watch is not None:
-        await spool.open()
-        await watch.refresh()
-    breaker = CircuitBreaker("kafka", failure_threshold=2, reset_timeout_s=60.0)
-    delivery = Delivery(publisher, breaker, spool, watch, spool_max_rows, spool_timeout_s=2.0)
-    registry = default_registry(settings.base_currency, settings.risk_amount_threshold)
-    try:
-        yield Ingestor(settings, registry, delivery, InflightGate(max_inflight_events))
-    finally:
-        if spool is not None:
-            await spool.close()
-        publisher.close(timeout=5.0)
-
-
 def _body(events: dict[str, Any] | list[dict[str, Any]]) -> bytes:
     return httpx.Request("POST", "/", json=events).read()
 
@@ -186,7 +157,7 @@ def test_broker_unreachable_and_spool_unavailable_answers_503_with_retry_after(
     nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/eventpipe"  # nothing listens there
 
     async def scenario() -> list[tuple[int, dict[str, Any], dict[str, str] | None]]:
-        async with dedicated_ingestor(pipeline, spool_url=nowhere) as ingestor:
+        async with in_process_ingestor(pipeline, spool_url=nowhere) as (ingestor, _):
             replies = []
             for seq in range(3):  # the first ones wait for the broker's timeout, then the breaker opens
                 reply = await ingestor.single(_body(transaction(prefix, 0, seq)), JSON)
@@ -210,7 +181,7 @@ def test_full_spool_answers_503_and_loses_nothing_it_acknowledged(pipeline: Pipe
     events = [transaction(prefix, user, 0) for user in range(6)]
 
     async def scenario(limit: int) -> list[tuple[dict[str, Any], int, dict[str, Any], dict[str, str] | None]]:
-        async with dedicated_ingestor(pipeline, spool_url=pipeline.db_url, spool_max_rows=limit) as ingestor:
+        async with in_process_ingestor(pipeline, spool_url=pipeline.db_url, spool_max_rows=limit) as (ingestor, _):
             replies = []
             for event in events:
                 reply = await ingestor.single(_body(event), JSON)
@@ -239,7 +210,7 @@ def test_requests_beyond_the_in_flight_bound_get_429_with_retry_after_at_once(
     prefix = unique_prefix("admission")
 
     async def scenario() -> tuple[Reply, bool, Reply, Reply]:
-        async with dedicated_ingestor(pipeline, spool_url=None, max_inflight_events=3) as ingestor:
+        async with in_process_ingestor(pipeline, max_inflight_events=3) as (ingestor, _):
             # a batch of 3 fills the bound while it waits on the silent broker
             slow = asyncio.create_task(ingestor.batch(_body([transaction(prefix, u, 0) for u in range(3)]), JSON))
             await asyncio.sleep(0)  # it runs up to its wait for the broker's acknowledgements
