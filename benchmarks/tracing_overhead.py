@@ -1,12 +1,12 @@
 """Micro-benchmark of what tracing costs per event, in one process, without Ray, the broker or PostgreSQL.
 
-Three configurations: tracing off, every trace sampled (trace_sample_ratio 1, the default), and every trace sampled
-out (ratio 0: non-recording spans, the traceparent header still set). API side: validate and envelope one event, plus
-the event-ingestion and event-publish spans and the header. Owner side: PartitionProcessor on 500-record batches,
-plus the event-processing spans, the state-store spans (batch span with links, one child per event) and the trace
-contexts in the commit document. Spans go through the batching processor to the real JSON-lines exporter; the time to
-flush them is included. Times are CPU seconds of this process (its exporter thread included), the best of `--repeat`
-runs, so other load on the machine disturbs them less than wall time.
+Four configurations: tracing off, every trace sampled (trace_sample_ratio 1), the default ratio (Settings), and
+every trace sampled out (ratio 0: non-recording spans, the traceparent header still set). API side: validate and
+envelope one event, plus the event-ingestion and event-publish spans and the header. Owner side: PartitionProcessor
+on 500-record batches, plus the event-processing spans, the state-store spans (batch span with links, one child per
+event) and the trace contexts in the commit document. Spans go through the batching processor to the real JSON-lines
+exporter; the time to flush them is included. Times are CPU seconds of this process (its exporter thread included),
+the best of `--repeat` runs, so other load on the machine disturbs them less than wall time.
 Run: python -m benchmarks.tracing_overhead [--events 20000]
 """
 
@@ -86,10 +86,15 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(_env_file=None, data_dir=Path(tmp))  # type: ignore[call-arg]
+        every = settings.model_copy(update={"trace_sample_ratio": 1.0})
         unsampled = settings.model_copy(update={"trace_sample_ratio": 0.0})
         configs = {
             "off": (Tracing.disabled(), Tracing.disabled()),
-            "sampled": (Tracing.start(settings, "api"), Tracing.start(settings, "partition-owner")),
+            "sampled": (Tracing.start(every, "api"), Tracing.start(every, "partition-owner")),
+            f"default {settings.trace_sample_ratio:g}": (
+                Tracing.start(settings, "api"),
+                Tracing.start(settings, "partition-owner"),
+            ),
             "unsampled": (Tracing.start(unsampled, "api"), Tracing.start(unsampled, "partition-owner")),
         }
         api_side(2000, configs["off"][0])  # warm up imports and pydantic
@@ -104,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     for side in ("api", "owner"):
         off = min(runs[(side, "off")])
         cells = [f"{side:6s} off {off * per:6.1f} us/event"]
-        for name in ("sampled", "unsampled"):
+        for name in list(configs)[1:]:
             on = min(runs[(side, name)])
             cells.append(f"{name} {on * per:6.1f} us/event (+{(on - off) * per:5.1f})")
         print("   ".join(cells))

@@ -217,7 +217,10 @@ def cmd_trace(settings: Settings, event_id: str) -> int:
         endpoint = mask_credentials(settings.otlp_endpoint)
         elsewhere = f"; spans are exported to {endpoint}" if endpoint else ""
         if settings.trace_sample_ratio < 1:
-            elsewhere += f"; only {settings.trace_sample_ratio:.0%} of events are traced (EVENTPIPE_TRACE_SAMPLE_RATIO)"
+            elsewhere += (
+                f"; only {settings.trace_sample_ratio:.0%} of events are traced (EVENTPIPE_TRACE_SAMPLE_RATIO), "
+                "or those sent with a sampled traceparent header"
+            )
         console.print(Text.assemble("no spans of event ", terminal_text(repr(event_id)), f" in {directory}{elsewhere}"))
         return 1
     console.print(render(event_id, build_trees(spans, event_id)))
@@ -232,7 +235,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("status", help="show partition owners of a running pipeline")
     sub.add_parser("purge", help="delete expired dedup keys and every row past its retention window, in chunks")
     sub.add_parser("purge-dedup", help="delete dedup keys past their TTL only")
-    trace = sub.add_parser("trace", help="show one event's spans as a tree with timings (local span files)")
+    trace = sub.add_parser(
+        "trace",
+        help="show one event's spans as a tree with timings (local span files); only sampled events have spans: "
+        "trace_sample_ratio, or a request sent with a sampled W3C traceparent header (00-<trace>-<span>-01)",
+    )
     trace.add_argument("event_id")
     args = parser.parse_args(argv)
     settings = Settings()

@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     otlp_endpoint: str = Field(
         "", validation_alias=AliasChoices("EVENTPIPE_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT", "otlp_endpoint")
     )
-    trace_sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    trace_sample_ratio: float = Field(0.01, ge=0.0, le=1.0)
     trace_file_max_mb: int = Field(64, ge=1)  # per process; one rotated file is kept besides
     # JSON log lines on stderr, and in <data_dir>/logs/<service>-<pid>.jsonl unless log_to_files is off. Per-event
     # lines (accepted, processed) are INFO on the "eventpipe.events" logger, off unless log_events; dead letters are

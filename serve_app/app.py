@@ -24,7 +24,7 @@ from cluster.adapters.spool import AsyncSpool
 from cluster.observability.breakers import breaker
 from cluster.observability.event_spans import IngestSpans
 from cluster.observability.logs import bind_correlation, setup_logging
-from cluster.observability.tracing import Tracing
+from cluster.observability.tracing import TRACEPARENT, Tracing, forced_parent
 from cluster.settings import Settings
 from pipelines.registry import default_registry
 from serve_app import replies
@@ -68,7 +68,8 @@ def _reply(reply: Reply, meta: RequestMeta) -> Response:
 
 
 def _meta(request: Request, deadline: float) -> RequestMeta:
-    """The request's metadata; its X-Correlation-ID (1-128 characters), else a new one, is bound to its log lines.
+    """The request's metadata; its X-Correlation-ID (1-128 characters), else a new one, is bound to its log lines. A
+    `traceparent` with the sampled flag makes its events' traces continue the client's (others are ignored).
 
     Raises BadContentLength for a Content-Length that is not a non-negative integer.
     """
@@ -83,6 +84,7 @@ def _meta(request: Request, deadline: float) -> RequestMeta:
         correlation_id,
         content_length=declared_length(h.get("content-length")),
         deadline=deadline,
+        trace_parent=forced_parent(h.get(TRACEPARENT)),
     )
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from opentelemetry.trace import SpanContext
 
 from cluster.adapters.kafka_producer import Delivered, Record
 from cluster.observability.event_spans import IngestSpans, IngestTrace
@@ -56,6 +57,7 @@ class RequestMeta:
     scope: str = "anonymous"  # the API key's owner, once API keys exist
     content_length: int | None = None  # as declared by the client; None for a chunked body
     deadline: float | None = None  # event-loop time by which the request must be answered; None: from now
+    trace_parent: SpanContext | None = None  # a sampled `traceparent` header: the request's events are traced
 
 
 class EventTooLarge(Exception):
@@ -155,7 +157,7 @@ class Ingestor:
             self._gate.release(1)
 
     async def _single(self, raw: Any, meta: RequestMeta) -> Reply:
-        traced = self._spans.begin(meta.correlation_id)
+        traced = self._spans.begin(meta.correlation_id, parent=meta.trace_parent)
         try:
             prepared = self._prepare(raw, meta, None, time.time(), traced)
         except InvalidEvent as exc:
@@ -207,7 +209,8 @@ class Ingestor:
         results: list[dict[str, Any] | None] = [None] * len(items)
         valid: list[tuple[int, Prepared]] = []
         for index, item in enumerate(items):
-            traced = self._spans.begin(meta.correlation_id, started_ns)  # one trace per event, not per request
+            # One trace per event, not per request; with a sampled client traceparent, all of them continue its trace.
+            traced = self._spans.begin(meta.correlation_id, started_ns, meta.trace_parent)
             try:
                 valid.append((index, self._prepare(item, meta, index, now, traced)))
             except InvalidEvent as exc:

@@ -132,6 +132,9 @@ def pipeline(infra_settings: Settings, pg_url: str, enrichment_service: FakeEnri
             "enrichment_url": enrichment_service.url,
             "enrichment_cache_ttl_s": 1.0,  # a fixed set of merchants: a long TTL would hide the service's faults
             "log_events": True,  # per-event log lines, which tests/integration/test_logs.py checks
+            # Trace every event (production default: 0.01): test_tracing.py, test_logs.py and the status page tests
+            # read any event's spans and trace ids.
+            "trace_sample_ratio": 1.0,
             "database_url": SecretStr(url),
             # A commit failing this long makes an owner `stalled` (production: 30 s): test_stuck_partition.py
             "owner_stalled_after_s": 3.0,

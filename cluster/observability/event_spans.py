@@ -77,6 +77,7 @@ class IngestTrace:
 
     started_ns: int
     correlation_id: str | None
+    parent: SpanContext | None = None  # a client's sampled `traceparent`: the event's trace continues it
     ingestion: Span = INVALID_SPAN
     publish: Span | None = None
     event_id: str | None = None
@@ -87,24 +88,38 @@ class IngestSpans:
     def __init__(self, tracing: Tracing) -> None:
         self._tracer = tracing.tracer
 
-    def begin(self, correlation_id: str | None, started_ns: int | None = None) -> IngestTrace:
-        """`event-ingestion` of one event, timed from `started_ns` (now by default)."""
-        return IngestTrace(started_ns or time.time_ns(), correlation_id)
+    def begin(
+        self, correlation_id: str | None, started_ns: int | None = None, parent: SpanContext | None = None
+    ) -> IngestTrace:
+        """`event-ingestion` of one event, timed from `started_ns` (now by default); a child of `parent` (a client's
+        sampled `traceparent`, see `tracing.forced_parent`) when given, else the root of a new trace."""
+        return IngestTrace(started_ns or time.time_ns(), correlation_id, parent)
 
     def rejected(self, t: IngestTrace, reason: str) -> None:
         attributes = {**_identity(None, None, t.correlation_id), "event.rejected": True}
-        span = self._tracer.start_span(INGESTION, kind=SpanKind.SERVER, start_time=t.started_ns, attributes=attributes)
+        span = self._tracer.start_span(
+            INGESTION,
+            context=remote_parent(t.parent),
+            kind=SpanKind.SERVER,
+            start_time=t.started_ns,
+            attributes=attributes,
+        )
         span.set_status(Status(StatusCode.ERROR, reason))
         span.end()
 
     def identified(self, t: IngestTrace, event_id: str, event_type: str, user_id: str | None) -> None:
-        """The event validated: `event-ingestion` (a root) with its id, type, user and correlation id."""
+        """The event validated: `event-ingestion` (a root, or the child of the client's sampled `traceparent`) with
+        its id, type, user and correlation id."""
         t.event_id, t.event_type = event_id, event_type
         identity = _identity(event_id, event_type, t.correlation_id)
         if user_id is not None:
             identity["user.id"] = user_id
         t.ingestion = self._tracer.start_span(
-            INGESTION, kind=SpanKind.SERVER, start_time=t.started_ns, attributes=identity
+            INGESTION,
+            context=remote_parent(t.parent),
+            kind=SpanKind.SERVER,
+            start_time=t.started_ns,
+            attributes=identity,
         )
 
     def publishing(self, t: IngestTrace, record: Record) -> Record:

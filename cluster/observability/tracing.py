@@ -53,6 +53,13 @@ def parse_traceparent(value: str | bytes | None) -> SpanContext | None:
     return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(match[3], 16) & 1))
 
 
+def forced_parent(value: str | bytes | None) -> SpanContext | None:
+    """The parent an HTTP request's `traceparent` names when its sampled flag is set (the client forces a trace,
+    whatever the ratio); None for an absent, unsampled or malformed one, which is then ignored."""
+    context = parse_traceparent(value)
+    return context if context is not None and context.trace_flags.sampled else None
+
+
 def header(headers: Sequence[tuple[str, bytes | None]] | None, name: str = TRACEPARENT) -> bytes | None:
     for key, value in headers or ():
         if key == name:

@@ -150,3 +150,50 @@ def test_eventpipe_trace_prints_the_span_tree_with_timings(pipeline: Pipeline):
     assert "⤷ linked state-store" in run.stdout
     assert f"device.id={prefix}-device" in run.stdout and f"correlation.id={generated}" in run.stdout
     assert " ms" in run.stdout and "[api pid" in run.stdout and "[partition-owner pid" in run.stdout
+
+
+def _event(event_id: str) -> dict[str, Any]:
+    return {
+        "id": event_id,
+        "type": "transaction",
+        "timestamp": "2026-01-01T00:00:00Z",
+        "user_id": "forced-user",
+        "amount": "1.00",
+        "currency": "EUR",
+    }
+
+
+def test_a_sampled_client_traceparent_is_the_parent_of_the_events_traces(pipeline: Pipeline):
+    # given a client that sends a sampled W3C traceparent with a single event and with a batch
+    prefix = unique_prefix("forced")
+    trace_id, span_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    headers = {"traceparent": f"00-{trace_id}-{span_id}-01"}
+    single, first, second = f"{prefix}:1", f"{prefix}:2", f"{prefix}:3"
+
+    # when both requests are sent
+    one = httpx.post(f"{pipeline.base_url}/events", json=_event(single), headers=headers)
+    many = httpx.post(f"{pipeline.base_url}/events/batch", json=[_event(first), _event(second)], headers=headers)
+
+    # then every event's spans, from ingestion to the state store, are in the client's trace under its span
+    assert one.status_code == 202, one.text
+    assert many.status_code == 202, many.text
+    for event_id in (single, first, second):
+        by_name = wait_until(lambda e=event_id: _complete_trace(pipeline, e), 60, f"the spans of {event_id}")
+        ingestion = _only(by_name["event-ingestion"], **{"event.id": event_id})
+        assert ingestion.trace_id == trace_id
+        assert ingestion.parent_id == span_id
+        processing = _only(by_name["event-processing"], **{"event.id": event_id})
+        assert processing.trace_id == trace_id
+
+
+@pytest.mark.parametrize("value", [b"00-not-a-trace-01", b"\xff" * 300, f"00-{'a' * 32}-{'b' * 16}-00".encode()])
+def test_an_unsampled_or_malformed_traceparent_is_accepted_and_ignored(pipeline: Pipeline, value: bytes):
+    event_id = f"{unique_prefix('ignored')}:1"
+
+    reply = httpx.post(f"{pipeline.base_url}/events", json=_event(event_id), headers={"traceparent": value})
+
+    assert reply.status_code == 202, reply.text
+    by_name = wait_until(lambda: _complete_trace(pipeline, event_id), 60, "the event's spans")
+    (ingestion,) = by_name["event-ingestion"]
+    assert ingestion.parent_id is None  # a trace of its own, as without the header
+    assert ingestion.trace_id != "a" * 32

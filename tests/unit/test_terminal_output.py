@@ -57,7 +57,7 @@ def test_trace_prints_hostile_span_attributes_and_event_id_escaped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # given an event whose id and user id carry escape sequences and markup, traced by the real exporter
-    settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, data_dir=tmp_path, trace_sample_ratio=1.0)  # type: ignore[call-arg]
     tracing = Tracing.start(settings, "api")
     event_id = f"ev-{HOSTILE}"
     with tracing.tracer.start_as_current_span("event-ingestion") as span:

@@ -30,6 +30,7 @@ from cluster.observability.trace_view import build_trees, render, spans_of_event
 from cluster.observability.tracing import (
     JsonLinesSpanExporter,
     Tracing,
+    forced_parent,
     format_traceparent,
     otlp_traces_url,
     parse_traceparent,
@@ -147,7 +148,7 @@ def test_tracing_disabled_gives_no_context_to_carry_or_store(tmp_path):
 
 def test_span_file_is_rotated_once_past_its_size(tmp_path):
     exporter = JsonLinesSpanExporter(tmp_path, "api", max_bytes=2000)
-    tracing = Tracing.start(_settings(tmp_path), "api", exporter=exporter)
+    tracing = Tracing.start(_settings(tmp_path, trace_sample_ratio=1.0), "api", exporter=exporter)
 
     for n in range(40):
         tracing.tracer.start_span(f"span-{n}", attributes={"padding": "x" * 100}).end()
@@ -166,19 +167,21 @@ def test_span_file_is_rotated_once_past_its_size(tmp_path):
 
 @pytest.fixture
 def two_processes(tmp_path) -> Iterator[tuple[Tracing, Tracing, Path]]:
-    """The API's and an owner's tracing, each with its own span file (in one test process)."""
-    settings = _settings(tmp_path)
+    """The API's and an owner's tracing, each with its own span file (in one test process), tracing every event."""
+    settings = _settings(tmp_path, trace_sample_ratio=1.0)
     api, owner = Tracing.start(settings, "api"), Tracing.start(settings, "partition-owner")
     yield api, owner, traces_dir(settings)
     api.shutdown()
     owner.shutdown()
 
 
-def _published(api: Tracing, event: dict[str, Any], offset: int, correlation_id: str) -> SourceRecord:
+def _published(
+    api: Tracing, event: dict[str, Any], offset: int, correlation_id: str, parent: SpanContext | None = None
+) -> SourceRecord:
     """The API's part for one event (spans, traceparent header, broker ack); the record as the owner reads it."""
     spans = IngestSpans(api)
     parsed = default_registry().parse(event)
-    traced = spans.begin(correlation_id)
+    traced = spans.begin(correlation_id, parent=parent)
     spans.identified(traced, str(parsed.id), event["type"], event.get("user_id"))
     topic = f"events.{event['type']}"
     value = Envelope.encode_event(parsed, time.time(), correlation_id=correlation_id)
@@ -366,7 +369,7 @@ def test_with_an_endpoint_spans_go_over_otlp_http_and_no_file_is_written(tmp_pat
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-        tracing = Tracing.start(_settings(tmp_path, otlp_endpoint=endpoint), "partition-owner")
+        tracing = Tracing.start(_settings(tmp_path, otlp_endpoint=endpoint, trace_sample_ratio=1.0), "partition-owner")
         tracing.tracer.start_span("event-processing", attributes={"event.id": "otlp-1"}).end()
         assert tracing.flush()
     finally:
@@ -382,3 +385,73 @@ def test_with_an_endpoint_spans_go_over_otlp_http_and_no_file_is_written(tmp_pat
     (span,) = resource_spans.scope_spans[0].spans
     assert span.name == "event-processing"
     assert not traces_dir(_settings(tmp_path)).exists()
+
+
+# --- force-tracing one request: a client's sampled traceparent -------------------------------------------------------
+CLIENT_TRACE, CLIENT_SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+
+@pytest.fixture
+def unsampled_processes(tmp_path) -> Iterator[tuple[Tracing, Tracing, Path]]:
+    """The API's and an owner's tracing with ratio 0: no trace starts on its own."""
+    settings = _settings(tmp_path, trace_sample_ratio=0.0)
+    api, owner = Tracing.start(settings, "api"), Tracing.start(settings, "partition-owner")
+    yield api, owner, traces_dir(settings)
+    api.shutdown()
+    owner.shutdown()
+
+
+def test_a_sampled_client_traceparent_traces_the_event_end_to_end_at_ratio_zero(unsampled_processes, transaction_data):
+    api, owner, directory = unsampled_processes
+    parent = forced_parent(f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01")
+
+    records = [_published(api, transaction_data(id="ev-forced"), 5, "corr-1", parent=parent)]
+    _owner_commits(owner, records)
+    api.flush()
+    owner.flush()
+
+    spans = spans_of_event(directory, "ev-forced")
+    by_name = {s.name: s for s in spans if s.trace_id == CLIENT_TRACE}
+    assert set(by_name) == {"event-ingestion", "event-publish", "event-processing", "state-store"}
+    assert by_name["event-ingestion"].parent_id == CLIENT_SPAN  # a child of the client's span
+    assert by_name["event-processing"].parent_id == by_name["event-publish"].span_id
+    batch_commit = next(s for s in spans if s.attributes.get("eventpipe.commit") == "batch")
+    assert (CLIENT_TRACE, by_name["event-processing"].span_id) in batch_commit.links
+
+
+def test_without_a_client_traceparent_ratio_zero_records_no_span(unsampled_processes, transaction_data):
+    api, owner, directory = unsampled_processes
+
+    records = [_published(api, transaction_data(id="ev-plain"), 5, "corr-1")]
+    traced, _ = _owner_commits(owner, records)
+    api.flush()
+    owner.flush()
+
+    assert _span_lines(directory) == []
+    assert parse_traceparent(traced.trace_contexts[5]) is not None  # the event still carries its (unsampled) context
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-00",  # sampled flag off
+        f"00-{CLIENT_TRACE}-{CLIENT_SPAN}",  # truncated
+        "00-not-hex-01",
+        "",
+        "\x00\xff" * 40,
+        None,
+    ],
+)
+def test_an_unsampled_or_malformed_client_traceparent_is_ignored(tmp_path, transaction_data, value):
+    api = Tracing.start(_settings(tmp_path, trace_sample_ratio=1.0), "api")
+    spans = IngestSpans(api)
+
+    parent = forced_parent(value)
+    traced = spans.begin("corr-1", parent=parent)
+    spans.identified(traced, "ev-1", "transaction", None)
+
+    assert parent is None
+    context = traced.ingestion.get_span_context()
+    assert context.trace_flags.sampled  # the ratio decided, as without the header
+    assert f"{context.trace_id:032x}" != CLIENT_TRACE
+    api.shutdown()
