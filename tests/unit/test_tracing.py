@@ -165,14 +165,19 @@ def test_span_file_is_rotated_once_past_its_size(tmp_path):
 # --- one event, API to commit ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def two_processes(tmp_path) -> Iterator[tuple[Tracing, Tracing, Path]]:
-    """The API's and an owner's tracing, each with its own span file (in one test process), tracing every event."""
-    settings = _settings(tmp_path, trace_sample_ratio=1.0)
+def _api_and_owner(tmp_path: Path, ratio: float) -> Iterator[tuple[Tracing, Tracing, Path]]:
+    """The API's and an owner's tracing, each with its own span file (in one test process), at this sample ratio."""
+    settings = _settings(tmp_path, trace_sample_ratio=ratio)
     api, owner = Tracing.start(settings, "api"), Tracing.start(settings, "partition-owner")
     yield api, owner, traces_dir(settings)
     api.shutdown()
     owner.shutdown()
+
+
+@pytest.fixture
+def two_processes(tmp_path) -> Iterator[tuple[Tracing, Tracing, Path]]:
+    """The API's and an owner's tracing, tracing every event."""
+    yield from _api_and_owner(tmp_path, 1.0)
 
 
 def _published(
@@ -394,11 +399,7 @@ CLIENT_TRACE, CLIENT_SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b
 @pytest.fixture
 def unsampled_processes(tmp_path) -> Iterator[tuple[Tracing, Tracing, Path]]:
     """The API's and an owner's tracing with ratio 0: no trace starts on its own."""
-    settings = _settings(tmp_path, trace_sample_ratio=0.0)
-    api, owner = Tracing.start(settings, "api"), Tracing.start(settings, "partition-owner")
-    yield api, owner, traces_dir(settings)
-    api.shutdown()
-    owner.shutdown()
+    yield from _api_and_owner(tmp_path, 0.0)
 
 
 def test_a_sampled_client_traceparent_traces_the_event_end_to_end_at_ratio_zero(unsampled_processes, transaction_data):
