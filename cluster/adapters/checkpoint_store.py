@@ -166,31 +166,19 @@ actions AS (
     RETURNING 1
 ),
 audit AS (
-    INSERT INTO audit_log (event_id, from_status, to_status, at, actor, detail)
-    SELECT id, from_s, to_s, at, %(owner)s, detail FROM (
-        SELECT i.id, NULL AS from_s, 'accepted' AS to_s, to_timestamp(i.recv) AS at, '{}'::jsonb AS detail,
-               1 AS step
-          FROM incoming i JOIN fresh f ON f.id = i.id
-        UNION ALL
-        SELECT i.id, 'accepted', 'consumed', to_timestamp(%(consumed)s),
-               jsonb_build_object('topic', %(topic)s, 'partition', %(partition)s, 'offset', i.off), 2
-          FROM incoming i JOIN fresh f ON f.id = i.id
-        UNION ALL
-        SELECT i.id, 'consumed', f.status, clock_timestamp(),
-               CASE WHEN f.status = 'processed' THEN jsonb_build_object('epoch', %(epoch)s, 'attempts', i.att)
-                    ELSE jsonb_build_object('kind', i.dk, 'reason', i.dr, 'attempts', i.att) END, 3
-          FROM incoming i JOIN fresh f ON f.id = i.id
-        UNION ALL
-        SELECT i.id, NULL, 'duplicate_ignored', clock_timestamp(),
-               jsonb_build_object('topic', %(topic)s, 'partition', %(partition)s, 'offset', i.off), 4
-          FROM incoming i WHERE NOT EXISTS (SELECT 1 FROM fresh f WHERE f.id = i.id)
-        UNION ALL
-        SELECT x.e, NULL, 'duplicate_ignored', clock_timestamp(),
-               jsonb_build_object('topic', %(topic)s, 'partition', %(partition)s, 'offset', x.off), 4
-          FROM doc CROSS JOIN LATERAL jsonb_to_recordset(doc.d -> 'dups') AS x(e text, off bigint)
-         WHERE EXISTS (SELECT 1 FROM advanced)
-    ) AS steps
-    ORDER BY id, step
+    -- One row per record with an id (ADR 0012): its whole trail in this commit; the audit_log view expands it.
+    INSERT INTO audit_trail (event_id, outcome, actor, epoch, topic, partition, "offset", accepted_at, consumed_at,
+                             attempts, dead_kind, dead_reason)
+    SELECT i.id, coalesce(f.status, 'duplicate_ignored'), %(owner)s, %(epoch)s, %(topic)s, %(partition)s, i.off,
+           CASE WHEN f.id IS NOT NULL THEN to_timestamp(i.recv) END, to_timestamp(%(consumed)s),
+           CASE WHEN f.id IS NOT NULL THEN i.att END, CASE WHEN f.id IS NOT NULL THEN i.dk END,
+           CASE WHEN f.id IS NOT NULL THEN i.dr END
+      FROM incoming i LEFT JOIN fresh f ON f.id = i.id
+    UNION ALL
+    SELECT x.e, 'duplicate_ignored', %(owner)s, %(epoch)s, %(topic)s, %(partition)s, x.off, NULL,
+           to_timestamp(%(consumed)s), NULL, NULL, NULL
+      FROM doc CROSS JOIN LATERAL jsonb_to_recordset(doc.d -> 'dups') AS x(e text, off bigint)
+     WHERE EXISTS (SELECT 1 FROM advanced)
     RETURNING 1
 ),
 dead AS (
