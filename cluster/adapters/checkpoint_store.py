@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from cluster.adapters.commit_doc import EncodedBatch, encode
+from cluster.adapters.commit_doc import DOCUMENT, EncodedBatch, encode
 from cluster.adapters.leases import LeaderLease, verify_held
 from pipelines.batch import CommitBatch, CommitOutcome
 
@@ -90,11 +90,17 @@ RETURNING epoch
 
 _READ_CHECKPOINT = "SELECT epoch, next_offset FROM partition_checkpoints WHERE topic = %s AND partition = %s"
 
-# The whole commit in ONE statement: (1) compare-and-set on the partition row; only if it advanced:
-# (2) dedup gate and event rows, insert-if-absent on id; (3) results and read models for the new ids only;
-# (4) audit rows; (5) dead letters; (6) offsets skipped as holes.
-# Zero rows advanced means fenced, or a retry of a commit that already landed.
-_COMMIT = """
+
+def _rows(key: str) -> str:
+    """A subquery reading the document's list `key` into the named, typed columns of its RowSchema."""
+    return f"(SELECT {DOCUMENT[key].select('r')} FROM jsonb_array_elements(doc.d -> '{key}') AS r)"
+
+
+# The whole commit in ONE statement, assembled once at import from constants (no value is ever part of it):
+# (1) compare-and-set on the partition row; only if it advanced: (2) dedup gate and event rows, insert-if-absent on
+# id; (3) results and read models for the new ids only; (4) audit rows, one per record with an id; (5) dead letters;
+# (6) offsets skipped as holes. Zero rows advanced means fenced, or a retry of a commit that already landed.
+_COMMIT = f"""
 WITH doc AS (SELECT %(doc)s::jsonb AS d),
 advanced AS (
     UPDATE partition_checkpoints SET next_offset = %(next)s, updated_at = now()
@@ -102,10 +108,7 @@ advanced AS (
     RETURNING 1 AS ok
 ),
 incoming AS (
-    SELECT e.* FROM doc CROSS JOIN LATERAL jsonb_to_recordset(doc.d -> 'events') AS e(
-        id text, type text, v int, status text, off bigint, key text, corr text, caus text, parents jsonb,
-        idem text, trace text, payload jsonb, recv float8, att int, result jsonb, dk text, dr text)
-     WHERE EXISTS (SELECT 1 FROM advanced)
+    SELECT e.* FROM doc CROSS JOIN LATERAL {_rows("events")} AS e WHERE EXISTS (SELECT 1 FROM advanced)
 ),
 gate AS (
     INSERT INTO dedup_keys (event_id, first_seen, expires_at)
@@ -121,8 +124,8 @@ fresh AS (
            ARRAY(SELECT jsonb_array_elements_text(i.parents)), i.idem, i.trace, i.payload, to_timestamp(i.recv),
            to_timestamp(%(consumed)s), i.att
       FROM incoming i JOIN gate g ON g.event_id = i.id
-     ORDER BY i.id
-    ON CONFLICT (id) DO NOTHING
+    ON CONFLICT (id) DO NOTHING  -- no ORDER BY: the gate above took the ids' locks in order, and only its winners
+                                 -- reach this insert
     RETURNING id, status
 ),
 new_results AS (
@@ -133,7 +136,7 @@ new_results AS (
 spend AS (
     INSERT INTO user_totals AS t (user_id, base_currency, total_amount, tx_count, flagged_count)
     SELECT s.u, min(s.c), sum(s.a), count(*), sum(s.f)
-      FROM doc CROSS JOIN LATERAL jsonb_to_recordset(doc.d -> 'spend') AS s(e text, u text, c text, a numeric, f int)
+      FROM doc CROSS JOIN LATERAL {_rows("spend")} AS s
       JOIN fresh ON fresh.id = s.e
      GROUP BY s.u ORDER BY s.u
     ON CONFLICT (user_id) DO UPDATE
@@ -145,7 +148,7 @@ readings AS (
     INSERT INTO device_stats AS t (device_id, si_unit, reading_count, reading_sum, reading_min, reading_max,
                                    out_of_range_count)
     SELECT r.d, r.u, count(*), sum(r.v), min(r.v), max(r.v), sum(r.o)
-      FROM doc CROSS JOIN LATERAL jsonb_to_recordset(doc.d -> 'readings') AS r(e text, d text, u text, v float8, o int)
+      FROM doc CROSS JOIN LATERAL {_rows("readings")} AS r
       JOIN fresh ON fresh.id = r.e
      GROUP BY r.d, r.u ORDER BY r.d, r.u
     ON CONFLICT (device_id, si_unit) DO UPDATE
@@ -159,7 +162,7 @@ readings AS (
 actions AS (
     INSERT INTO user_action_counts AS t (user_id, action, count)
     SELECT a.u, a.a, count(*)
-      FROM doc CROSS JOIN LATERAL jsonb_to_recordset(doc.d -> 'actions') AS a(e text, u text, a text)
+      FROM doc CROSS JOIN LATERAL {_rows("actions")} AS a
       JOIN fresh ON fresh.id = a.e
      GROUP BY a.u, a.a ORDER BY a.u, a.a
     ON CONFLICT (user_id, action) DO UPDATE SET count = t.count + excluded.count
@@ -177,28 +180,27 @@ audit AS (
     UNION ALL
     SELECT x.e, 'duplicate_ignored', %(owner)s, %(epoch)s, %(topic)s, %(partition)s, x.off, NULL,
            to_timestamp(%(consumed)s), NULL, NULL, NULL
-      FROM doc CROSS JOIN LATERAL jsonb_to_recordset(doc.d -> 'dups') AS x(e text, off bigint)
+      FROM doc CROSS JOIN LATERAL {_rows("dups")} AS x
      WHERE EXISTS (SELECT 1 FROM advanced)
     RETURNING 1
 ),
 dead AS (
     INSERT INTO dead_letters (event_id, topic, partition, "offset", error_kind, reason, attempts, payload)
     SELECT x.e, %(topic)s, %(partition)s, x.off, x.k, x.r, x.att, decode(x.p, 'base64')
-      FROM doc CROSS JOIN LATERAL jsonb_to_recordset(doc.d -> 'dead') AS x(e text, off bigint, k text, r text,
-                                                                               att int, p text)
+      FROM doc CROSS JOIN LATERAL {_rows("dead")} AS x
      WHERE EXISTS (SELECT 1 FROM advanced)
     ON CONFLICT (topic, partition, "offset") DO NOTHING
     RETURNING 1
 ),
 gaps AS (
     INSERT INTO offset_gaps (topic, partition, from_offset, to_offset, epoch, owner_id)
-    SELECT %(topic)s, %(partition)s, g."from", g."to", %(epoch)s, %(owner)s
-      FROM doc CROSS JOIN LATERAL jsonb_to_recordset(doc.d -> 'gaps') AS g("from" bigint, "to" bigint)
+    SELECT %(topic)s, %(partition)s, g.from_off, g.to_off, %(epoch)s, %(owner)s
+      FROM doc CROSS JOIN LATERAL {_rows("gaps")} AS g
      WHERE EXISTS (SELECT 1 FROM advanced)
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM advanced), (SELECT count(*) FROM fresh), (SELECT count(*) FROM incoming),
-       (SELECT coalesce(array_agg(i.id ORDER BY i.id), '{}') FROM incoming i
+       (SELECT coalesce(array_agg(i.id ORDER BY i.id), '{{}}') FROM incoming i
          WHERE NOT EXISTS (SELECT 1 FROM fresh f WHERE f.id = i.id))
 """
 PURGE_DEDUP = "DELETE FROM dedup_keys WHERE expires_at < now()"
