@@ -121,11 +121,10 @@ fresh AS (
                         causation_id, parent_ids, idempotency_key, trace_context, payload, received_at, consumed_at,
                         attempts)
     SELECT i.id, i.type, i.v, i.status, %(topic)s, %(partition)s, i.off, i.key, i.corr, i.caus,
-           ARRAY(SELECT jsonb_array_elements_text(i.parents)), i.idem, i.trace, i.payload, to_timestamp(i.recv),
-           to_timestamp(%(consumed)s), i.att
+           CASE WHEN i.parents = '[]' THEN '{{}}'::text[] ELSE ARRAY(SELECT jsonb_array_elements_text(i.parents)) END,
+           i.idem, i.trace, i.payload, to_timestamp(i.recv), to_timestamp(%(consumed)s), i.att
       FROM incoming i JOIN gate g ON g.event_id = i.id
-    ON CONFLICT (id) DO NOTHING  -- no ORDER BY: the gate above took the ids' locks in order, and only its winners
-                                 -- reach this insert
+    ON CONFLICT (id) DO NOTHING  -- no ORDER BY: the gate took the ids' locks in order; only its winners come here
     RETURNING id, status
 ),
 new_results AS (
