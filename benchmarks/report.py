@@ -5,6 +5,7 @@ Computes from measurements only; never talks to the server or the database.
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from dataclasses import asdict
 from typing import Any
@@ -18,9 +19,15 @@ from benchmarks.cpu_sampler import Phase
 from benchmarks.sender import LoadResult
 from benchmarks.stats import summarize_ms
 
+PIPE_WIDTH = 140
 BROKER_FLOOR_NOTE = (
     "includes the embedded broker's ~60-110 ms readability floor (time before a produced record is fetchable)"
 )
+
+
+def make_console() -> Console:
+    """Rich console; when output goes to a file or pipe (`make bench | tee`), wide enough not to wrap the tables."""
+    return Console() if sys.stdout.isatty() else Console(width=PIPE_WIDTH)
 
 
 def _rate(count: int, window: float) -> float | None:

@@ -24,7 +24,7 @@ from benchmarks import throughput
 from benchmarks.components import Component
 from benchmarks.cost import GIB, TOTAL
 from benchmarks.local_stack import running_stack, stack_lock
-from benchmarks.report import render
+from benchmarks.report import make_console, render
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def measure(partitions: int, args: argparse.Namespace, console: Console) -> dict
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    console = Console()
+    console = make_console()
     counts = [int(n) for n in args.partitions.split(",")]
     rows: list[ScalingRow] = []
     runs: dict[int, dict[str, Any]] = {}

@@ -28,7 +28,7 @@ from benchmarks.commit_watch import DrainResult, wait_for_commits
 from benchmarks.cost import budget_us, events_in_window
 from benchmarks.cpu_sampler import Phase, ProcessSampler, StackScope
 from benchmarks.events import EventFactory, EventMix, run_prefix
-from benchmarks.report import commit_figures, cost_figures, render, render_cost, send_figures
+from benchmarks.report import commit_figures, cost_figures, make_console, render, render_cost, send_figures
 from benchmarks.sender import LoadPlan, LoadResult, OpenLoopSender, make_client, schedule_ok
 
 SEND, DRAIN, IDLE = "send", "drain", "idle"
@@ -201,7 +201,7 @@ def _write_json(path: Path | None, figures: dict[str, Any], console: Console) ->
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    console = Console()
+    console = make_console()
     if args.idle is not None:
         figures = run_idle(args, console)
         render_cost(figures["idle"], console)
