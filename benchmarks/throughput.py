@@ -101,7 +101,8 @@ def _sampler(args: argparse.Namespace, console: Console) -> ProcessSampler | Non
         return None
     postgres = stack.find_postgres(args.database_url) if args.database_url else None
     if postgres is None:
-        console.print("[yellow]PostgreSQL not found on this host: its CPU is not in the table[/yellow]")
+        why = "no listener on this host for the database URL" if args.database_url else "no database URL"
+        console.print(f"[yellow]PostgreSQL not sampled ({why}): its CPU and memory are not in the table[/yellow]")
     return ProcessSampler(StackScope([root, *([postgres] if postgres else [])]))
 
 

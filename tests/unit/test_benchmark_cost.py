@@ -1,17 +1,21 @@
-"""The pure parts of the cost benchmarks: which component a process belongs to, the µs-per-event arithmetic, the rows
-of the cost table, the scaling table built from a run's figures, and the environment a benchmark stack starts with.
+"""The cost benchmarks: which component a process belongs to, the µs-per-event arithmetic, the rows of the cost table,
+the scaling table built from a run's figures, the environment a benchmark stack starts with, and the sampler's
+phase accounting on a real child process of the test.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from rich.console import Console
 
 from benchmarks.components import Component, component_of, is_eventpipe_run
 from benchmarks.cost import STACK, TOTAL, budget_us, cost_rows, events_in_window, percent_of_core, us_per_event
-from benchmarks.cpu_sampler import Phase, Usage
+from benchmarks.cpu_sampler import Phase, ProcessSampler, StackScope, Usage
 from benchmarks.local_stack import stack_environment
 from benchmarks.report import cost_figures, render_cost
 from benchmarks.scaling import scaling_row, scaling_table
@@ -179,3 +183,37 @@ def test_the_embedded_database_url_comes_from_the_data_dir(tmp_path: Path) -> No
     assert embedded_database_url(tmp_path) is None
     (tmp_path / "pg.port").write_text("38329\n")
     assert embedded_database_url(tmp_path) == "postgresql://postgres@127.0.0.1:38329/eventpipe"
+
+
+# Burns a fixed amount of CPU time (not wall time, so a busy box does not change it), says so, then idles.
+BURN = """
+import sys, time
+while time.process_time() < 0.3:
+    pass
+print("burnt", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_the_sampler_charges_a_new_process_its_cpu_time_in_the_phase_it_ran() -> None:
+    # Given a sampler over this process's tree, and a child started after the baseline that burns 0.3 s of CPU
+    sampler = ProcessSampler(StackScope([psutil.Process()]), interval=0.05)
+    sampler.start("burn")
+    child = subprocess.Popen([sys.executable, "-c", BURN], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"burnt\n"
+        # When the phase ends once the burning is done, and a quiet phase follows
+        sampler.begin("quiet")
+    finally:
+        child.communicate(b"")  # closing its stdin lets it exit
+    burn, quiet = sampler.stop()
+
+    # Then the burn phase holds the child's CPU time (plus its interpreter's start-up), the quiet one almost none
+    assert (burn.name, quiet.name) == ("burn", "quiet")
+    other = burn.components[Component.OTHER]
+    assert other.processes == 1
+    assert 0.28 <= other.cpu_seconds < 1.5  # /proc counts in 10 ms clock ticks, user and system apart
+    assert other.peak_rss_bytes > 0
+    assert burn.components[Component.DRIVER].processes == 1
+    assert quiet.components.get(Component.OTHER, Usage(0.0, 0, 0)).cpu_seconds < 0.1
+    assert burn.wall_start <= burn.wall_end <= quiet.wall_start + 1e-6
