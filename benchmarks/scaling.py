@@ -119,6 +119,8 @@ def _throughput_args(args: argparse.Namespace, pid: int, database_url: str) -> a
             f"--batch-size={args.batch_size}",
             f"--concurrency={args.concurrency}",
             f"--drain-timeout={args.drain_timeout}",
+            # Offered load stops at --duration: above the ceiling every batch is late, so a grace would only stretch it.
+            "--late-grace=0",
             f"--stack-pid={pid}",
             f"--database-url={database_url}",
         ]
