@@ -58,8 +58,7 @@ EXECUTABLES: dict[str, Component] = {
     "raylet": Component.RAY_CORE,
     "gcs_server": Component.RAY_CORE,
 }
-# Ray's Python helpers (dashboard and its forkserver children, log monitor, autoscaler, an untitled worker) and the
-# `eventpipe run` CLI, which is the Ray driver of the local head.
+# Ray's Python helpers: dashboard and its forkserver children, log monitor, autoscaler, a worker not yet titled.
 RAY_PYTHON = re.compile(r"[/\\]ray[/\\]|^ray-dashboard-|multiprocessing\.(forkserver|resource_tracker)")
 
 
@@ -70,6 +69,7 @@ def _actor_component(actor_class: str) -> Component:
 
 
 def is_eventpipe_run(cmdline: Sequence[str]) -> bool:
+    """`eventpipe run`, the CLI that starts the stack and is the Ray driver of its local head."""
     names = [PurePath(arg).name for arg in cmdline]
     return any(name == "eventpipe" and names[i + 1 : i + 2] == ["run"] for i, name in enumerate(names))
 
