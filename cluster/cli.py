@@ -86,6 +86,9 @@ def cmd_run(settings: Settings) -> int:
     # Serve keeps a stopping replica reachable for 30 s so load balancers notice; on a laptop nobody needs that.
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
     os.environ.setdefault("RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S", "2")
+    # Serve's controller reconciles every 0.1 s by default: 4 % of a core on an idle 2-core box; 0.5 s costs a
+    # deployment change at most 0.4 s more.
+    os.environ.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.5")
     # The handler only flips a flag: taking a lock there (Event.set) can deadlock the main thread that is waiting.
     stop_requested: list[bool] = []
     signal.signal(signal.SIGINT, lambda *_: stop_requested.append(True))
