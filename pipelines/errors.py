@@ -53,3 +53,7 @@ class DeadLetterKind(StrEnum):
     HANDLER_ERROR = "handler_error"  # an unexpected exception on the event's way through the owner
     STORE_REJECTED = "store_rejected"  # PostgreSQL refused the event's rows for a data reason (overflow, constraint)
     PUBLISH_REJECTED = "publish_rejected"  # the broker refuses the record for good (e.g. larger than allowed)
+
+
+class Fenced(Exception):
+    """A newer epoch owns the partition: this owner must stop and never commit again."""
