@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=10_000, help="target events per second")
     p.add_argument("--duration", type=float, default=60, help="seconds of sending")
     p.add_argument("--batch-size", type=int, default=500, help="events per POST /events/batch (max 1000)")
+    p.add_argument(
+        "--single", action="store_true", help="one event per POST /events instead of batches (sets --batch-size 1)"
+    )
     p.add_argument("--concurrency", type=int, default=16, help="keep-alive connections = max requests in flight")
     p.add_argument("--drain-timeout", type=float, default=120, help="max seconds to wait for commits after sending")
     p.add_argument("--poll-interval", type=float, default=0.5, help="seconds between PostgreSQL polls while draining")
@@ -128,11 +131,12 @@ async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     plan = LoadPlan(
         rate=args.rate,
         duration=args.duration,
-        batch_size=args.batch_size,
+        batch_size=1 if args.single else args.batch_size,
         concurrency=args.concurrency,
         request_timeout=args.request_timeout,
         late_grace=args.late_grace,
         lag_tolerance=args.lag_tolerance_ms / 1000,
+        single=args.single,
     )
     if problem := schedule_ok(plan):
         raise SystemExit(problem)
