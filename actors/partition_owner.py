@@ -42,6 +42,7 @@ from cluster.settings import Settings
 from pipelines.batch import CommitBatch, CommitOutcome, DeadLetter, ProcessedEvent, SourceRecord, assemble
 from pipelines.engine import PartitionProcessor
 from pipelines.enrichment import merchant_ids
+from pipelines.errors import Outcome
 from pipelines.policies.bisect import Abandoned, BatchBisector, Committed, Refusal
 from pipelines.policies.gaps import GapPolicy, GapState, split_at_gap
 from pipelines.policies.retry import RetryPolicy
@@ -153,10 +154,10 @@ class PartitionOwner:
         return self.status()
 
     # -- the loop -------------------------------------------------------------------------------
-    def _observe(self, outcome: ProcessedEvent | DeadLetter, seconds: float) -> None:
-        """Each record's outcome and processing time, as the engine hands them over (loop thread)."""
+    def _observe(self, outcome: ProcessedEvent | DeadLetter, seconds: float, status: Outcome) -> None:
+        """Each record's outcome, processing time and status, as the engine hands them over (loop thread)."""
         record_processing(catalogue.METRICS, outcome, seconds, self._types)
-        self._spans.observe(outcome, seconds)
+        self._spans.observe(outcome, seconds, status)
 
     def _run_guarded(self) -> None:
         backoff = 0.5

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from pipelines.effects import Effect
-from pipelines.errors import DeadLetterKind
+from pipelines.errors import DeadLetterKind, Outcome
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class SourceRecord:
 
 @dataclass(frozen=True)
 class ProcessedEvent:
+    outcome: ClassVar[Outcome] = Outcome.PROCESSED
+
     event_id: str
     type: str
     schema_version: int
@@ -44,11 +47,14 @@ class ProcessedEvent:
     parent_ids: tuple[str, ...] = ()
     idempotency_key: str | None = None
     trace_context: str | None = None
+    entity_field: str | None = None  # the event field `entity_key` was read from (pipelines.entity)
 
 
 @dataclass(frozen=True)
 class DeadLetter:
     """A record that will not be processed, with the reason; event fields are set when the id was known."""
+
+    outcome: ClassVar[Outcome] = Outcome.DEAD_LETTERED
 
     offset: int
     error_kind: DeadLetterKind
@@ -65,11 +71,14 @@ class DeadLetter:
     causation_id: str | None = None
     parent_ids: tuple[str, ...] = ()
     idempotency_key: str | None = None
+    entity_field: str | None = None
 
 
 @dataclass(frozen=True)
 class InBatchDuplicate:
     """A record whose event id an earlier record of the same batch already carries: audited, not stored again."""
+
+    outcome: ClassVar[Outcome] = Outcome.DUPLICATE
 
     event_id: str
     offset: int
@@ -174,6 +183,7 @@ def dead_instead(event: ProcessedEvent, kind: DeadLetterKind, reason: str, paylo
         causation_id=event.causation_id,
         parent_ids=event.parent_ids,
         idempotency_key=event.idempotency_key,
+        entity_field=event.entity_field,
     )
 
 
