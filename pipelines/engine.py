@@ -70,7 +70,7 @@ def _consistent(envelope: Envelope, event: EventBase) -> None:
         raise InvalidEvent(f"envelope id {envelope.id!r} does not match payload id {event.id!r}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Decoded:
     """What a record's bytes said, decoded once: its envelope, its payload as stored (None when it cannot be: NUL)
     and the entity the payload names, before the event is validated (for its dead letter, should it fail)."""
