@@ -286,9 +286,14 @@ class ProcessingSpans:
         end_ns: int,
     ) -> SpanContext:
         """Start and end the span through the tracer (sampled by ratio without a parent, followed with a sampled one);
-        its attributes only when it will be recorded."""
-        attributes: dict[str, Any] | None = None
-        if self.enabled:
+        its attributes are set only when it is recorded (most spans without a parent are not, at the default ratio)."""
+        span = self._tracer.start_span(
+            PROCESSING,
+            context=remote_parent(parent),
+            kind=SpanKind.CONSUMER,
+            start_time=end_ns - int(seconds * 1e9),
+        )
+        if span.is_recording():
             attributes = _identity(outcome.event_id, outcome.type, outcome.correlation_id)
             attributes.update(_entities(outcome))
             attributes["event.outcome"] = status.value
@@ -299,15 +304,8 @@ class ProcessingSpans:
             if isinstance(outcome, DeadLetter):
                 attributes["dead_letter.kind"] = outcome.error_kind
                 attributes["dead_letter.reason"] = outcome.reason
-        span = self._tracer.start_span(
-            PROCESSING,
-            context=remote_parent(parent),
-            kind=SpanKind.CONSUMER,
-            start_time=end_ns - int(seconds * 1e9),
-            attributes=attributes,
-        )
-        if isinstance(outcome, DeadLetter) and span.is_recording():
-            span.set_status(Status(StatusCode.ERROR, f"dead-lettered: {outcome.error_kind}"))
+                span.set_status(Status(StatusCode.ERROR, f"dead-lettered: {outcome.error_kind}"))
+            span.set_attributes(attributes)
         span.end(end_time=end_ns)
         return span.get_span_context()
 
@@ -324,6 +322,8 @@ class ProcessingSpans:
         self, trace_: BatchTrace, batch: CommitBatch, outcome: CommitOutcome, started_ns: int, end_ns: int
     ) -> None:
         sampled = [e for e in trace_.events if e.context.trace_flags.sampled]
+        if not sampled:
+            return  # the batch commit is traced exactly when one of its events is
         store = {
             "db.system": "postgresql",
             "messaging.destination.name": batch.topic,
