@@ -1,10 +1,10 @@
 """Micro-benchmark of what a partition owner's loop thread pays per event, stage by stage, without Ray.
 
-Per batch, in the owner's order: the merchant-id hint for enrichment, `ProcessingSpans.begin`, the processor's
-outcomes with the real `on_outcome` hook (processing-time metric and the event's span), `assemble`, the commit
-document's encoding, `ProcessingSpans.committed` and `record_commit`. Records are built as the consumer builds them
-(each API record carries the `traceparent` header of its publish span, sampled at the default ratio); tracing is on
-at the default ratio (0.01) and exports JSON lines to a temporary directory, as a default owner does.
+Per batch, in the owner's order: the consumer's records from its messages (with their headers; each API record
+carries the `traceparent` of its publish span, sampled at the default ratio), the merchant-id hint for enrichment,
+`ProcessingSpans.begin`, the processor's outcomes with the real `on_outcome` hook (processing-time metric and the
+event's span), `assemble`, the commit document's encoding, `ProcessingSpans.committed` and `record_commit`; tracing
+is on at the default ratio (0.01) and exports JSON lines to a temporary directory, as a default owner does.
 Each topic is read by its own owners, so every batch is one topic's: 40% sensor, 25% user_action, 20% transaction
 envelopes, 15% bare events on the ingest topic (3% of those malformed); 1% of envelopes resend an earlier event.
 
@@ -26,10 +26,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
+from confluent_kafka import Message
 from opentelemetry.trace import SpanContext, TraceFlags
 
 from benchmarks.events import EventFactory
 from cluster.adapters.commit_doc import encode
+from cluster.adapters.kafka_source import source_records
 from cluster.observability import metrics as catalogue
 from cluster.observability.event_spans import ProcessingSpans
 from cluster.observability.logs import setup_logging
@@ -45,7 +47,16 @@ from pipelines.registry import default_registry
 
 INGEST = "events.ingest"
 SHARES = {"events.sensor": 0.40, "events.user_action": 0.25, "events.transaction": 0.20, INGEST: 0.15}
-STAGES = ("merchant_ids", "spans.begin", "outcomes", "assemble", "encode", "spans.committed", "record_commit")
+STAGES = (
+    "consume",
+    "merchant_ids",
+    "spans.begin",
+    "outcomes",
+    "assemble",
+    "encode",
+    "spans.committed",
+    "record_commit",
+)
 
 
 def _traceparent(rng: random.Random, ratio: float) -> bytes:
@@ -110,8 +121,10 @@ class Owner:
         yield
         self.times[name] += time.thread_time() - started
 
-    def batch(self, records: list[SourceRecord]) -> None:
+    def batch(self, messages: list[Message]) -> None:
         consumed_at = time.time()
+        with self.stage("consume"):
+            records = source_records(messages[0].topic(), 0, messages)
         with self.stage("merchant_ids"):
             merchant_ids(records, INGEST)
         with self.stage("spans.begin"):
@@ -145,7 +158,23 @@ class Owner:
             record_commit(self.metrics, batch, result, time.time(), ingest_topic=INGEST, known_types=self.types)
 
 
-def run(owner: Owner, streams: dict[str, list[SourceRecord]], size: int) -> tuple[dict[str, float], float, int]:
+def messages_of(records: list[SourceRecord]) -> list[Message]:
+    """The consumer's messages of the records (the broker's CreateTime when a record has a timestamp)."""
+    return [
+        Message(
+            topic=r.topic,
+            partition=r.partition,
+            offset=r.offset,
+            key=r.key,
+            value=r.value,
+            headers=list(r.headers) if r.headers else None,
+            timestamp=(1, r.timestamp_ms) if r.timestamp_ms else (0, -1),
+        )
+        for r in records
+    ]
+
+
+def run(owner: Owner, streams: dict[str, list[Message]], size: int) -> tuple[dict[str, float], float, int]:
     """Every stream in batches of `size`: stage thread-CPU seconds, process CPU seconds, events."""
     owner.times.clear()
     events = 0
@@ -163,7 +192,7 @@ def measure(events: int, repeat: int, sizes: list[int], ratio: float, out: Calla
     with tempfile.TemporaryDirectory(prefix="owner-bench-") as data:
         settings = Settings(_env_file=None, data_dir=Path(data), trace_sample_ratio=ratio)  # type: ignore[call-arg]
         streams = {
-            topic: topic_records(topic, round(events * share), ratio, i)
+            topic: messages_of(topic_records(topic, round(events * share), ratio, i))
             for i, (topic, share) in enumerate(SHARES.items())
         }
         setup_logging(settings, "partition-owner")  # dead letters are logged, as in an owner (stderr and a file)

@@ -14,7 +14,7 @@ from pipelines.effects import Effect
 from pipelines.errors import DeadLetterKind, Outcome
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: built per record by the consumer, never changed (see ProcessedEvent)
 class SourceRecord:
     """A record as read from the log, before any decoding."""
 
