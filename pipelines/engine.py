@@ -72,12 +72,11 @@ def _consistent(envelope: Envelope, event: EventBase) -> None:
 
 @dataclass(slots=True)
 class _Decoded:
-    """What a record's bytes said, decoded once: its envelope, its payload as stored (None when it cannot be: NUL)
-    and the entity the payload names, before the event is validated (for its dead letter, should it fail)."""
+    """What a record's bytes said, decoded once: its envelope and its payload as stored (None when it cannot be:
+    NUL), kept for the record's dead letter should the event fail later."""
 
     envelope: Envelope
     payload_json: str | None
-    entity: tuple[str, str] | None
 
 
 def _storable_or_none(payload: object) -> str | None:
@@ -185,7 +184,7 @@ class PartitionProcessor:
         id derived from the record's position when the event has none."""
         event_id = event.id or ids.from_log_position(record.topic, record.partition, record.offset)
         envelope = Envelope.wrap(event, event_id, self._received_at(record, consumed_at), source="kafka")
-        return _Decoded(envelope, _storable_or_none(envelope.payload), entity_of(event))
+        return _Decoded(envelope, _storable_or_none(envelope.payload))
 
     def _one(self, record: SourceRecord, consumed_at: float) -> ProcessedEvent | DeadLetter:
         decoded: _Decoded | None = None
@@ -194,14 +193,14 @@ class PartitionProcessor:
             if record.topic == self.ingest_topic:
                 event = _parse_json(self.registry, value)
                 decoded = self._bare_event(record, event, consumed_at)
-                entity = decoded.entity
             else:
                 envelope = Envelope.decode(value)  # API envelopes: the event is validated from the decoded payload
-                decoded = _Decoded(envelope, _storable_or_none(envelope.payload), entity_of(envelope.payload))
+                # Envelope.decode refused a record holding a NUL anywhere, so its payload serialises as stored.
+                decoded = _Decoded(envelope, orjson.dumps(envelope.payload).decode())
                 event = self.registry.parse(envelope.payload)
                 _consistent(envelope, event)
-                entity = entity_of(event)  # as validated (whitespace stripped), like the effects
             envelope, payload_json = decoded.envelope, decoded.payload_json
+            entity = entity_of(event)  # as validated (whitespace stripped), like the effects
             if payload_json is None:
                 raise InvalidEvent("event contains a NUL character (\\u0000), which cannot be stored")
             if entity is None:
@@ -252,7 +251,8 @@ class PartitionProcessor:
             return bare_dead_letter(
                 record.offset, kind, reason, record.value, self._received_at(record, consumed_at), attempts
             )
-        envelope, payload_json, entity = decoded.envelope, decoded.payload_json, decoded.entity
+        envelope, payload_json = decoded.envelope, decoded.payload_json
+        entity = entity_of(envelope.payload)  # the event may not have validated: read from what the record holds
         return DeadLetter(
             offset=record.offset,
             error_kind=kind,

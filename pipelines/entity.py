@@ -16,7 +16,7 @@ ENTITY_FIELDS: tuple[str, ...] = ("user_id", "device_id")
 def entity_of(event: Mapping[str, Any] | object) -> tuple[str, str] | None:
     """(field, key) of the entity an event is about: a validated event, or the fields of one not (yet) validated
     (a record's payload); None when no entity field holds a string."""
-    fields = event if isinstance(event, Mapping) else vars(event)
+    fields = event if type(event) is dict or isinstance(event, Mapping) else vars(event)
     for name in ENTITY_FIELDS:
         value = fields.get(name)
         if isinstance(value, str):
