@@ -40,6 +40,7 @@ from cluster.observability.tracing import Tracing
 from cluster.settings import Settings
 from pipelines.batch import CommitBatch, CommitOutcome, DeadLetter, ProcessedEvent
 from pipelines.engine import PartitionProcessor
+from pipelines.errors import Outcome
 from pipelines.owner_loop import Claim, ClaimUnavailable, CommitReports, Connection, Hooks, LoopPolicy, OwnerLoop
 from pipelines.owner_status import OwnerStatus
 from pipelines.policies.gaps import GapPolicy
@@ -109,10 +110,10 @@ class PartitionOwner:
         return self.status()
 
     # -- the loop's collaborators (called on the loop's thread) ---------------------------------
-    def _observe(self, outcome: ProcessedEvent | DeadLetter, seconds: float) -> None:
+    def _observe(self, outcome: ProcessedEvent | DeadLetter, seconds: float, status: Outcome) -> None:
         """Each record's outcome and processing time, as the engine hands them over."""
         record_processing(catalogue.METRICS, outcome, seconds, self._types)
-        self._spans.observe(outcome, seconds)
+        self._spans.observe(outcome, seconds, status)
 
     def _record_commit(self, batch: CommitBatch, outcome: CommitOutcome, committed_at: float) -> None:
         record_commit(
