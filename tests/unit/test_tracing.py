@@ -484,7 +484,7 @@ def test_an_event_whose_publish_was_not_sampled_gets_the_context_the_sdk_would_g
         assert event.context.span_id not in (parent.span_id, 0)
     assert traced.events[0].context.span_id != traced.events[1].context.span_id
     # stored with the events as before, and nothing is exported: not the events' spans, not the batch commit
-    rows = {row["id"]: row["trace"] for row in orjson.loads(encoded.doc)["events"]}
+    rows = {row["id"]: row["trace"] for row in decode(encoded.doc)["events"]}
     assert rows == {e.event_id: format_traceparent(e.context) for e in traced.events}
     assert _span_lines(traces_dir(owner_settings)) == []
     owner.shutdown()
