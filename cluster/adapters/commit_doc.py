@@ -1,6 +1,9 @@
-"""Encodes a CommitBatch as one JSON document that a single SQL statement unpacks with jsonb_to_recordset.
+"""Encodes a CommitBatch as one JSON document that a single SQL statement unpacks; the document's schema is here.
 
-Encoding happens in the partition owner (spread over many processes); the writer only ships bytes to PostgreSQL.
+Each list of the document holds rows as JSON arrays, positional: PostgreSQL parses an array several times faster
+than an object with the same values (no keys to read, sort and look up). The positions are declared once, in the
+RowSchema constants below, which both the encoder and the commit statement's SELECT lists come from. Encoding happens
+in the partition owner (spread over many processes); the writer only ships bytes to PostgreSQL.
 """
 
 from __future__ import annotations
@@ -8,12 +11,86 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import orjson
 
 from pipelines.batch import CommitBatch, DeadLetter, ProcessedEvent
 from pipelines.effects import ActionCount, DeviceReading, UserSpend
 from pipelines.jsontext import has_nul
+
+
+@dataclass(frozen=True)
+class RowSchema:
+    """The columns of one list of the document, in their positions: (name, SQL type) each."""
+
+    columns: tuple[tuple[str, str], ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.columns)
+
+    def select(self, row: str) -> str:
+        """The SQL select list reading a row (a jsonb array named `row`) into its named, typed columns. A JSON null
+        is an SQL NULL in every column, jsonb ones included."""
+        parts = []
+        for n, (name, sql_type) in enumerate(self.columns):
+            if sql_type == "jsonb":
+                parts.append(f"nullif({row} -> {n}, 'null') AS {name}")
+            elif sql_type == "text":
+                parts.append(f"{row} ->> {n} AS {name}")
+            else:
+                parts.append(f"({row} ->> {n})::{sql_type} AS {name}")
+        return ", ".join(parts)
+
+    def as_dicts(self, rows: list[list[Any]]) -> list[dict[str, Any]]:
+        """Decoded rows by name (for tests and debugging; the hot path never builds them)."""
+        return [dict(zip(self.names, row, strict=True)) for row in rows]
+
+
+# The document: {"events": [EVENT rows], "spend": [SPEND rows], ..., "gaps": [GAP rows]}. `e` is an event id.
+EVENT = RowSchema(
+    (
+        ("id", "text"),
+        ("type", "text"),
+        ("v", "int"),
+        ("status", "text"),
+        ("off", "bigint"),
+        ("key", "text"),
+        ("corr", "text"),
+        ("caus", "text"),
+        ("parents", "jsonb"),
+        ("idem", "text"),
+        ("trace", "text"),
+        ("payload", "jsonb"),
+        ("recv", "float8"),
+        ("att", "int"),
+        ("result", "jsonb"),
+        ("dk", "text"),  # dead-letter kind and reason, for an event stored as dead_lettered
+        ("dr", "text"),
+    )
+)
+SPEND = RowSchema((("e", "text"), ("u", "text"), ("c", "text"), ("a", "numeric"), ("f", "int")))
+READING = RowSchema((("e", "text"), ("d", "text"), ("u", "text"), ("v", "float8"), ("o", "int")))
+ACTION = RowSchema((("e", "text"), ("u", "text"), ("a", "text")))
+DEAD = RowSchema((("e", "text"), ("off", "bigint"), ("k", "text"), ("r", "text"), ("att", "int"), ("p", "text")))
+DUP = RowSchema((("e", "text"), ("off", "bigint")))
+GAP = RowSchema((("from_off", "bigint"), ("to_off", "bigint")))
+DOCUMENT: dict[str, RowSchema] = {
+    "events": EVENT,
+    "spend": SPEND,
+    "readings": READING,
+    "actions": ACTION,
+    "dead": DEAD,
+    "dups": DUP,
+    "gaps": GAP,
+}
+
+
+def decode(doc: bytes) -> dict[str, list[dict[str, Any]]]:
+    """The document with every row as a dict by column name (for tests and debugging)."""
+    lists = orjson.loads(doc)
+    return {key: schema.as_dicts(lists[key]) for key, schema in DOCUMENT.items()}
 
 
 @dataclass(frozen=True)
@@ -39,26 +116,27 @@ def _event_row(
     kind: str | None,
     reason: str | None,
     trace: str | None,
-) -> dict[str, object]:
-    return {
-        "id": e.event_id,
-        "type": e.type,
-        "v": e.schema_version,
-        "status": status,
-        "off": e.offset,
-        "key": e.entity_key,
-        "corr": e.correlation_id,
-        "caus": e.causation_id,
-        "parents": list(e.parent_ids),
-        "idem": e.idempotency_key,
-        "trace": trace or getattr(e, "trace_context", None),
-        "payload": orjson.Fragment(e.payload_json or "null"),
-        "recv": e.received_at,
-        "att": e.attempts,
-        "result": orjson.Fragment(result) if result is not None else None,
-        "dk": kind,
-        "dr": reason,
-    }
+) -> list[object]:
+    # In EVENT's order.
+    return [
+        e.event_id,
+        e.type,
+        e.schema_version,
+        status,
+        e.offset,
+        e.entity_key,
+        e.correlation_id,
+        e.causation_id,
+        list(e.parent_ids),
+        e.idempotency_key,
+        trace or getattr(e, "trace_context", None),
+        orjson.Fragment(e.payload_json or "null"),
+        e.received_at,
+        e.attempts,
+        orjson.Fragment(result) if result is not None else None,
+        kind,
+        reason,
+    ]
 
 
 class UnencodableEvent(ValueError):
@@ -108,50 +186,28 @@ def _offset_of(one: CommitBatch) -> int:
 
 def _encode(batch: CommitBatch, trace_contexts: Mapping[int, str] | None) -> EncodedBatch:
     traces = trace_contexts or {}
-    events: list[dict[str, object]] = []
-    spend: list[dict[str, object]] = []
-    readings: list[dict[str, object]] = []
-    actions: list[dict[str, object]] = []
+    events: list[list[object]] = []
+    spend: list[list[object]] = []
+    readings: list[list[object]] = []
+    actions: list[list[object]] = []
     for p in batch.processed:
         events.append(_event_row("processed", p, p.result_json.encode(), None, None, traces.get(p.offset)))
-        for effect in p.effects:
+        for effect in p.effects:  # rows in SPEND's, READING's and ACTION's order
             if isinstance(effect, UserSpend):
                 spend.append(
-                    {
-                        "e": p.event_id,
-                        "u": effect.user_id,
-                        "c": effect.base_currency,
-                        "a": str(effect.amount),
-                        "f": int(effect.flagged),
-                    }
+                    [p.event_id, effect.user_id, effect.base_currency, str(effect.amount), int(effect.flagged)]
                 )
             elif isinstance(effect, DeviceReading):
-                readings.append(
-                    {
-                        "e": p.event_id,
-                        "d": effect.device_id,
-                        "u": effect.si_unit,
-                        "v": effect.value,
-                        "o": int(effect.out_of_range),
-                    }
-                )
+                readings.append([p.event_id, effect.device_id, effect.si_unit, effect.value, int(effect.out_of_range)])
             elif isinstance(effect, ActionCount):
-                actions.append({"e": p.event_id, "u": effect.user_id, "a": effect.action})
-    dead: list[dict[str, object]] = []
+                actions.append([p.event_id, effect.user_id, effect.action])
+    dead: list[list[object]] = []
     for d in batch.dead:
         if d.event_id is not None:
             events.append(_event_row("dead_lettered", d, None, d.error_kind, d.reason, traces.get(d.offset)))
-        dead.append(
-            {
-                "e": d.event_id,
-                "off": d.offset,
-                "k": d.error_kind,
-                "r": d.reason,
-                "att": d.attempts,
-                "p": base64.b64encode(d.payload).decode() if d.payload is not None else None,
-            }
-        )
-    events.sort(key=lambda row: str(row["id"]))  # one lock order for dedup keys across concurrent commits
+        payload = base64.b64encode(d.payload).decode() if d.payload is not None else None
+        dead.append([d.event_id, d.offset, d.error_kind, d.reason, d.attempts, payload])  # DEAD's order
+    events.sort(key=lambda row: str(row[0]))  # by id: one lock order for dedup keys across concurrent commits
     doc = orjson.dumps(
         {
             "events": events,
@@ -159,8 +215,8 @@ def _encode(batch: CommitBatch, trace_contexts: Mapping[int, str] | None) -> Enc
             "readings": readings,
             "actions": actions,
             "dead": dead,
-            "dups": [{"e": e, "off": off} for e, off in batch.in_batch_duplicates],
-            "gaps": [{"from": batch.skipped[0], "to": batch.skipped[1]}] if batch.skipped else [],
+            "dups": [[e, off] for e, off in batch.in_batch_duplicates],
+            "gaps": [list(batch.skipped)] if batch.skipped else [],
         }
     )
     if has_nul(doc):

@@ -1,5 +1,5 @@
-"""Deletes rows past their retention window: results, events (with their results), audit_log, dead_letters, oldest
-first, in chunks of a bounded number of rows, each chunk its own short transaction.
+"""Deletes rows past their retention window: results, events (with their results), the audit trail, dead_letters,
+oldest first, in chunks of a bounded number of rows, each chunk its own short transaction.
 
 It never issues an unbounded DELETE, never touches read models, offsets, leases or dedup keys, and never deletes a
 row younger than its window (judged by the database clock, like the dedup purge).
@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 
 
 class RetainedTable(StrEnum):
-    """The tables with a retention window, in the order a purge visits them (results before events: foreign key)."""
+    """The tables with a retention window, in the order a purge visits them (results before events: a result never
+    outlives its event). AUDIT_LOG is what the `audit_log` view shows: the rows of audit_log_legacy (written before
+    migration 007) and of audit_trail (one per event and commit, holding its transitions: ADR 0012)."""
 
     RESULTS = "results"
     EVENTS = "events"
@@ -30,10 +32,12 @@ class RetainedTable(StrEnum):
 
 
 # One chunk per statement; %(window_s)s is the retention window, %(limit)s the chunk size. Each walks the table's
-# time index oldest first (001: events_committed_at_idx; 006: the others) and deletes by primary key: `= ANY(ARRAY(
-# ...))` keeps the planner on the key's index, where `IN (...)` chose a hash join over a scan of the whole table per
-# chunk. The events chunk removes the results of the events it deletes in the same statement, so the foreign key
-# never sees an orphan.
+# time index oldest first (001: events_committed_at_idx; 006: the others; 007: audit_trail_committed_at_idx) and
+# deletes by primary key (audit_trail, which has none, by row address): `= ANY(ARRAY(...))` keeps the planner on the
+# key's index (or a TID scan), where `IN (...)` chose a hash join over a scan of the whole table per chunk. The events
+# chunk removes the results of the events it deletes in the same statement, so no result outlives its event. The
+# audit chunk takes legacy rows first and fills the rest of the chunk from audit_trail; an audit_trail row (an
+# event's transitions in one commit) goes when its last transition, committed_at, is past the window.
 _CHUNK: dict[RetainedTable, str] = {
     RetainedTable.RESULTS: """
 DELETE FROM results WHERE event_id = ANY(ARRAY(
@@ -50,8 +54,19 @@ gone AS (DELETE FROM events WHERE id = ANY((SELECT ids FROM doomed)::text[]) RET
 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM gone_results)
 """,
     RetainedTable.AUDIT_LOG: """
-DELETE FROM audit_log WHERE id = ANY(ARRAY(
-    SELECT id FROM audit_log WHERE at < now() - make_interval(secs => %(window_s)s) ORDER BY at LIMIT %(limit)s))
+WITH legacy AS (
+    DELETE FROM audit_log_legacy WHERE id = ANY(ARRAY(
+        SELECT id FROM audit_log_legacy WHERE at < now() - make_interval(secs => %(window_s)s)
+         ORDER BY at LIMIT %(limit)s))
+    RETURNING 1
+),
+trail AS (
+    DELETE FROM audit_trail WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM audit_trail WHERE committed_at < now() - make_interval(secs => %(window_s)s)
+         ORDER BY committed_at LIMIT %(limit)s - (SELECT count(*) FROM legacy)))
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM legacy) + (SELECT count(*) FROM trail)
 """,
     RetainedTable.DEAD_LETTERS: """
 DELETE FROM dead_letters WHERE id = ANY(ARRAY(
@@ -127,6 +142,8 @@ class RetentionStore:
             if table is RetainedTable.EVENTS:
                 deleted, with_results = cur.fetchone() or (0, 0)
                 results += with_results
+            elif cur.description is not None:  # the statement counts its rows itself (the audit's spans two tables)
+                deleted = int((cur.fetchone() or (0,))[0])
             else:
                 deleted = cur.rowcount
             rows += deleted

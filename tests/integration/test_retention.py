@@ -74,8 +74,8 @@ def _read_models(url: str) -> list[tuple[Any, ...]]:
 
 
 def _write(url: str) -> tuple[list[str], list[str]]:
-    """OLD + NEW processed events (a result and three audit rows each, one user_action count) and one dead letter after
-    each, committed by the real commit statement; returns (old ids, new ids)."""
+    """OLD + NEW processed events (a result, one audit_trail row showing as three audit_log rows, one user_action
+    count each) and one dead letter after each, committed by the real commit statement; returns (old ids, new ids)."""
     store = CheckpointStore(url, pool_size=1)
     try:
         lease = store.claim(TOPIC, 0, "owner", "log", private_lease(url))
@@ -98,7 +98,11 @@ def _age(url: str, ids: list[str], events_by: timedelta, dead_letters_by: timede
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("UPDATE events SET committed_at = committed_at - %s WHERE id = ANY(%s)", (events_by, ids))
         conn.execute("UPDATE results SET created_at = created_at - %s WHERE event_id = ANY(%s)", (events_by, ids))
-        conn.execute("UPDATE audit_log SET at = at - %s WHERE event_id = ANY(%s)", (events_by, ids))
+        conn.execute(
+            """UPDATE audit_trail SET accepted_at = accepted_at - %(by)s, consumed_at = consumed_at - %(by)s,
+                      committed_at = committed_at - %(by)s WHERE event_id = ANY(%(ids)s)""",
+            {"by": events_by, "ids": ids},
+        )
         conn.execute(
             'UPDATE dead_letters SET created_at = created_at - %s WHERE "offset" = ANY(%s)',
             (dead_letters_by, dead_offsets),
@@ -120,7 +124,7 @@ def test_rows_past_their_window_go_and_newer_rows_and_read_models_stay(db: str) 
     assert [(p.table, p.rows, p.chunks, p.finished) for p in purged] == [
         (RetainedTable.RESULTS, OLD, 3, True),  # 2 + 2 + 1
         (RetainedTable.EVENTS, OLD, 3, True),
-        (RetainedTable.AUDIT_LOG, 3 * OLD, 8, True),  # 7 full chunks + 1
+        (RetainedTable.AUDIT_LOG, OLD, 3, True),  # one audit_trail row per event: its three audit_log rows
         (RetainedTable.DEAD_LETTERS, OLD, 3, True),
     ]
     assert _counts(db) == {"results": NEW, "events": NEW, "audit_log": 3 * NEW, "dead_letters": NEW}
@@ -130,6 +134,30 @@ def test_rows_past_their_window_go_and_newer_rows_and_read_models_stay(db: str) 
     assert _read_models(db) == read_models
     assert _query(db, "SELECT next_offset FROM partition_checkpoints WHERE topic = %s", TOPIC) == [(16,)]
     assert _query(db, "SELECT count(*) FROM dedup_keys") == [(OLD + NEW,)]
+
+
+def test_audit_rows_from_before_the_compact_audit_are_purged_first_in_the_same_chunks(db: str) -> None:
+    # given old and new events, and transition rows written by the three-row audit (before migration 007): three 40
+    # days old, one from yesterday
+    old, new = _write(db)
+    _age(db, old, 40 * DAY, 100 * DAY)
+    _query(
+        db,
+        """INSERT INTO audit_log_legacy (event_id, from_status, to_status, at, actor, detail)
+           VALUES ('legacy', NULL, 'accepted', now() - interval '40 days', 'owner', '{}'),
+                  ('legacy', 'accepted', 'consumed', now() - interval '40 days', 'owner', '{}'),
+                  ('legacy', 'consumed', 'processed', now() - interval '40 days', 'owner', '{}'),
+                  ('recent', NULL, 'accepted', now() - interval '1 day', 'owner', '{}')""",
+    )
+    assert _counts(db)["audit_log"] == 3 * (OLD + NEW) + 4
+
+    # when the audit is purged in chunks of 2 rows
+    (purged,) = RetentionStore(db).purge(RetentionPolicy({RetainedTable.AUDIT_LOG: 30 * DAY}, 2, None))
+
+    # then the 3 old legacy rows and the 5 old events' rows are gone (2 + 1 & 1 + 2 + 2 + a last empty chunk)
+    assert (purged.rows, purged.chunks, purged.finished) == (3 + OLD, 5, True)
+    assert sorted({r[0] for r in _query(db, "SELECT event_id FROM audit_log")}) == sorted([*new, "recent"])
+    assert _counts(db)["audit_log"] == 3 * NEW + 1
 
 
 def test_results_go_with_their_events_even_when_results_are_kept_forever(db: str) -> None:
@@ -205,5 +233,5 @@ def test_eventpipe_purge_runs_until_nothing_past_its_window_is_left(
     # then every old row is gone (the round budget does not apply on demand), in 2-row chunks, and it says so
     assert _counts(db) == {"results": NEW, "events": NEW, "audit_log": 3 * NEW, "dead_letters": NEW}
     out = capsys.readouterr().out
-    assert re.search(r"audit_log\s*│\s*15\s*│\s*8\s*│", out), out  # 15 rows in 8 chunks
+    assert re.search(r"audit_log\s*│\s*5\s*│\s*3\s*│", out), out  # 5 audit_trail rows in 3 chunks
     assert re.search(r"events\s*│\s*5\s*│\s*3\s*│", out), out

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from cluster.adapters.commit_doc import encode
+from cluster.adapters.commit_doc import decode, encode
 from pipelines.batch import CommitBatch, DeadLetter, ProcessedEvent, SourceRecord
 from pipelines.engine import PartitionProcessor
 from pipelines.envelope import Envelope
@@ -249,7 +249,7 @@ def accepted_event_is_processed_into_storable_json(raw: dict[str, Any]) -> None:
     result = orjson.loads(outcome.result_json)
     assert_finite_numbers(result)
     assert_finite_numbers(outcome.effects)
-    doc = orjson.loads(encode(CommitBatch(topic, 0, 1, "property", 0, 1, NOW, processed=(outcome,))).doc)
+    doc = decode(encode(CommitBatch(topic, 0, 1, "property", 0, 1, NOW, processed=(outcome,))).doc)
     for reading in doc["readings"]:
         assert isinstance(reading["v"], float | int) and math.isfinite(reading["v"])
     for spend in doc["spend"]:

@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from rich.console import Console
 
-from cluster.adapters.commit_doc import encode
+from cluster.adapters.commit_doc import decode, encode
 from cluster.adapters.kafka_producer import Delivered, PublishError
 from cluster.observability.event_spans import DrainSpans, IngestSpans, ProcessingSpans
 from cluster.observability.trace_view import build_trees, render, spans_of_event
@@ -250,7 +250,7 @@ def test_one_event_is_one_trace_from_ingestion_to_state_store_across_processes(t
     assert publish.attributes["spooled"] is False
     assert ingestion.start_ns <= publish.start_ns <= publish.end_ns <= ingestion.end_ns
     # Stored with the event: the processing span's context.
-    rows = {row["id"]: row for row in orjson.loads(encoded.doc)["events"]}
+    rows = {row["id"]: row for row in decode(encoded.doc)["events"]}
     assert rows["ev-1"]["trace"] == f"00-{processing.trace_id}-{processing.span_id}-01"
     assert traced.trace_contexts[5] == rows["ev-1"]["trace"]
 
@@ -327,7 +327,7 @@ def test_a_dead_letter_and_an_in_batch_duplicate_have_their_own_processing_outco
     ]
     # Stored once per event row: the broken record has no id, so no row.
     assert set(traced.trace_contexts) == {0, 3}
-    rows = {row["id"]: row["trace"] for row in orjson.loads(encoded.doc)["events"]}
+    rows = {row["id"]: row["trace"] for row in decode(encoded.doc)["events"]}
     assert rows == {"dup-ev": traced.trace_contexts[0], "bad-ev": traced.trace_contexts[3]}
     processing = [s for s in _span_lines(directory) if s["name"] == "event-processing"]
     outcomes = [s["attributes"]["event.outcome"] for s in processing]
@@ -484,7 +484,7 @@ def test_an_event_whose_publish_was_not_sampled_gets_the_context_the_sdk_would_g
         assert event.context.span_id not in (parent.span_id, 0)
     assert traced.events[0].context.span_id != traced.events[1].context.span_id
     # stored with the events as before, and nothing is exported: not the events' spans, not the batch commit
-    rows = {row["id"]: row["trace"] for row in orjson.loads(encoded.doc)["events"]}
+    rows = {row["id"]: row["trace"] for row in decode(encoded.doc)["events"]}
     assert rows == {e.event_id: format_traceparent(e.context) for e in traced.events}
     assert _span_lines(traces_dir(owner_settings)) == []
     owner.shutdown()
