@@ -17,6 +17,7 @@ import orjson
 
 from pipelines.batch import CommitBatch, DeadLetter, ProcessedEvent
 from pipelines.effects import ActionCount, DeviceReading, UserSpend
+from pipelines.errors import Outcome
 from pipelines.jsontext import has_nul
 
 
@@ -191,7 +192,7 @@ def _encode(batch: CommitBatch, trace_contexts: Mapping[int, str] | None) -> Enc
     readings: list[list[object]] = []
     actions: list[list[object]] = []
     for p in batch.processed:
-        events.append(_event_row("processed", p, p.result_json.encode(), None, None, traces.get(p.offset)))
+        events.append(_event_row(Outcome.PROCESSED, p, p.result_json.encode(), None, None, traces.get(p.offset)))
         for effect in p.effects:  # rows in SPEND's, READING's and ACTION's order
             if isinstance(effect, UserSpend):
                 spend.append(
@@ -204,7 +205,7 @@ def _encode(batch: CommitBatch, trace_contexts: Mapping[int, str] | None) -> Enc
     dead: list[list[object]] = []
     for d in batch.dead:
         if d.event_id is not None:
-            events.append(_event_row("dead_lettered", d, None, d.error_kind, d.reason, traces.get(d.offset)))
+            events.append(_event_row(Outcome.DEAD_LETTERED, d, None, d.error_kind, d.reason, traces.get(d.offset)))
         payload = base64.b64encode(d.payload).decode() if d.payload is not None else None
         dead.append([d.event_id, d.offset, d.error_kind, d.reason, d.attempts, payload])  # DEAD's order
     events.sort(key=lambda row: str(row[0]))  # by id: one lock order for dedup keys across concurrent commits

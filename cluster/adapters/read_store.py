@@ -10,6 +10,8 @@ from typing import Any
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from pipelines.errors import Outcome
+
 _EVENT = """
 SELECT e.id, e.type, e.schema_version, e.status, e.topic, e.partition, e."offset", e.entity_key,
        e.correlation_id, e.causation_id, e.parent_ids, e.idempotency_key, e.payload, e.received_at,
@@ -66,7 +68,7 @@ class ReadStore:
         if not rows:
             return await self._spool_dead_letter(event_id)
         event = rows[0]
-        if event["status"] == "dead_lettered":
+        if event["status"] == Outcome.DEAD_LETTERED:
             event["dead_letter"] = (await self._all(_DEAD_FOR_EVENT, event_id) or [None])[0]
         return event
 
@@ -77,7 +79,7 @@ class ReadStore:
         dead = rows[0]
         return {
             "id": dead.pop("id"),
-            "status": "dead_lettered",
+            "status": Outcome.DEAD_LETTERED.value,
             "topic": dead.pop("topic"),
             "partition": None,
             "offset": None,
