@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     # guard once a dedup key has expired, so events are kept at least dedup_ttl_hours.
     events_retention_days: int = Field(30, ge=0)  # by committed_at
     results_retention_days: int = Field(30, ge=0)  # by created_at
-    audit_retention_days: int = Field(30, ge=0)  # audit_log by `at`
+    audit_retention_days: int = Field(30, ge=0)  # audit_trail by `committed_at` (audit_log_legacy by `at`)
     dead_letters_retention_days: int = Field(90, ge=0)  # by created_at
     purge_interval_s: float = Field(600.0, gt=0)
     retention_chunk_rows: int = Field(5000, ge=1)
