@@ -6,7 +6,8 @@ embedded broker (Tansu, a separate process) and waits for its acknowledgements, 
 `--tracing` traces as a replica does by default (sampling at `trace_sample_ratio`, spans exported to nowhere).
 
 Times are CPU seconds of this process (librdkafka's threads included, the broker's not), the best of `--repeat` runs.
-Run: python -m benchmarks.ingest_cpu [--batches 200] [--repeat 5] [--delivery stub|real|kafka] [--tracing]
+`--single N`: N single-event requests (Ingestor.single) one after the other instead, with their latency.
+Run: python -m benchmarks.ingest_cpu [--batches 200] [--repeat 5] [--delivery stub|real|kafka] [--tracing] [--single N]
 """
 
 from __future__ import annotations
@@ -100,19 +101,28 @@ def _delivery(kind: str, settings: Settings) -> Iterator[Any]:
                 publisher.close()
 
 
-def _bodies(batches: int) -> list[bytes]:
+def _bodies(batches: int, size: int = BATCH) -> list[bytes]:
     factory = EventFactory("bench-ingest-cpu", seed=1)
     at = datetime.now(UTC)
-    return [orjson.dumps(factory.batch(BATCH, at)) for _ in range(batches)]
+    if size == 1:
+        return [orjson.dumps(event) for event in factory.batch(batches, at)]
+    return [orjson.dumps(factory.batch(size, at)) for _ in range(batches)]
 
 
-async def _run(ingestor: Ingestor, bodies: list[bytes]) -> float:
+async def _run(ingestor: Ingestor, bodies: list[bytes], latencies: list[float] | None = None) -> float:
     meta = RequestMeta("application/json", None, None)
     started = time.process_time()
     for body in bodies:
-        reply = await ingestor.batch(body, meta)
-        if reply.status != 202 or reply.body["accepted"] != BATCH:
-            raise AssertionError(f"unexpected reply {reply.status}: {str(reply.body)[:300]}")
+        if latencies is None:
+            reply = await ingestor.batch(body, meta)
+            if reply.status != 202 or reply.body["accepted"] != BATCH:
+                raise AssertionError(f"unexpected reply {reply.status}: {str(reply.body)[:300]}")
+        else:
+            sent = time.perf_counter()
+            reply = await ingestor.single(body, meta)
+            latencies.append(time.perf_counter() - sent)
+            if reply.status != 202:
+                raise AssertionError(f"unexpected reply {reply.status}: {str(reply.body)[:300]}")
     return time.process_time() - started
 
 
@@ -122,20 +132,28 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--delivery", choices=("stub", "real", "kafka"), default="stub")
     parser.add_argument("--tracing", action="store_true", help="trace as a replica does (default sampling ratio)")
+    parser.add_argument("--single", type=int, default=0, help="this many single-event requests instead of batches")
     args = parser.parse_args()
     settings = Settings(_env_file=None, tracing_enabled=args.tracing)  # type: ignore[call-arg]
     tracing = Tracing.start(settings, "api", exporter=_Discard())
     registry = default_registry(settings.base_currency, settings.risk_amount_threshold)
-    bodies = _bodies(args.batches)
+    bodies = _bodies(args.single, 1) if args.single else _bodies(args.batches)
+    latencies: list[float] | None = [] if args.single else None
     with _delivery(args.delivery, settings) as delivery:
         ingestor = Ingestor(
             settings, registry, delivery, InflightGate(settings.max_inflight_events), IngestSpans(tracing)
         )
-        best = min(asyncio.run(_run(ingestor, bodies)) for _ in range(args.repeat))
+        best = min(asyncio.run(_run(ingestor, bodies, latencies)) for _ in range(args.repeat))
     tracing.shutdown()
-    events = args.batches * BATCH
-    per_event = best / events * 1e6
     traced = f"tracing at {settings.trace_sample_ratio:g}" if args.tracing else "tracing off"
+    if latencies:
+        ordered = sorted(latencies)
+        p50, p99 = (ordered[int(q * (len(ordered) - 1))] * 1000 for q in (0.5, 0.99))
+        label = f"Ingestor.single, one after another, {args.delivery} delivery, {traced}"
+        cpu = best / args.single * 1e6
+        print(f"{label}: {cpu:.1f} µs CPU/event (best of {args.repeat}); p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+        return
+    per_event = best / (args.batches * BATCH) * 1e6
     label = f"Ingestor.batch, {BATCH}-event bodies, {args.delivery} delivery, {traced}"
     print(f"{label}: {per_event:.1f} µs CPU/event (best of {args.repeat})")
 
