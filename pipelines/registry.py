@@ -52,6 +52,10 @@ class Registry:
     clock: Callable[[], float] = time.time
     _batches: TypeAdapter[list[EventBase]] | None = field(default=None, init=False, repr=False, compare=False)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the compiled batch validator (it is built again on first use where it lands)."""
+        return {**self.__dict__, "_batches": None}
+
     def register(self, spec: EventTypeSpec) -> None:
         if spec.name in self.specs:
             raise ValueError(f"event type {spec.name!r} is already registered")

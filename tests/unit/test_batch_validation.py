@@ -3,6 +3,7 @@ event, exactly what `Registry.parse` gives it alone (the event, or the same Inva
 
 from __future__ import annotations
 
+import pickle
 from datetime import UTC, datetime
 from typing import Any
 
@@ -167,3 +168,16 @@ def test_bytes_that_are_not_json_are_an_invalid_event_with_the_position(data):
 
 def test_parse_json_of_a_valid_event_is_the_event():
     assert REGISTRY.parse_json(orjson.dumps(sensor())) == REGISTRY.parse(sensor())
+
+
+def test_a_registry_that_validated_a_batch_still_pickles_and_validates_batches_where_it_lands():
+    registry = default_registry(clock=fixed_clock)
+    registry.parse_many([sensor(), user_action()])
+    copy = pickle.loads(pickle.dumps(registry))
+    outcomes = copy.parse_many([sensor(), user_action(), sensor(reading="x")])
+    assert [isinstance(o, InvalidEvent) for o in outcomes] == [False, False, True]
+    assert_as_alone(copy, [sensor(), user_action(), sensor(reading="x")])
+
+
+def fixed_clock() -> float:
+    return NOW
