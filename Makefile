@@ -4,7 +4,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv tools run test chaos bench clean
+.PHONY: venv tools run test chaos bench bench-idle bench-scaling clean
 
 venv: $(VENV)/.installed
 
@@ -31,8 +31,23 @@ test: venv tools
 chaos: venv tools
 	EVENTPIPE_CHAOS_FAULT_S=30 $(PYTHON) -m pytest tests/chaos -p no:randomly -q $(PYTEST_ARGS)
 
+# Against a running `make run`: throughput, latencies and CPU µs per event by component. DATABASE_URL is passed on
+# when set; otherwise the benchmark reads the embedded PostgreSQL's port from $$EVENTPIPE_DATA_DIR (default .data).
+BENCH_ARGS ?= --rate 10000 --duration 60 --batch-size 500
+IDLE_S ?= 60
+SCALING_ARGS ?= --partitions 1,2,4,8 --rate 20000 --duration 30
+BENCH_DB = $(if $(DATABASE_URL),--database-url "$(DATABASE_URL)")
+
 bench: venv
-	$(PYTHON) -m benchmarks.throughput
+	$(PYTHON) -m benchmarks.throughput $(BENCH_DB) $(BENCH_ARGS)
+
+# Against a running `make run` with no traffic: CPU % of one core and RSS by component.
+bench-idle: venv
+	$(PYTHON) -m benchmarks.throughput $(BENCH_DB) --idle $(IDLE_S)
+
+# Starts its own stacks (one at a time, under /tmp/eventpipe-stack.lock), one per partition count per topic.
+bench-scaling: venv
+	$(PYTHON) -m benchmarks.scaling $(SCALING_ARGS)
 
 clean:
 	rm -rf .data

@@ -24,10 +24,10 @@ from cluster.observability.endpoint import MetricsEndpoint
 from cluster.observability.hub import HUB_SOURCE, MetricsMerger
 from cluster.observability.lag import HighWatermarks, Partition, queue_lag, watermark_consumer_config
 from cluster.observability.logs import setup_logging
-from cluster.observability.owner_state import HEALTHY_OWNER_STATES
 from cluster.observability.snapshot import Snapshot, take
 from cluster.observability.status_page import StatusPage
 from cluster.settings import Settings
+from pipelines.owner_status import HEALTHY_OWNER_STATES
 
 log = logging.getLogger(__name__)
 

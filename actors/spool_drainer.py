@@ -27,7 +27,7 @@ from cluster.observability.logs import setup_logging
 from cluster.observability.tracing import Tracing
 from cluster.settings import Settings
 from cluster.spool_triage import settle
-from pipelines.errors import DeadLetterKind
+from pipelines.errors import DeadLetterKind, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class SpoolDrainer:
         for seq, reason in dead:
             row = by_seq[seq]
             event_type = row.record[0].removeprefix(prefix)
-            catalogue.METRICS.events_processed.labels(event_type, catalogue.DEAD_LETTERED).inc()
+            catalogue.METRICS.events_processed.labels(event_type, Outcome.DEAD_LETTERED).inc()
             log.warning(
                 "spooled event moved to the dead letters (spool seq %d): %s",
                 seq,

@@ -1,136 +1,155 @@
-"""Samples CPU% of the pipeline's processes once a second, grouped by role (Ray actor class, broker, ...).
+"""Samples the CPU time and RSS of the stack's processes once a second, summed by component, split into phases
+(e.g. `send` and `drain`) whose boundaries are sampled exactly when the caller marks them.
 
-Observes only: it never signals or changes other processes, and is a no-op when psutil is missing.
+Observes only: it never signals or changes other processes. CPU is read as cumulative user+system time per process,
+so nothing between two samples is lost unless a process exits in between.
 """
 
 from __future__ import annotations
 
-import os
-import re
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
-try:
-    import psutil
-except ImportError:  # psutil is optional: without it the report just has no CPU section
-    psutil = None  # type: ignore[assignment]
+import psutil
 
-DRIVER = "driver (this process)"
-# Ray titles worker processes "ray::<ActorClass>" or "ray::<ActorClass>.<method>" while running.
-RAY_TITLE = re.compile(r"^ray::([^\s.]+)")
-DEFAULT_PATTERNS: tuple[tuple[str, str], ...] = (
-    ("tansu", r"tansu"),
-    ("postgres", r"^(postgres|postmaster)\b"),
-    ("haproxy", r"haproxy"),
-    ("ray core (raylet/gcs/dashboard)", r"^(raylet|gcs_server)\b|ray/dashboard|dashboard\.py|log_monitor"),
-)
+from benchmarks.components import Component, component_of
+
+ProcessKey = tuple[int, float]  # (pid, create time): a reused pid is a new process
+GONE = (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess)
 
 
 @dataclass(frozen=True)
-class GroupCpu:
-    """CPU% summed over a group's processes (100 = one core), averaged over samples."""
+class Usage:
+    """One component over one phase."""
 
-    avg_send: float
-    avg_all: float
-    peak: float
+    cpu_seconds: float  # core-seconds: user + system time of all its processes
     processes: int
+    peak_rss_bytes: int  # RSS summed over its processes, highest sample
 
 
-def available() -> bool:
-    return psutil is not None
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    seconds: float  # monotonic length
+    wall_start: float  # time.time() at its start and end, to compare with database timestamps
+    wall_end: float
+    components: dict[Component, Usage]
+    peak_stack_rss_bytes: int  # RSS summed over every process but the driver, highest sample
 
 
-def classify(
-    pid: int, name: str, cmdline: Sequence[str], patterns: Sequence[tuple[str, re.Pattern[str]]], self_pid: int
-) -> str | None:
-    """The group a process belongs to, or None if it is not part of the system under test."""
-    if pid == self_pid:
-        return DRIVER
-    head = cmdline[0] if cmdline else name
-    if match := RAY_TITLE.match(head):
-        return f"ray::{match.group(1)}"
-    text = " ".join([name, *cmdline])
-    for label, pattern in patterns:
-        if pattern.search(name) or pattern.search(text):
-            return label
-    return None
+class StackScope:
+    """The processes to sample: each root and all its descendants, plus the driver (this process)."""
+
+    def __init__(self, roots: list[psutil.Process], driver: psutil.Process | None = None) -> None:
+        self.roots = roots
+        self.driver = driver or psutil.Process()
+
+    def processes(self) -> Iterator[psutil.Process]:
+        """Each process once, even when one root descends from another."""
+        seen = {self.driver.pid}
+        yield self.driver
+        for root in self.roots:
+            try:
+                tree = [root, *root.children(recursive=True)]
+            except GONE:
+                continue
+            for proc in tree:
+                if proc.pid not in seen:
+                    seen.add(proc.pid)
+                    yield proc
 
 
-class CpuSampler:
-    """Background thread; `mark_send_end()` splits the send phase from the drain phase."""
+@dataclass
+class _OpenPhase:
+    name: str
+    started: float
+    wall_start: float
+    cpu: dict[Component, float] = field(default_factory=lambda: defaultdict(float))
+    members: dict[Component, set[ProcessKey]] = field(default_factory=lambda: defaultdict(set))
+    peak_rss: dict[Component, int] = field(default_factory=lambda: defaultdict(int))
+    peak_stack_rss: int = 0
 
-    def __init__(self, interval: float = 1.0, extra: Sequence[tuple[str, str]] = ()) -> None:
+    def close(self, ended: float, wall_end: float) -> Phase:
+        seen = [c for c in Component if self.members[c]]
+        components = {c: Usage(round(self.cpu[c], 3), len(self.members[c]), self.peak_rss[c]) for c in seen}
+        return Phase(self.name, ended - self.started, self.wall_start, wall_end, components, self.peak_stack_rss)
+
+
+class ProcessSampler:
+    """Background thread sampling `scope` every `interval` s; `begin(name)` closes the phase running and opens one."""
+
+    def __init__(self, scope: StackScope, interval: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._scope = scope
         self._interval = interval
-        self._patterns = [(label, re.compile(p)) for label, p in (*extra, *DEFAULT_PATTERNS)]
-        self._self_pid = os.getpid()
+        self._clock = clock
+        self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="cpu-sampler", daemon=True)
-        self._procs: dict[int, Any] = {}
-        self._samples: list[tuple[float, dict[str, float]]] = []
-        self._members: dict[str, set[int]] = defaultdict(set)
-        self._send_end: float | None = None
+        self._thread = threading.Thread(target=self._loop, name="process-sampler", daemon=True)
+        self._cpu: dict[ProcessKey, float] = {}  # cumulative CPU seconds at the last sample
+        self._phase: _OpenPhase | None = None
+        self._done: list[Phase] = []
 
-    def start(self) -> None:
-        if psutil is not None:
-            self._thread.start()
+    def start(self, phase: str) -> None:
+        """Takes the baseline sample (CPU used before it is not counted) and starts sampling."""
+        with self._lock:
+            self._sample(None)
+            self._phase = self._open(phase)
+        self._thread.start()
 
-    def mark_send_end(self) -> None:
-        self._send_end = time.monotonic()
+    def begin(self, phase: str) -> None:
+        with self._lock:
+            self._close_phase()
+            self._phase = self._open(phase)
 
-    def stop(self) -> dict[str, GroupCpu]:
-        if psutil is None:
-            return {}
+    def stop(self) -> list[Phase]:
         self._stop.set()
         self._thread.join()
-        return self._summary()
+        with self._lock:
+            self._close_phase()
+            self._phase = None
+        return list(self._done)
+
+    def _open(self, name: str) -> _OpenPhase:
+        return _OpenPhase(name, self._clock(), time.time())
+
+    def _close_phase(self) -> None:
+        if self._phase is not None:
+            self._sample(self._phase)
+            self._done.append(self._phase.close(self._clock(), time.time()))
 
     def _loop(self) -> None:
-        self._sample()  # primes cpu_percent; the first reading of each process is meaningless
         while not self._stop.wait(self._interval):
-            self._samples.append((time.monotonic(), self._sample()))
+            with self._lock:
+                if self._phase is not None:
+                    self._sample(self._phase)
 
-    def _sample(self) -> dict[str, float]:
-        if psutil is None:
-            return {}
-        totals: dict[str, float] = defaultdict(float)
-        seen: set[int] = set()
-        for proc in psutil.process_iter(["name", "cmdline"]):
+    def _sample(self, phase: _OpenPhase | None) -> None:
+        """Adds each process's CPU time since the last sample to `phase` (None: baseline only)."""
+        seen: dict[ProcessKey, float] = {}
+        rss: dict[Component, int] = defaultdict(int)
+        for proc in self._scope.processes():
             try:
-                group = classify(
-                    proc.pid, proc.info["name"] or "", proc.info["cmdline"] or [], self._patterns, self._self_pid
-                )
-                if group is None:
-                    continue
-                seen.add(proc.pid)
-                known = self._procs.get(proc.pid)
-                if known is None:
-                    self._procs[proc.pid] = proc
-                    proc.cpu_percent(None)
-                    continue
-                totals[group] += known.cpu_percent(None)
-                self._members[group].add(proc.pid)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                with proc.oneshot():
+                    key = (proc.pid, proc.create_time())
+                    component = component_of(proc.name(), proc.cmdline(), is_driver=proc == self._scope.driver)
+                    times = proc.cpu_times()
+                    memory = proc.memory_info().rss
+            except GONE:
                 continue
-        for gone in set(self._procs) - seen:
-            del self._procs[gone]
-        return dict(totals)
-
-    def _summary(self) -> dict[str, GroupCpu]:
-        groups = sorted({g for _, sample in self._samples for g in sample})
-        cut = self._send_end if self._send_end is not None else float("inf")
-        send = [s for t, s in self._samples if t <= cut]
-        summary: dict[str, GroupCpu] = {}
-        for group in groups:
-            every = [s.get(group, 0.0) for _, s in self._samples]
-            during_send = [s.get(group, 0.0) for s in send]
-            summary[group] = GroupCpu(
-                avg_send=round(sum(during_send) / len(during_send), 1) if during_send else 0.0,
-                avg_all=round(sum(every) / len(every), 1),
-                peak=round(max(every), 1),
-                processes=len(self._members[group]),
-            )
-        return summary
+            seen[key] = times.user + times.system
+            if phase is None:
+                continue
+            # A process first seen after the baseline started after the previous sample: all its time is new.
+            phase.cpu[component] += seen[key] - self._cpu.get(key, 0.0)
+            phase.members[component].add(key)
+            rss[component] += memory
+        self._cpu = seen
+        if phase is None:
+            return
+        for component, value in rss.items():
+            phase.peak_rss[component] = max(phase.peak_rss[component], value)
+        stack = sum(v for c, v in rss.items() if c is not Component.DRIVER)
+        phase.peak_stack_rss = max(phase.peak_stack_rss, stack)

@@ -5,6 +5,7 @@ Computes from measurements only; never talks to the server or the database.
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from dataclasses import asdict
 from typing import Any
@@ -13,13 +14,20 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.commit_watch import DrainResult
-from benchmarks.cpu_sampler import GroupCpu
+from benchmarks.cost import GIB, STACK, TOTAL, cost_rows
+from benchmarks.cpu_sampler import Phase
 from benchmarks.sender import LoadResult
 from benchmarks.stats import summarize_ms
 
+PIPE_WIDTH = 140
 BROKER_FLOOR_NOTE = (
     "includes the embedded broker's ~60-110 ms readability floor (time before a produced record is fetchable)"
 )
+
+
+def make_console() -> Console:
+    """Rich console; when output goes to a file or pipe (`make bench | tee`), wide enough not to wrap the tables."""
+    return Console() if sys.stdout.isatty() else Console(width=PIPE_WIDTH)
 
 
 def _rate(count: int, window: float) -> float | None:
@@ -93,10 +101,19 @@ def commit_figures(drain: DrainResult | None, expected: int, reason: str = "") -
     }
 
 
-def cpu_figures(cpu: dict[str, GroupCpu] | None) -> dict[str, Any]:
-    if cpu is None:
-        return {"measured": False, "reason": "disabled or psutil not installed"}
-    return {"measured": True, "unit": "percent of one core", "groups": {g: asdict(c) for g, c in cpu.items()}}
+def cost_figures(phase: Phase | None, events: int | None, basis: str, peak_stack_rss: int) -> dict[str, Any]:
+    """The cost table of one phase as JSON-able figures; `basis` says which events `events` counts."""
+    if phase is None:
+        return {"measured": False, "reason": basis}
+    return {
+        "measured": True,
+        "phase": phase.name,
+        "window_s": round(phase.seconds, 3),
+        "events": events,
+        "events_basis": basis,
+        "peak_stack_rss_bytes": peak_stack_rss,
+        "rows": [asdict(row) for row in cost_rows(phase, events)],
+    }
 
 
 def _fmt(value: Any) -> str:
@@ -110,7 +127,7 @@ def _fmt(value: Any) -> str:
 
 
 def render(figures: dict[str, Any], console: Console) -> None:
-    send, commit, cpu = figures["send"], figures["commit"], figures["cpu"]
+    send, commit = figures["send"], figures["commit"]
     ingest = Table(title=f"eventpipe throughput - run {figures['run_id']}", show_header=False)
     ingest.add_column("figure")
     ingest.add_column("value", justify="right")
@@ -164,13 +181,40 @@ def render(figures: dict[str, Any], console: Console) -> None:
     if commit["measured"]:
         console.print(f"* {BROKER_FLOOR_NOTE}")
 
-    if cpu["measured"]:
-        table = Table(title="CPU by process group (% of one core, sampled every second)")
-        table.add_column("group", overflow="fold")
-        for column in ("procs", "avg during send", "avg whole run", "peak"):
-            table.add_column(column, justify="right")
-        for group, c in sorted(cpu["groups"].items(), key=lambda kv: -kv[1]["avg_send"]):
-            table.add_row(group, str(c["processes"]), _fmt(c["avg_send"]), _fmt(c["avg_all"]), _fmt(c["peak"]))
-        console.print(table)
-    else:
-        console.print(f"CPU: not measured ({cpu['reason']})")
+    render_cost(figures["cost"], console)
+
+
+def _mib(value: int) -> str:
+    return f"{value / 1024**2:,.0f}"
+
+
+def render_cost(cost: dict[str, Any], console: Console) -> None:
+    """The per-component table; µs/event columns only when the phase had events."""
+    if not cost["measured"]:
+        console.print(f"CPU and memory: not measured ({cost['reason']})")
+        return
+    per_event = cost["events"] is not None
+    title = f"CPU and memory by component - {cost['phase']} window {cost['window_s']:,.1f} s"
+    if per_event:
+        title += f", {cost['events']:,} events {cost['events_basis']}"
+    table = Table(title=title)
+    table.add_column("component")
+    columns = ["procs", "% of one core", "CPU core-s"]
+    columns += ["µs/event", "share %"] if per_event else []
+    for column in [*columns, "peak RSS MiB"]:
+        table.add_column(column, justify="right")
+    for row in cost["rows"]:
+        cells = [_fmt(row["processes"]), _fmt(row["percent_of_core"]), f"{row['cpu_seconds']:,.2f}"]
+        cells += [_fmt(row["us_per_event"]), _fmt(row["share"])] if per_event else []
+        style = "bold" if row["label"] in (STACK, TOTAL) else None
+        table.add_row(row["label"], *cells, _mib(row["peak_rss_bytes"]), style=style)
+    console.print(table)
+    if per_event and "budget_us_per_event" in cost:
+        console.print(
+            f"{cost['cores']} cores at the target rate allow {cost['budget_us_per_event']:,.0f} µs of CPU per event "
+            f"for everything (cores × 1,000,000 ÷ target rate)"
+        )
+    console.print(
+        f"peak RSS of the stack (all processes but the driver, whole run): "
+        f"{cost['peak_stack_rss_bytes'] / GIB:,.2f} GiB (issue 9 asks < 3 GB)"
+    )

@@ -1,4 +1,4 @@
-"""Open-loop batch sender: POSTs batches on a fixed schedule over a bounded keep-alive pool.
+"""Open-loop sender: POSTs batches (or single events) on a fixed schedule over a bounded keep-alive pool.
 
 Never lowers the rate when the server is slow: late batches go out as soon as a connection frees,
 and their lateness is recorded so the report can say the driver fell behind.
@@ -19,6 +19,7 @@ import orjson
 from benchmarks.events import EventFactory
 
 BATCH_PATH = "/events/batch"
+SINGLE_PATH = "/events"
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,15 @@ class LoadPlan:
     request_timeout: float = 30.0
     late_grace: float = 10.0  # seconds past the duration during which late batches may still start
     lag_tolerance: float = 0.1  # a batch starting later than this after its slot counts as late
+    single: bool = False  # POST /events with one event per request instead of /events/batch (batch_size must be 1)
+
+    def __post_init__(self) -> None:
+        if self.single and self.batch_size != 1:
+            raise ValueError("single-event requests carry one event: batch_size must be 1")
+
+    @property
+    def path(self) -> str:
+        return SINGLE_PATH if self.single else BATCH_PATH
 
     @property
     def interval(self) -> float:
@@ -67,8 +77,11 @@ class LoadResult:
 
 
 def _parse_accepted(body: bytes, ids: list[str]) -> tuple[int, int, list[str]]:
-    """Accepted/rejected counts and accepted ids from a 202 body; falls back to our ids by index."""
+    """Accepted/rejected counts and accepted ids from a 202 body (a batch's, or a single event's); falls back to our
+    ids by index."""
     payload = orjson.loads(body)
+    if isinstance(payload, dict) and payload.get("status") == "accepted" and "id" in payload:
+        return 1, 0, [str(payload["id"])]
     results = payload.get("results") if isinstance(payload, dict) else None
     if not isinstance(results, list):
         accepted = int(payload.get("accepted", 0)) if isinstance(payload, dict) else 0
@@ -127,7 +140,7 @@ class OpenLoopSender:
 
     def _build(self) -> tuple[list[str], bytes]:
         events = self._factory.batch(self._plan.batch_size, datetime.now(UTC))
-        return [e["id"] for e in events], orjson.dumps(events)
+        return [e["id"] for e in events], orjson.dumps(events[0] if self._plan.single else events)
 
     async def _send(self, index: int, scheduled: float, ids: list[str], body: bytes) -> None:
         started = self._clock() - self._start
@@ -135,7 +148,9 @@ class OpenLoopSender:
         error: str | None = None
         accepted = rejected = 0
         try:
-            response = await self._client.post(BATCH_PATH, content=body, headers={"content-type": "application/json"})
+            response = await self._client.post(
+                self._plan.path, content=body, headers={"content-type": "application/json"}
+            )
             status = response.status_code
             if 200 <= status < 300:
                 accepted, rejected, accepted_ids = _parse_accepted(response.content, ids)

@@ -47,12 +47,18 @@ def _serve_env() -> dict[str, str]:
     return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
+# A commit document of a 500-event batch is ~300 KB. Ray passes call arguments over 100 KB through the object store
+# (a put, a raylet round, a get); inline they cost the caller, raylet and writer together about half the CPU per call
+# (measured: 4.8 -> 2.3 ms per 300 KB call). Up to 8 MiB go inline; larger ones still use the object store.
+RAY_CORE_ENV = {"RAY_max_direct_call_object_size": str(8 * 1024 * 1024)}
+
+
 def start_ray(settings: Settings, *, dashboard: bool = True) -> None:
     """Start a local Ray head (or join `ray_address`). A head started here inherits DATABASE_URL in its environment,
     so actors and replicas build their secrets themselves; a cluster joined must have it set on every node."""
     import ray
 
-    for key, value in _serve_env().items():
+    for key, value in {**RAY_CORE_ENV, **_serve_env()}.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("RAY_SERVE_ENABLE_ACCESS_LOG", "0")
     with secrets_in_environment(settings):
@@ -86,6 +92,9 @@ def cmd_run(settings: Settings) -> int:
     # Serve keeps a stopping replica reachable for 30 s so load balancers notice; on a laptop nobody needs that.
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
     os.environ.setdefault("RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S", "2")
+    # Serve's controller reconciles every 0.1 s by default: 4 % of a core on an idle 2-core box; 0.5 s costs a
+    # deployment change at most 0.4 s more.
+    os.environ.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.5")
     # The handler only flips a flag: taking a lock there (Event.set) can deadlock the main thread that is waiting.
     stop_requested: list[bool] = []
     signal.signal(signal.SIGINT, lambda *_: stop_requested.append(True))

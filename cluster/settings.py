@@ -48,7 +48,9 @@ class Settings(BaseSettings):
     # The ONE Prometheus scrape target of the whole cluster (the metrics hub, on http_host): /metrics, and the live
     # status page at /status. 0 picks a free port (the hub reports it). Processes push their metrics every interval.
     metrics_port: int = Field(9464, ge=0, le=65535)
-    metrics_push_interval_s: float = Field(1.0, gt=0)
+    # 2 s: each push costs the pusher a registry snapshot and the hub a merge (measured: idle hub 2.9 -> 2.3 % of a
+    # core with 4 owners); Prometheus scrapes every 15 s by default, the status page refreshes every 2 s.
+    metrics_push_interval_s: float = Field(2.0, gt=0)
     max_batch_events: int = Field(1000, ge=1)
     max_body_bytes: int = Field(1_048_576 * 4, ge=1024)
     max_event_bytes: int = Field(262_144, ge=256)
@@ -89,7 +91,9 @@ class Settings(BaseSettings):
     # How long the broker may hold a fetch: low for latency (Tansu answers at this bound, not on data arrival),
     # higher for less idle load with many partitions.
     consumer_fetch_wait_ms: int = Field(50, ge=1, le=500)
-    consume_batch_timeout_s: float = Field(0.1, gt=0)  # wait for the first record; the rest are taken as they are
+    # How long a poll waits for the first record (the rest are taken as they are). It returns as soon as one arrives,
+    # so it adds no latency; it bounds how soon an idle owner notices stop(), and how often an idle one wakes up.
+    consume_batch_timeout_s: float = Field(0.5, gt=0)
     # A hole in a partition's offsets is waited on this long before it is skipped (and recorded in offset_gaps).
     offset_gap_grace_s: float = Field(5.0, ge=0)
     checkpoint_writers: int = Field(2, ge=1)

@@ -28,8 +28,9 @@ from pipelines.batch import (
     clean_reason,
 )
 from pipelines.effects import DeviceReading, Effect, UserSpend
+from pipelines.entity import ENTITY_FIELDS, entity_of
 from pipelines.envelope import Envelope
-from pipelines.errors import DeadLetterKind, InvalidEvent, PoisonEvent
+from pipelines.errors import DeadLetterKind, InvalidEvent, Outcome, PoisonEvent
 from pipelines.jsontext import dumps_storable
 from pipelines.policies.retry import RetryExhausted, RetryPolicy, call_with_retry
 from pipelines.registry import Registry
@@ -46,6 +47,16 @@ def _json(value: object) -> str:
         raise InvalidEvent("event contains a NUL character (\\u0000), which cannot be stored") from None
 
 
+def _parse_json(registry: Registry, data: bytes) -> EventBase:
+    """The event a bare record's bytes hold; raises InvalidEvent only. (The one place to swap for a registry call
+    that validates the bytes in pydantic-core.)"""
+    try:
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"record is not valid JSON: {exc}") from None
+    return registry.parse(raw)
+
+
 def _consistent(envelope: Envelope, event: EventBase) -> None:
     """The envelope's routing fields must agree with the payload it carries, or the record is invalid."""
     payload_type = envelope.payload.get("type")
@@ -59,6 +70,22 @@ def _consistent(envelope: Envelope, event: EventBase) -> None:
         raise InvalidEvent(f"envelope id {envelope.id!r} does not match payload id {event.id!r}")
 
 
+@dataclass(slots=True)
+class _Decoded:
+    """What a record's bytes said, decoded once: its envelope and its payload as stored (None when it cannot be:
+    NUL), kept for the record's dead letter should the event fail later."""
+
+    envelope: Envelope
+    payload_json: str | None
+
+
+def _storable_or_none(payload: object) -> str | None:
+    try:
+        return _json(payload)
+    except InvalidEvent:
+        return None
+
+
 @dataclass
 class PartitionProcessor:
     registry: Registry
@@ -68,8 +95,9 @@ class PartitionProcessor:
     rng: random.Random = field(default_factory=random.Random)
     max_record_bytes: int = 1_048_576
     clock: Callable[[], float] = time.perf_counter
-    # Told each record's outcome and the seconds spent on it (decode, validate, handler with retries): metrics, traces.
-    on_outcome: Callable[[ProcessedEvent | DeadLetter, float], None] | None = None
+    # Told each record's outcome, the seconds spent on it (decode, validate, handler with retries) and what it counts
+    # as (a record whose event id an earlier record of the batch carries is a duplicate): metrics, traces.
+    on_outcome: Callable[[ProcessedEvent | DeadLetter, float, Outcome], None] | None = None
 
     def process(
         self,
@@ -106,20 +134,22 @@ class PartitionProcessor:
         out: list[RecordOutcome] = []
         seen: set[str] = set()
         hook_failures, first_failure = 0, ""
+        clock, on_outcome = self.clock, self.on_outcome
         for record in records:
-            started = self.clock()
+            started = clock()
             outcome = self._guarded(record, consumed_at)
-            if self.on_outcome is not None:
+            event_id = outcome.event_id
+            duplicate = event_id is not None and event_id in seen
+            if on_outcome is not None:
                 try:
-                    self.on_outcome(outcome, self.clock() - started)
+                    on_outcome(outcome, clock() - started, Outcome.DUPLICATE if duplicate else outcome.outcome)
                 except Exception as exc:  # noqa: BLE001 - an observation bug must not change what an event became
                     hook_failures += 1
                     first_failure = first_failure or f"offset {record.offset}: {_describe(exc)}"
-            event_id = outcome.event_id
+            if duplicate:
+                out.append(InBatchDuplicate(event_id, record.offset))  # type: ignore[arg-type]
+                continue
             if event_id is not None:
-                if event_id in seen:
-                    out.append(InBatchDuplicate(event_id, record.offset))
-                    continue
                 seen.add(event_id)
             out.append(outcome)
         if hook_failures:
@@ -142,29 +172,39 @@ class PartitionProcessor:
                 return seconds
         return consumed_at
 
-    def _envelope(self, record: SourceRecord, consumed_at: float) -> Envelope:
-        """Records on the raw ingest topic are bare events; everything else is an API envelope."""
+    def _value(self, record: SourceRecord) -> bytes:
         if record.value is None:
             raise InvalidEvent("record has no value")
         if len(record.value) > self.max_record_bytes:
             raise InvalidEvent(f"record of {len(record.value)} bytes exceeds the {self.max_record_bytes}-byte limit")
-        if record.topic != self.ingest_topic:
-            return Envelope.decode(record.value)
-        try:
-            raw = orjson.loads(record.value)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidEvent(f"record is not valid JSON: {exc}") from None
-        event = self.registry.parse(raw)
+        return record.value
+
+    def _bare_event(self, record: SourceRecord, event: EventBase, consumed_at: float) -> _Decoded:
+        """A record of the raw ingest topic holds a bare event, validated once: its envelope is made here, with an
+        id derived from the record's position when the event has none."""
         event_id = event.id or ids.from_log_position(record.topic, record.partition, record.offset)
-        return Envelope.wrap(event, event_id, self._received_at(record, consumed_at), source="kafka")
+        envelope = Envelope.wrap(event, event_id, self._received_at(record, consumed_at), source="kafka")
+        return _Decoded(envelope, _storable_or_none(envelope.payload))
 
     def _one(self, record: SourceRecord, consumed_at: float) -> ProcessedEvent | DeadLetter:
-        envelope: Envelope | None = None
+        decoded: _Decoded | None = None
         try:
-            envelope = self._envelope(record, consumed_at)
-            event = self.registry.parse(envelope.payload)
-            _consistent(envelope, event)
-            payload_json = _json(envelope.payload)
+            value = self._value(record)
+            if record.topic == self.ingest_topic:
+                event = _parse_json(self.registry, value)
+                decoded = self._bare_event(record, event, consumed_at)
+            else:
+                envelope = Envelope.decode(value)  # API envelopes: the event is validated from the decoded payload
+                # Envelope.decode refused a record holding a NUL anywhere, so its payload serialises as stored.
+                decoded = _Decoded(envelope, orjson.dumps(envelope.payload).decode())
+                event = self.registry.parse(envelope.payload)
+                _consistent(envelope, event)
+            envelope, payload_json = decoded.envelope, decoded.payload_json
+            entity = entity_of(event)  # as validated (whitespace stripped), like the effects
+            if payload_json is None:
+                raise InvalidEvent("event contains a NUL character (\\u0000), which cannot be stored")
+            if entity is None:
+                raise InvalidEvent(f"{envelope.type} event names no entity ({', '.join(ENTITY_FIELDS)})")
             handler = self.registry.spec(envelope.type).handler
             result, attempts = call_with_retry(lambda: handler(event), self.retry, self.sleep, self.rng)
             _storable_effects(result.effects)
@@ -173,7 +213,7 @@ class PartitionProcessor:
                 type=envelope.type,
                 schema_version=envelope.schema_version,
                 offset=record.offset,
-                entity_key=event.entity_key(),
+                entity_key=entity[1],
                 payload_json=payload_json,
                 result_json=_json(result.result),
                 effects=result.effects,
@@ -184,15 +224,16 @@ class PartitionProcessor:
                 parent_ids=envelope.parent_ids,
                 idempotency_key=envelope.idempotency_key,
                 trace_context=envelope.trace_context,
+                entity_field=entity[0],
             )
         except InvalidEvent as exc:
-            return self._dead(record, envelope, DeadLetterKind.INVALID, exc.describe(), 1, consumed_at)
+            return self._dead(record, decoded, DeadLetterKind.INVALID, exc.describe(), 1, consumed_at)
         except PoisonEvent as exc:
-            return self._dead(record, envelope, DeadLetterKind.POISON, str(exc), 1, consumed_at)
+            return self._dead(record, decoded, DeadLetterKind.POISON, str(exc), 1, consumed_at)
         except RetryExhausted as exc:
-            return self._dead(record, envelope, DeadLetterKind.EXHAUSTED, str(exc), exc.attempts, consumed_at)
+            return self._dead(record, decoded, DeadLetterKind.EXHAUSTED, str(exc), exc.attempts, consumed_at)
         except Exception as exc:  # noqa: BLE001 - a handler bug must not stall the partition: classify and DLQ it
-            return self._dead(record, envelope, DeadLetterKind.HANDLER_ERROR, _describe(exc), 1, consumed_at)
+            return self._dead(record, decoded, DeadLetterKind.HANDLER_ERROR, _describe(exc), 1, consumed_at)
 
     def _bare(self, record: SourceRecord, kind: DeadLetterKind, reason: str, consumed_at: float) -> DeadLetter:
         return bare_dead_letter(record.offset, kind, reason, record.value, self._received_at(record, consumed_at))
@@ -200,37 +241,35 @@ class PartitionProcessor:
     def _dead(
         self,
         record: SourceRecord,
-        envelope: Envelope | None,
+        decoded: _Decoded | None,
         kind: DeadLetterKind,
         reason: str,
         attempts: int,
         consumed_at: float,
     ) -> DeadLetter:
-        known = envelope is not None
-        payload_json: str | None = None
-        entity_key: str | None = None
-        if envelope is not None:
-            try:
-                payload_json = _json(envelope.payload)
-            except InvalidEvent:
-                payload_json = None
-            entity_key = _entity_key_of(envelope.payload)
+        if decoded is None:
+            return bare_dead_letter(
+                record.offset, kind, reason, record.value, self._received_at(record, consumed_at), attempts
+            )
+        envelope, payload_json = decoded.envelope, decoded.payload_json
+        entity = entity_of(envelope.payload)  # the event may not have validated: read from what the record holds
         return DeadLetter(
             offset=record.offset,
             error_kind=kind,
             reason=clean_reason(reason),
             attempts=attempts,
             payload=record.value,
-            received_at=envelope.received_at if envelope else self._received_at(record, consumed_at),
-            event_id=envelope.id if known and payload_json is not None else None,
-            type=envelope.type if envelope else None,
-            schema_version=envelope.schema_version if envelope else None,
-            entity_key=entity_key,
+            received_at=envelope.received_at,
+            event_id=envelope.id if payload_json is not None else None,
+            type=envelope.type,
+            schema_version=envelope.schema_version,
+            entity_key=entity[1] if entity is not None else None,
             payload_json=payload_json,
-            correlation_id=envelope.correlation_id if envelope else None,
-            causation_id=envelope.causation_id if envelope else None,
-            parent_ids=envelope.parent_ids if envelope else (),
-            idempotency_key=envelope.idempotency_key if envelope else None,
+            correlation_id=envelope.correlation_id,
+            causation_id=envelope.causation_id,
+            parent_ids=envelope.parent_ids,
+            idempotency_key=envelope.idempotency_key,
+            entity_field=entity[0] if entity is not None else None,
         )
 
 
@@ -252,11 +291,3 @@ def _storable_effects(effects: Sequence[Effect]) -> None:
                 raise PoisonEvent(f"reading of {effect.device_id!r} is {effect.value} in {effect.si_unit}: not finite")
         elif isinstance(effect, UserSpend) and not effect.amount.is_finite():
             raise PoisonEvent(f"amount of {effect.user_id!r} is {effect.amount}: not finite")
-
-
-def _entity_key_of(payload: dict[str, object]) -> str | None:
-    for name in ("user_id", "device_id"):
-        value = payload.get(name)
-        if isinstance(value, str):
-            return value
-    return None

@@ -17,7 +17,7 @@ from pipelines.jsontext import has_nul
 from pipelines.schemas import EventBase
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: one is built per record on the owner's hot path, and never changed
 class Envelope:
     id: str
     type: str
@@ -119,37 +119,43 @@ class Envelope:
             raise InvalidEvent("record contains a NUL character (\\u0000), which cannot be stored")
         try:
             received_at = obj["received_at"]
-            version = obj.get("schema_version", 1)
-            parents = obj.get("parent_ids") or []
+            get = obj.get
+            version = get("schema_version", 1)
+            parents = get("parent_ids") or []
             if type(received_at) not in (int, float) or not math.isfinite(received_at):
                 raise ValueError("received_at must be a finite number")
             if type(version) is not int:
                 raise ValueError("schema_version must be an integer")
-            if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+            if type(parents) is not list or (parents and not all(type(p) is str for p in parents)):
                 raise ValueError("parent_ids must be a list of strings")
-            if not isinstance(obj["payload"], dict):
+            if type(obj["payload"]) is not dict:
                 raise ValueError("payload must be an object")
             return cls(
-                id=_text(obj, "id", required=True),  # type: ignore[arg-type]
-                type=_text(obj, "type", required=True),  # type: ignore[arg-type]
-                schema_version=version,
-                payload=obj["payload"],
-                received_at=float(received_at),
-                correlation_id=_text(obj, "correlation_id"),
-                causation_id=_text(obj, "causation_id"),
-                parent_ids=tuple(parents),
-                idempotency_key=_text(obj, "idempotency_key"),
-                source=_text(obj, "source") or "api",
-                trace_context=_text(obj, "trace_context"),
+                _required(get("id"), "id"),
+                _required(get("type"), "type"),
+                version,
+                obj["payload"],
+                float(received_at),
+                _optional(get("correlation_id"), "correlation_id"),
+                _optional(get("causation_id"), "causation_id"),
+                tuple(parents),
+                _optional(get("idempotency_key"), "idempotency_key"),
+                _optional(get("source"), "source") or "api",
+                _optional(get("trace_context"), "trace_context"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidEvent(f"record is not an eventpipe envelope: {exc!r}") from None
 
 
-def _text(obj: dict[str, Any], name: str, *, required: bool = False) -> str | None:
-    value = obj.get(name)
-    if value is None and not required:
+def _required(value: Any, name: str) -> str:
+    if type(value) is not str or not value:
+        raise ValueError(f"{name} must be a non-empty string")
+    return value
+
+
+def _optional(value: Any, name: str) -> str | None:
+    if value is None:
         return None
-    if not isinstance(value, str) or not value:
+    if type(value) is not str or not value:
         raise ValueError(f"{name} must be a non-empty string")
     return value

@@ -53,3 +53,16 @@ class DeadLetterKind(StrEnum):
     HANDLER_ERROR = "handler_error"  # an unexpected exception on the event's way through the owner
     STORE_REJECTED = "store_rejected"  # PostgreSQL refused the event's rows for a data reason (overflow, constraint)
     PUBLISH_REJECTED = "publish_rejected"  # the broker refuses the record for good (e.g. larger than allowed)
+
+
+class Fenced(Exception):
+    """A newer epoch owns the partition: this owner must stop and never commit again."""
+
+
+class Outcome(StrEnum):
+    """What one record of a committed batch became: the one spelling of an event row's `status`, of the `status`
+    label of `events_processed_total` and of a processing span's `event.outcome`."""
+
+    PROCESSED = "processed"  # handled; its effects are stored
+    DEAD_LETTERED = "dead_lettered"  # stored as a dead letter, with its bytes and a DeadLetterKind
+    DUPLICATE = "duplicate"  # its event id was already stored, or carried by an earlier record of the same batch

@@ -30,10 +30,6 @@ class Lease:
     reset_from: int | None = None  # set when the broker log changed and offsets started over
 
 
-class Fenced(Exception):
-    """A newer epoch owns the partition: this owner must stop and never commit again."""
-
-
 # SQLSTATE classes in which PostgreSQL refuses what a statement carries, not the connection: 22 data exception
 # (numeric overflow, invalid text, NUL), 23 integrity constraint violation (NOT NULL, CHECK, unique, foreign key),
 # 54 program limit exceeded (an index row too large, too many columns). The same batch would be refused again.

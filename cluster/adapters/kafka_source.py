@@ -6,9 +6,10 @@ It never commits offsets to Kafka for correctness: the checkpoint in PostgreSQL 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from pipelines.batch import SourceRecord
 
@@ -35,29 +36,37 @@ class PartitionSource:
             if first is None:
                 return []
             messages = [first, *self._consumer.consume(max_records - 1, 0)] if max_records > 1 else [first]
-        out: list[SourceRecord] = []
-        for msg in messages:
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                if err.fatal() or not err.retriable():
-                    raise KafkaException(err)
-                log.warning("transient consume error on %s[%d]: %s", self.topic, self.partition, err)
-                continue
-            ts_type, ts = msg.timestamp()
-            out.append(
-                SourceRecord(
-                    topic=self.topic,
-                    partition=self.partition,
-                    offset=msg.offset(),
-                    key=msg.key(),
-                    value=msg.value(),
-                    timestamp_ms=ts if ts_type != 0 and ts > 0 else None,
-                    headers=tuple(msg.headers() or ()) or None,
-                )
-            )
-        return out
+        return source_records(self.topic, self.partition, messages)
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def source_records(topic: str, partition: int, messages: Sequence[Message]) -> list[SourceRecord]:
+    """The records of one partition's consumed messages, in their order: the end of the partition is skipped, a
+    transient error is logged and skipped, a fatal one raised."""
+    out: list[SourceRecord] = []
+    append = out.append
+    for msg in messages:
+        err = msg.error()
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                continue
+            if err.fatal() or not err.retriable():
+                raise KafkaException(err)
+            log.warning("transient consume error on %s[%d]: %s", topic, partition, err)
+            continue
+        ts_type, ts = msg.timestamp()
+        headers = msg.headers()
+        append(
+            SourceRecord(
+                topic,
+                partition,
+                msg.offset(),
+                msg.key(),
+                msg.value(),
+                ts if ts_type != 0 and ts > 0 else None,
+                tuple(headers) if headers else None,
+            )
+        )
+    return out

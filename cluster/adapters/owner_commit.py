@@ -14,11 +14,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Protocol
 
-from cluster.adapters.checkpoint_store import Fenced
 from cluster.adapters.commit_doc import EncodedBatch, UnencodableEvent, encode
 from cluster.observability.recording import CommitFailure
 from pipelines.batch import CommitBatch, CommitOutcome
-from pipelines.errors import DeadLetterKind
+from pipelines.errors import DeadLetterKind, Fenced
 from pipelines.policies.bisect import Refusal
 
 log = logging.getLogger(__name__)

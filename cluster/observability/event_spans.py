@@ -15,10 +15,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from opentelemetry import trace
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.trace import INVALID_SPAN, Link, NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    INVALID_SPAN_ID,
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+)
 
 from cluster.adapters.kafka_producer import Delivered, Record
 from cluster.observability.logs import EVENT_LOGGER, event_extra, event_lines_enabled
@@ -31,9 +40,9 @@ from cluster.observability.tracing import (
     with_header,
 )
 from pipelines.batch import CommitBatch, CommitOutcome, DeadLetter, ProcessedEvent, SourceRecord
+from pipelines.errors import Outcome
 
 events_log = logging.getLogger(EVENT_LOGGER)
-_SPAN_IDS = RandomIdGenerator()  # the SDK's own ids, for the spans made here without the tracer
 
 INGESTION, PUBLISH, PROCESSING, STATE_STORE = "event-ingestion", "event-publish", "event-processing", "state-store"
 
@@ -53,21 +62,21 @@ def _identity(event_id: str | None, event_type: str | None, correlation_id: str 
     return attributes
 
 
-def _entities(payload_json: str | None) -> dict[str, Any]:
-    """user.id (and device.id) of an event, read from its payload; only for spans that are recorded."""
-    if not payload_json:
+def _entities(outcome: ProcessedEvent | DeadLetter) -> dict[str, Any]:
+    """user.id or device.id of an event, as the engine read it (pipelines.entity); only for spans that are recorded."""
+    if outcome.entity_field is None or outcome.entity_key is None:
         return {}
-    try:
-        payload = orjson.loads(payload_json)
-    except orjson.JSONDecodeError:
-        return {}
-    if not isinstance(payload, dict):
-        return {}
-    out = {}
-    for name, attribute in (("user_id", "user.id"), ("device_id", "device.id")):
-        if isinstance(payload.get(name), str):
-            out[attribute] = payload[name]
-    return out
+    return {outcome.entity_field.replace("_", "."): outcome.entity_key}
+
+
+def _unsampled_child(parent: SpanContext, id_generator: IdGenerator) -> SpanContext:
+    """The context of a span whose remote parent is not sampled: what the parent-based sampler of `Tracing` gives
+    (a non-recording span, in the parent's trace, with its own id), without starting one through the SDK (most
+    records' parents are unsampled at the default ratio, and this is the owner's per-event hot path)."""
+    span_id = id_generator.generate_span_id()
+    while span_id == INVALID_SPAN_ID:
+        span_id = id_generator.generate_span_id()
+    return SpanContext(parent.trace_id, span_id, is_remote=False, trace_flags=parent.trace_flags)
 
 
 # -- the API -----------------------------------------------------------------------------------------------------------
@@ -89,6 +98,7 @@ class IngestTrace:
 class IngestSpans:
     def __init__(self, tracing: Tracing) -> None:
         self._tracer = tracing.tracer
+        self._ids: IdGenerator = getattr(tracing.tracer, "id_generator", None) or RandomIdGenerator()
 
     def begin(
         self, correlation_id: str | None, started_ns: int | None = None, parent: SpanContext | None = None
@@ -127,15 +137,18 @@ class IngestSpans:
     def publishing(self, t: IngestTrace, record: Record) -> Record:
         """Start `event-publish` (child of ingestion); the record comes back carrying its context as `traceparent`."""
         topic, key, value, headers = record
-        if t.ingestion.is_recording():
+        parent = t.ingestion.get_span_context()
+        if parent.is_valid and not t.ingestion.is_recording():
+            # An unsampled event (most, at the default ratio): its publish span is unsampled too, made without the
+            # tracer's per-span work; the record still carries the trace's context for the owner to follow.
+            t.publish = NonRecordingSpan(_unsampled_child(parent, self._ids))
+        else:
             t.publish = self._tracer.start_span(
                 PUBLISH,
                 context=trace.set_span_in_context(t.ingestion),
                 kind=SpanKind.PRODUCER,
                 attributes={"event.id": t.event_id or "", "messaging.destination.name": topic},
             )
-        else:
-            t.publish = _unsampled_child(t.ingestion.get_span_context())
         return topic, key, value, with_header(headers, format_traceparent(t.publish.get_span_context()))
 
     def published(
@@ -171,16 +184,6 @@ class IngestSpans:
                     spooled=spooled,
                 ),
             )
-
-
-def _unsampled_child(parent: SpanContext) -> Span:
-    """What the parent-based sampler makes of a child of an unsampled span, without the tracer's per-span work (a
-    third of the API's CPU per event): a non-recording span in the same trace, unsampled, with an id of its own so
-    that the `traceparent` the owner continues from is a well-formed one. Tracing off (no valid parent): none."""
-    if not parent.is_valid:
-        return INVALID_SPAN
-    context = SpanContext(parent.trace_id, _SPAN_IDS.generate_span_id(), False, parent.trace_flags, parent.trace_state)
-    return NonRecordingSpan(context)
 
 
 # -- the spool drainer -------------------------------------------------------------------------------------------------
@@ -223,7 +226,7 @@ class DrainSpans:
 
 
 # -- the partition owner -----------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(slots=True)
 class EventSpan:
     """What the owner knows of one record after processing it: its span, outcome and time."""
 
@@ -231,7 +234,7 @@ class EventSpan:
     event_id: str | None
     event_type: str | None
     context: SpanContext
-    outcome: str  # processed | dead_lettered | duplicate
+    outcome: Outcome
     duration_ms: float
     correlation_id: str | None = None
     reason: str | None = None
@@ -245,7 +248,6 @@ class BatchTrace:
     records: dict[int, SourceRecord]
     events: list[EventSpan] = field(default_factory=list)
     trace_contexts: dict[int, str] = field(default_factory=dict)
-    seen: set[str] = field(default_factory=set)
 
 
 class ProcessingSpans:
@@ -255,48 +257,27 @@ class ProcessingSpans:
     def __init__(self, tracing: Tracing) -> None:
         self._tracer = tracing.tracer
         self.enabled = tracing.enabled
+        self._ids: IdGenerator = getattr(tracing.tracer, "id_generator", None) or RandomIdGenerator()
         self._batch: BatchTrace | None = None
 
     def begin(self, records: Sequence[SourceRecord]) -> BatchTrace:
         self._batch = BatchTrace({r.offset: r for r in records})
         return self._batch
 
-    def observe(self, outcome: ProcessedEvent | DeadLetter, seconds: float) -> None:
-        """`event-processing` of one record: child of the record's `traceparent` (a new trace without one)."""
+    def observe(self, outcome: ProcessedEvent | DeadLetter, seconds: float, status: Outcome) -> None:
+        """`event-processing` of one record: child of the record's `traceparent` (a new trace without one). `status`
+        is what the record counts as: the engine's verdict, a duplicate when an earlier record carried its id."""
         batch = self._batch
         if batch is None:
             return
         end_ns = time.time_ns()
         record = batch.records.get(outcome.offset)
         parent = parse_traceparent(header(record.headers)) if record is not None else None
-        duplicate = outcome.event_id is not None and outcome.event_id in batch.seen
-        kind = "duplicate" if duplicate else "processed" if isinstance(outcome, ProcessedEvent) else "dead_lettered"
-        reason = outcome.reason if isinstance(outcome, DeadLetter) else None
-        attributes: dict[str, Any] | None = None
-        if self.enabled and (parent is None or parent.trace_flags.sampled):  # else the span will not be recorded
-            attributes = _identity(outcome.event_id, outcome.type, outcome.correlation_id)
-            attributes.update(_entities(outcome.payload_json))
-            attributes["event.outcome"] = kind
-            attributes["event.processing_time_ms"] = round(seconds * 1000, 3)
-            attributes["messaging.kafka.offset"] = outcome.offset  # topic and partition: on the batch commit span
-            if outcome.attempts > 1:
-                attributes["event.attempts"] = outcome.attempts
-            if isinstance(outcome, DeadLetter):
-                attributes["dead_letter.kind"] = outcome.error_kind
-                attributes["dead_letter.reason"] = outcome.reason
-        span = self._tracer.start_span(
-            PROCESSING,
-            context=remote_parent(parent),
-            kind=SpanKind.CONSUMER,
-            start_time=end_ns - int(seconds * 1e9),
-            attributes=attributes,
-        )
-        context = span.get_span_context()
-        if isinstance(outcome, DeadLetter) and span.is_recording():
-            span.set_status(Status(StatusCode.ERROR, f"dead-lettered: {outcome.error_kind}"))
-        span.end(end_time=end_ns)
-        if outcome.event_id is not None and not duplicate:
-            batch.seen.add(outcome.event_id)
+        if self.enabled and parent is not None and not parent.trace_flags.sampled:
+            context = _unsampled_child(parent, self._ids)
+        else:
+            context = self._span(outcome, seconds, status, parent, end_ns)
+        if outcome.event_id is not None and status is not Outcome.DUPLICATE:
             traceparent = format_traceparent(context)
             if traceparent is not None:
                 batch.trace_contexts[outcome.offset] = traceparent
@@ -306,12 +287,44 @@ class ProcessingSpans:
                 outcome.event_id,
                 outcome.type,
                 context,
-                kind,
+                status,
                 seconds * 1000,
                 outcome.correlation_id,
-                reason,
+                outcome.reason if isinstance(outcome, DeadLetter) else None,
             )
         )
+
+    def _span(
+        self,
+        outcome: ProcessedEvent | DeadLetter,
+        seconds: float,
+        status: Outcome,
+        parent: SpanContext | None,
+        end_ns: int,
+    ) -> SpanContext:
+        """Start and end the span through the tracer (sampled by ratio without a parent, followed with a sampled one);
+        its attributes are set only when it is recorded (most spans without a parent are not, at the default ratio)."""
+        span = self._tracer.start_span(
+            PROCESSING,
+            context=remote_parent(parent),
+            kind=SpanKind.CONSUMER,
+            start_time=end_ns - int(seconds * 1e9),
+        )
+        if span.is_recording():
+            attributes = _identity(outcome.event_id, outcome.type, outcome.correlation_id)
+            attributes.update(_entities(outcome))
+            attributes["event.outcome"] = status.value
+            attributes["event.processing_time_ms"] = round(seconds * 1000, 3)
+            attributes["messaging.kafka.offset"] = outcome.offset  # topic and partition: on the batch commit span
+            if outcome.attempts > 1:
+                attributes["event.attempts"] = outcome.attempts
+            if isinstance(outcome, DeadLetter):
+                attributes["dead_letter.kind"] = outcome.error_kind
+                attributes["dead_letter.reason"] = outcome.reason
+                span.set_status(Status(StatusCode.ERROR, f"dead-lettered: {outcome.error_kind}"))
+            span.set_attributes(attributes)
+        span.end(end_time=end_ns)
+        return span.get_span_context()
 
     def committed(self, trace_: BatchTrace, batch: CommitBatch, outcome: CommitOutcome, started_ns: int) -> None:
         """`state-store`: one span for the batch commit linking to every event's processing span, and a child of
@@ -326,6 +339,8 @@ class ProcessingSpans:
         self, trace_: BatchTrace, batch: CommitBatch, outcome: CommitOutcome, started_ns: int, end_ns: int
     ) -> None:
         sampled = [e for e in trace_.events if e.context.trace_flags.sampled]
+        if not sampled:
+            return  # the batch commit is traced exactly when one of its events is
         store = {
             "db.system": "postgresql",
             "messaging.destination.name": batch.topic,
@@ -354,7 +369,7 @@ class ProcessingSpans:
         batch_link = [Link(commit.get_span_context())]
         known = set(outcome.duplicate_ids)
         for e in sampled:
-            if e.outcome == "duplicate":
+            if e.outcome is Outcome.DUPLICATE:
                 continue
             attributes = {"event.id": e.event_id or "", "eventpipe.commit": "event"}
             if e.event_id in known:
@@ -374,11 +389,11 @@ def _log_events(trace_: BatchTrace, batch: CommitBatch, commit_ms: float) -> Non
     """One line per event of a committed batch: dead letters always (WARNING), the rest when per-event lines are on."""
     lines = event_lines_enabled()
     for e in trace_.events:
-        if e.outcome == "dead_lettered":
+        if e.outcome is Outcome.DEAD_LETTERED:
             log, message, detail = events_log.warning, "event dead-lettered: %s", e.reason
         elif lines:
             log, message = events_log.info, "event %s"
-            detail = "processed" if e.outcome == "processed" else "ignored as a duplicate in its batch"
+            detail = "processed" if e.outcome is Outcome.PROCESSED else "ignored as a duplicate in its batch"
         else:
             continue
         log(

@@ -10,12 +10,23 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Collection
 from enum import StrEnum
+from functools import lru_cache
+from typing import TypeVar
 
-from cluster.observability.metrics import DEAD_LETTERED, DUPLICATE, PROCESSED, Metrics
+from cluster.observability.metrics import Metrics
 from pipelines.batch import CommitBatch, CommitOutcome, DeadLetter, ProcessedEvent
-from pipelines.errors import InvalidEvent
+from pipelines.errors import InvalidEvent, Outcome
 
 UNKNOWN = "unknown"
+
+M = TypeVar("M")
+
+
+@lru_cache(maxsize=4096)
+def labelled(metric: M, *values: str) -> M:
+    """`metric.labels(*values)`, looked up once: the child of a label set never changes (no metric here is ever
+    `remove`d or `clear`ed), and the hot path records per event. Label values are bounded sets, so is this cache."""
+    return metric.labels(*values)  # type: ignore[attr-defined, no-any-return]
 
 
 class CommitFailure(StrEnum):
@@ -50,11 +61,11 @@ def outcome_counts(
         if event.event_id is not None:
             type_of[event.event_id] = label
         if event.event_id is not None and event.event_id in known_ids:
-            counts[(label, DUPLICATE)] += 1
+            counts[(label, Outcome.DUPLICATE)] += 1
         else:
-            counts[(label, PROCESSED if isinstance(event, ProcessedEvent) else DEAD_LETTERED)] += 1
+            counts[(label, event.outcome)] += 1
     for event_id, _offset in batch.in_batch_duplicates:
-        counts[(type_of.get(event_id, UNKNOWN), DUPLICATE)] += 1
+        counts[(type_of.get(event_id, UNKNOWN), Outcome.DUPLICATE)] += 1
     return counts
 
 
@@ -71,24 +82,26 @@ def record_commit(
     for the raw ingest topic, the events that entered the pipeline there."""
     counts = outcome_counts(batch, outcome, known_types)
     for (event_type, status), n in counts.items():
-        metrics.events_processed.labels(event_type, status).inc(n)
+        labelled(metrics.events_processed, event_type, status).inc(n)
     metrics.commit_batch_size.observe(len(batch.processed) + len(batch.dead) + len(batch.in_batch_duplicates))
     known_ids = set(outcome.duplicate_ids)
-    new: list[ProcessedEvent | DeadLetter] = [
-        e for e in (*batch.processed, *batch.dead) if e.event_id is None or e.event_id not in known_ids
-    ]
-    for event in new:
+    received: Counter[str] = Counter()
+    for event in (*batch.processed, *batch.dead):
+        if event.event_id is not None and event.event_id in known_ids:
+            continue
         label = type_label(event.type, known_types)
-        metrics.end_to_end_latency_seconds.labels(label).observe(max(0.0, committed_at - event.received_at))
-        if batch.topic == ingest_topic:
-            metrics.events_received.labels(label).inc()
+        labelled(metrics.end_to_end_latency_seconds, label).observe(max(0.0, committed_at - event.received_at))
+        received[label] += 1
+    if batch.topic == ingest_topic:
+        for label, n in received.items():
+            labelled(metrics.events_received, label).inc(n)
 
 
 def record_processing(
     metrics: Metrics, event: ProcessedEvent | DeadLetter, seconds: float, known_types: Collection[str]
 ) -> None:
     """One record's decode, validation and handling time (retries included)."""
-    metrics.processing_duration_seconds.labels(type_label(event.type, known_types)).observe(seconds)
+    labelled(metrics.processing_duration_seconds, type_label(event.type, known_types)).observe(seconds)
 
 
 def record_commit_failure(metrics: Metrics, topic: str, partition: int, failure: CommitFailure) -> None:

@@ -22,6 +22,8 @@ from typing import Any
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from pipelines.errors import Outcome
+
 STATUS_PATH = "/status"
 STATUS_JSON_PATH = "/status.json"
 HTML_CONTENT_TYPE = "text/html; charset=utf-8"
@@ -201,7 +203,7 @@ def summarize(base: Snapshot | None, cur: Snapshot) -> dict[str, Any]:
 
     received = rates("events_received_total", ("type",))
     processed = rates("events_processed_total", ("type", "status"))
-    dead = rates("events_processed_total", ("type",), {"status": "dead_lettered"})
+    dead = rates("events_processed_total", ("type",), {"status": Outcome.DEAD_LETTERED})
     invalid = rates("validation_errors_total", ("reason",))
     requests = rates("http_requests_total", ("route", "status"))
     types = sorted(
@@ -212,10 +214,7 @@ def summarize(base: Snapshot | None, cur: Snapshot) -> dict[str, Any]:
         {
             "type": t,
             "received_per_s": received.get((t,), 0.0) if rated else None,
-            **{
-                f"{status}_per_s": processed.get((t, status), 0.0) if rated else None
-                for status in ("processed", "dead_lettered", "duplicate")
-            },
+            **{f"{status}_per_s": processed.get((t, status), 0.0) if rated else None for status in Outcome},
         }
         for t in types
     ]
@@ -270,7 +269,7 @@ def summarize(base: Snapshot | None, cur: Snapshot) -> dict[str, Any]:
             "dead_lettered_per_s": _total(dead) if rated else None,
             "validation_errors_per_s": _total(invalid) if rated else None,
             "http_5xx_per_s": sum(v for (_, s), v in requests.items() if s.startswith("5")) if rated else None,
-            "dead_lettered_total": _total(cur.sum_by("events_processed_total", (), {"status": "dead_lettered"})),
+            "dead_lettered_total": _total(cur.sum_by("events_processed_total", (), {"status": Outcome.DEAD_LETTERED})),
             "validation_errors_total": _total(cur.sum_by("validation_errors_total", ())),
             "validation_by_reason": [
                 {"reason": reason, "per_s": value} for (reason,), value in sorted(invalid.items()) if value > 0

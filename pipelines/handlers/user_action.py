@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from pipelines import ids
 from pipelines.effects import ActionCount
 from pipelines.handlers.base import HandlerResult
 from pipelines.schemas import UserActionV1
@@ -23,7 +24,7 @@ class UserActionHandler:
     def __call__(self, event: UserActionV1) -> HandlerResult:
         epoch_s = int(event.timestamp.timestamp())
         window_start = epoch_s - epoch_s % self.session_window_s
-        session_id = str(uuid.uuid5(_SESSION_NAMESPACE, f"{event.user_id}\x1f{window_start}"))
+        session_id = ids.name_based(_SESSION_NAMESPACE, f"{event.user_id}\x1f{window_start}")
         result = {
             "session_id": session_id,
             "session_window_start": datetime.fromtimestamp(window_start, tz=UTC).isoformat(),

@@ -20,6 +20,7 @@ from cluster.adapters.commit_doc import UnencodableEvent, encode
 from pipelines.batch import DeadLetter, InBatchDuplicate, ProcessedEvent, SourceRecord, assemble
 from pipelines.effects import DeviceReading, UserSpend
 from pipelines.engine import PartitionProcessor
+from pipelines.errors import Outcome
 from pipelines.handlers.base import HandlerResult
 from pipelines.handlers.user_action import UserActionHandler
 from pipelines.registry import EventTypeSpec, Registry, default_registry
@@ -183,7 +184,7 @@ def test_when_building_the_dead_letter_itself_fails_a_bare_one_with_the_raw_byte
 
 def test_a_hook_that_raises_only_logs_once_per_batch_and_every_outcome_is_kept_as_it_was(caplog):
     # given an observation hook (metrics, spans) that chokes on a processed event and on a dead letter
-    def hook(outcome: ProcessedEvent | DeadLetter, seconds: float) -> None:
+    def hook(outcome: ProcessedEvent | DeadLetter, seconds: float, status: Outcome) -> None:
         if outcome.event_id in ("ev-1", "ev-2"):
             raise ValueError("metrics choked")
 

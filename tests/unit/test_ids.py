@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import uuid
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from pipelines import ids
 from pipelines.registry import default_registry
 
@@ -69,3 +72,13 @@ def test_derived_ids_pass_the_event_id_rules(user_action_data):
 
 def test_new_ids_are_unique():
     assert len({ids.new_id() for _ in range(100)}) == 100
+
+
+@given(st.text(max_size=200))
+def test_name_based_ids_are_uuid5(name: str) -> None:
+    namespace = uuid.UUID("6f1f9a52-3c1e-4d4e-9b7a-5d1c0b9e2a10")
+    try:
+        name.encode()
+    except UnicodeEncodeError:  # lone surrogates: uuid5 cannot take them either
+        return
+    assert ids.name_based(namespace, name) == str(uuid.uuid5(namespace, name))

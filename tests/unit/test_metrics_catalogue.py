@@ -118,4 +118,4 @@ def test_the_catalogue_can_be_built_into_several_registries():
 
 
 def test_processed_status_values_are_the_three_outcomes():
-    assert catalogue.PROCESSED_STATUSES == ("processed", "dead_lettered", "duplicate")
+    assert catalogue.PROCESSED_STATUSES == ("processed", "dead_lettered", "duplicate")  # Outcome, in its order

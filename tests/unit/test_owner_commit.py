@@ -9,12 +9,11 @@ import random
 
 import pytest
 
-from cluster.adapters.checkpoint_store import Fenced
 from cluster.adapters.commit_doc import EncodedBatch
 from cluster.adapters.owner_commit import Explained, OwnerCommitter
 from cluster.observability.recording import CommitFailure
 from pipelines.batch import CommitBatch, CommitOutcome, ProcessedEvent, bare_dead_letter
-from pipelines.errors import DeadLetterKind
+from pipelines.errors import DeadLetterKind, Fenced
 from pipelines.policies.bisect import Refusal
 
 

@@ -430,3 +430,30 @@ def test_literal_backslash_u0000_text_is_not_mistaken_for_a_nul_character(proces
     event = the_processed(run(processor, [raw_record(0, user_action_data(target="C:\\u0000\\file"))]))
 
     assert orjson.loads(event.payload_json)["target"] == "C:\\u0000\\file"
+
+
+# --- each record is validated once ------------------------------------------------------------------------------
+
+
+class CountingRegistry(Registry):
+    def __init__(self) -> None:
+        super().__init__(default_registry().specs, default_registry().time_window)
+        self.parsed = 0
+
+    def parse(self, raw: Any):  # type: ignore[no-untyped-def]
+        self.parsed += 1
+        return super().parse(raw)
+
+
+def test_a_bare_event_and_an_api_envelope_are_each_validated_once(sensor_data):
+    registry = CountingRegistry()
+    processor = PartitionProcessor(registry, INGEST, rng=random.Random(0))
+
+    bare = processor.outcomes([raw_record(0, sensor_data())], consumed_at=0.0)
+    assert registry.parsed == 1 and isinstance(bare[0], ProcessedEvent)
+    stored = orjson.loads(bare[0].payload_json)
+    assert stored["id"] == ids.from_log_position(INGEST, 0, 0) and stored["device_id"] == "device-1"
+
+    enveloped = processor.outcomes([api_record(1, sensor_data(), "sensor-1")], consumed_at=0.0)
+    assert registry.parsed == 2 and isinstance(enveloped[0], ProcessedEvent)
+    assert (enveloped[0].entity_key, enveloped[0].entity_field) == ("device-1", "device_id")

@@ -456,3 +456,35 @@ def test_an_unsampled_or_malformed_client_traceparent_is_ignored(tmp_path, trans
     assert context.trace_flags.sampled  # the ratio decided, as without the header
     assert f"{context.trace_id:032x}" != CLIENT_TRACE
     api.shutdown()
+
+
+# --- the owner's unsampled events ------------------------------------------------------------------------------------
+
+
+def test_an_event_whose_publish_was_not_sampled_gets_the_context_the_sdk_would_give_and_no_span(
+    unsampled_processes, transaction_data
+):
+    # given two events the API published without sampling them (ratio 0), and an owner that would trace every root
+    api, _, directory = unsampled_processes
+    owner_settings = _settings(directory.parent / "owner", trace_sample_ratio=1.0)
+    owner = Tracing.start(owner_settings, "partition-owner")
+    records = [_published(api, transaction_data(id=f"ev-{n}"), n, "c") for n in range(2)]
+    parents = [parse_traceparent(dict(r.headers or ())["traceparent"]) for r in records]
+
+    # when the owner processes and commits them
+    traced, encoded = _owner_commits(owner, records)
+    owner.flush()
+
+    # then each processing span is the unsampled child the parent-based sampler gives: same trace, own span id
+    by_sdk = owner.tracer.start_span("x", context=remote_parent(parents[0])).get_span_context()
+    assert not by_sdk.trace_flags.sampled and by_sdk.trace_id == parents[0].trace_id
+    for event, parent in zip(traced.events, parents, strict=True):
+        assert parent is not None and event.context.trace_id == parent.trace_id
+        assert event.context.trace_flags == by_sdk.trace_flags and not event.context.is_remote
+        assert event.context.span_id not in (parent.span_id, 0)
+    assert traced.events[0].context.span_id != traced.events[1].context.span_id
+    # stored with the events as before, and nothing is exported: not the events' spans, not the batch commit
+    rows = {row["id"]: row["trace"] for row in orjson.loads(encoded.doc)["events"]}
+    assert rows == {e.event_id: format_traceparent(e.context) for e in traced.events}
+    assert _span_lines(traces_dir(owner_settings)) == []
+    owner.shutdown()

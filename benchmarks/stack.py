@@ -1,0 +1,84 @@
+"""Finds the running stack on this machine: the `eventpipe run` process, the PostgreSQL server behind a URL, and the
+embedded PostgreSQL's URL from a data directory.
+
+Reads the process table and files only; never signals a process or writes anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psutil
+
+from benchmarks.components import is_eventpipe_run
+from cluster.local import LOCALHOST, PG_PORT_FILE
+from cluster.settings import Settings
+
+EMBEDDED_DATABASE = "eventpipe"  # the database EmbeddedPostgres creates
+LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1"}
+
+
+class StackNotFound(RuntimeError):
+    """No (or no single) running stack; the message says what to pass instead."""
+
+
+def data_dir() -> Path:
+    """The data directory `eventpipe run` uses with this environment ($EVENTPIPE_DATA_DIR, .env, else .data)."""
+    return Settings().data_dir
+
+
+def embedded_database_url(directory: Path) -> str | None:
+    """URL of the embedded PostgreSQL that `eventpipe run` started with this data directory, or None."""
+    port_file = directory / PG_PORT_FILE
+    if not port_file.is_file():
+        return None
+    port = port_file.read_text().strip()
+    return f"postgresql://postgres@{LOCALHOST}:{port}/{EMBEDDED_DATABASE}" if port.isdigit() else None
+
+
+def find_stack_root(pid: int | None = None) -> psutil.Process:
+    """The `eventpipe run` process: `pid` if given, else the only one running (wrappers such as `timeout` skipped)."""
+    if pid is not None:
+        try:
+            return psutil.Process(pid)
+        except psutil.NoSuchProcess as exc:
+            raise StackNotFound(f"no process {pid}") from exc
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if is_eventpipe_run(proc.info["cmdline"] or []):
+            found.append(proc)
+    outermost = [p for p in found if not any(_is_ancestor(other, p) for other in found if other != p)]
+    if len(outermost) != 1:
+        pids = ", ".join(str(p.pid) for p in outermost) or "none"
+        raise StackNotFound(f"expected one running `eventpipe run`, found {pids}: pass --stack-pid")
+    return outermost[0]
+
+
+def _is_ancestor(candidate: psutil.Process, proc: psutil.Process) -> bool:
+    try:
+        return candidate in proc.parents()
+    except psutil.NoSuchProcess:
+        return False
+
+
+def find_postgres(database_url: str) -> psutil.Process | None:
+    """The local PostgreSQL server listening on the URL's port (its postmaster), or None if it is not on this host.
+
+    An embedded postmaster is not a child of `eventpipe run` (pg_ctl detaches it), so it is found by its port.
+    """
+    parts = urlsplit(database_url)
+    if (parts.hostname or "") not in LOCAL_HOSTS:
+        return None
+    port = parts.port or 5432
+    try:
+        listeners = psutil.net_connections(kind="tcp")
+    except psutil.AccessDenied:
+        return None
+    for conn in listeners:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+            try:
+                return psutil.Process(conn.pid)
+            except psutil.NoSuchProcess:
+                return None
+    return None
