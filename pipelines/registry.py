@@ -1,4 +1,5 @@
-"""Maps an event type and schema version to its model and handler; validates raw objects.
+"""Maps an event type and schema version to its model and handler; validates raw objects, JSON bytes and whole
+batches (one pydantic-core call for a batch, dispatching on type and version as `parse` does).
 
 Validation turns every problem into InvalidEvent with field-level errors; it never raises anything else.
 """
@@ -10,9 +11,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any, Union
 
-from pydantic import ValidationError
+import orjson
+from pydantic import Discriminator, Tag, TypeAdapter, ValidationError
 
 from pipelines.enrichment import MerchantLookup
 from pipelines.errors import FieldError, InvalidEvent
@@ -48,11 +50,17 @@ class Registry:
     specs: dict[str, EventTypeSpec] = field(default_factory=dict)
     time_window: TimeWindow = field(default_factory=TimeWindow)
     clock: Callable[[], float] = time.time
+    _batches: TypeAdapter[list[EventBase]] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the compiled batch validator (it is built again on first use where it lands)."""
+        return {**self.__dict__, "_batches": None}
 
     def register(self, spec: EventTypeSpec) -> None:
         if spec.name in self.specs:
             raise ValueError(f"event type {spec.name!r} is already registered")
         self.specs[spec.name] = spec
+        self._batches = None  # built again, with the new type, on the next batch
 
     @property
     def types(self) -> tuple[str, ...]:
@@ -72,6 +80,72 @@ class Registry:
                 "event could not be validated",
                 (FieldError("$", f"cannot be validated: {type(exc).__name__}", "unvalidatable"),),
             ) from exc
+
+    def parse_json(self, data: bytes) -> EventBase:
+        """`parse(orjson.loads(data))`, with bytes that are not JSON an InvalidEvent too; raises nothing else."""
+        try:
+            raw = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            where = f"line {exc.lineno}, column {exc.colno}"  # the position only: the parser's text stays here
+            raise InvalidEvent(
+                f"event is not valid JSON (at {where})", (FieldError("$", "not valid JSON", "json_invalid"),)
+            ) from None
+        return self.parse(raw)
+
+    def parse_many(self, raws: list[Any]) -> list[EventBase | InvalidEvent]:
+        """`parse` of each decoded value, in order: each result is the event or the InvalidEvent `parse` raises.
+
+        The whole list is validated in one pydantic-core call (a union tagged by type and version, chosen as `parse`
+        chooses); only a list with an invalid item is validated again item by item, for each item's own errors."""
+        adapter = self._batch_adapter()
+        if adapter is None:
+            return [self._outcome(raw) for raw in raws]
+        try:
+            events = adapter.validate_python(raws)
+        except Exception:  # noqa: BLE001 - some item is invalid (or unvalidatable): each one's own answer below
+            return [self._outcome(raw) for raw in raws]
+        now = self.clock()
+        window = self.time_window
+        out: list[EventBase | InvalidEvent] = list(events)
+        for index, event in enumerate(events):
+            problem = window.problem(event.timestamp, now)
+            if problem is not None:
+                out[index] = InvalidEvent(
+                    f"invalid {event.type} event",  # type: ignore[attr-defined]
+                    (FieldError("timestamp", problem, "time_window"),),
+                )
+        return out
+
+    def _outcome(self, raw: Any) -> EventBase | InvalidEvent:
+        try:
+            return self.parse(raw)
+        except InvalidEvent as exc:
+            return exc
+
+    def _batch_adapter(self) -> TypeAdapter[list[EventBase]] | None:
+        """None with fewer than two models: a tagged union needs two (such a registry validates item by item)."""
+        if self._batches is None:
+            choices = [
+                Annotated[model, Tag(_tag(name, version))]
+                for name, spec in self.specs.items()
+                for version, model in spec.versions.items()
+            ]
+            if len(choices) < 2:
+                return None
+            self._batches = TypeAdapter(list[Annotated[_union(choices), Discriminator(self._tag_of)]])
+        return self._batches
+
+    def _tag_of(self, raw: Any) -> str | None:
+        """The tag of the model `parse` would validate `raw` with; None (invalid) wherever `parse` refuses first."""
+        if not isinstance(raw, dict):
+            return None
+        event_type = raw.get("type")
+        if not isinstance(event_type, str) or event_type not in self.specs:
+            return None
+        version = raw.get("schema_version", 1)
+        if type(version) is not int or version not in self.specs[event_type].versions:  # bool is not a version
+            return None
+        return _tag(event_type, version)
 
     def _parse(self, raw: Any) -> EventBase:
         if not isinstance(raw, dict):
@@ -111,6 +185,14 @@ class Registry:
         schema = model.model_json_schema()
         schema["properties"]["timestamp"]["description"] = self.time_window.describe()  # the configured window
         return schema
+
+
+def _tag(event_type: str, version: int) -> str:
+    return f"{event_type}/{version}"
+
+
+def _union(choices: list[Any]) -> Any:
+    return Union[tuple(choices)]  # noqa: UP007 - built from a runtime list of models
 
 
 def default_registry(

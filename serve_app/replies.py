@@ -105,17 +105,15 @@ def timed_out(timeout_s: float, error_id: str, **extra: Any) -> Reply:
     return Reply(504, {"error": "timeout", "reason": reason, "error_id": error_id, **extra}, {"Retry-After": "1"})
 
 
-def accepted(event_id: str, event_type: str, outcome: Outcome) -> dict[str, Any]:
-    """The answer for a taken event: its log position, or `spooled` when it waits in the spool for the broker."""
-    if isinstance(outcome, Spooled):
-        return {"id": event_id, "status": "accepted", "type": event_type, "spooled": True}
-    if not isinstance(outcome, Delivered):
+def accepted(event_id: str, event_type: str, outcome: Outcome, index: int | None = None) -> dict[str, Any]:
+    """The answer for a taken event: its log position, or `spooled` when it waits in the spool for the broker; a
+    batch's item leads with its `index` (built in place: a batch answers one of these per event)."""
+    item: dict[str, Any] = {} if index is None else {"index": index}
+    item["id"], item["status"], item["type"] = event_id, "accepted", event_type
+    if isinstance(outcome, Delivered):
+        item["topic"], item["partition"], item["offset"] = outcome.topic, outcome.partition, outcome.offset
+    elif isinstance(outcome, Spooled):
+        item["spooled"] = True
+    else:
         raise TypeError(f"not an accepted outcome: {outcome!r}")
-    return {
-        "id": event_id,
-        "status": "accepted",
-        "type": event_type,
-        "topic": outcome.topic,
-        "partition": outcome.partition,
-        "offset": outcome.offset,
-    }
+    return item

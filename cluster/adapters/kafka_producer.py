@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -154,7 +155,33 @@ def refused_by_producer(exc: Exception) -> PublishError:
 
 
 Record = tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None]
-_Settled = tuple[asyncio.Future, "Delivered | PublishError"]
+
+
+class _Round:
+    """One publish_many call: its records' outcomes, filled in by delivery reports (on the poller thread) or by
+    refusals at produce() (on the event loop), and one future, settled once the last outcome is in."""
+
+    __slots__ = ("_left", "_lock", "future", "loop", "outcomes")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.outcomes: list[Delivered | PublishError | None] = [None] * size
+        self._left = size
+        self._lock = threading.Lock()
+
+    def settle(self, index: int, outcome: Delivered | PublishError) -> bool:
+        """Record one record's outcome; True for the last one (then the future is to be settled)."""
+        self.outcomes[index] = outcome
+        with self._lock:
+            self._left -= 1
+            return self._left == 0
+
+    def done(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+
 _BUFFER_FULL_WAIT_S = 0.005
 
 
@@ -187,8 +214,8 @@ class KafkaPublisher:
         # How long produce() may keep meeting a full local queue before the record is reported failed.
         self._enqueue_timeout_s = _message_timeout_s(config)
         self._closed = threading.Event()
-        # Delivery reports of one poll() are handed to each event loop in one call, not one wake-up per record.
-        self._pending: dict[asyncio.AbstractEventLoop, list[_Settled]] = {}
+        # Rounds completed by one poll() are handed to each event loop in one call, not one wake-up per record.
+        self._pending: dict[asyncio.AbstractEventLoop, list[_Round]] = {}
         self._poller = threading.Thread(target=self._poll_loop, name="kafka-delivery-poller", daemon=True)
         self._poller.start()
 
@@ -213,15 +240,17 @@ class KafkaPublisher:
         if not self._pending:
             return
         pending, self._pending = self._pending, {}
-        for loop, settled in pending.items():
-            loop.call_soon_threadsafe(_settle_all, settled)
+        for loop, rounds in pending.items():
+            loop.call_soon_threadsafe(_settle_all, rounds)
 
     async def publish_many(self, records: list[Record]) -> list[Delivered | PublishError]:
         """Produce all records, then wait for every acknowledgement; one outcome per record, in order."""
+        if not records:
+            return []
         loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[Delivered | PublishError]] = []
+        batch = _Round(loop, len(records))
 
-        def on_delivery(fut: asyncio.Future, err: KafkaError | None, msg: Message) -> None:
+        def on_delivery(index: int, err: KafkaError | None, msg: Message) -> None:
             # Runs on the poller thread, inside poll().
             outcome: Delivered | PublishError
             if err is not None:
@@ -230,35 +259,33 @@ class KafkaPublisher:
                     self._lost = err.str()
             else:
                 outcome = Delivered(msg.topic(), msg.partition(), msg.offset(), time.time_ns())
-            self._pending.setdefault(loop, []).append((fut, outcome))
+            if batch.settle(index, outcome):
+                self._pending.setdefault(loop, []).append(batch)
 
         deadline = time.monotonic() + self._enqueue_timeout_s
-        for topic, key, value, headers in records:
-            future: asyncio.Future[Delivered | PublishError] = loop.create_future()
-            futures.append(future)
+        for index, (topic, key, value, headers) in enumerate(records):
+            refused: PublishError | None = None
             while True:
                 try:
                     self._producer.produce(
-                        topic,
-                        value=value,
-                        key=key,
-                        headers=headers,
-                        on_delivery=lambda err, msg, fut=future: on_delivery(fut, err, msg),
+                        topic, value=value, key=key, headers=headers, on_delivery=partial(on_delivery, index)
                     )
                     break
                 except BufferError:
                     # The local queue is full: backpressure; wait for deliveries to drain it, but not for ever.
                     if time.monotonic() > deadline:
-                        future.set_result(PublishError("the local producer queue stayed full (broker not draining)"))
+                        refused = PublishError("the local producer queue stayed full (broker not draining)")
                         break
                     await asyncio.sleep(_BUFFER_FULL_WAIT_S)
                 except Exception as exc:  # noqa: BLE001 - never into the request: a failed outcome for this record
                     refused = refused_by_producer(exc)
                     if isinstance(exc, KafkaException) and exc.args and idempotence_lost(exc.args[0]):
                         self._lost = exc.args[0].str()
-                    future.set_result(refused)
                     break
-        return list(await asyncio.gather(*futures))
+            if refused is not None and batch.settle(index, refused):
+                batch.done()
+        await batch.future
+        return batch.outcomes  # type: ignore[return-value]  # every one is set once the future is
 
     def close(self, timeout: float = 10.0) -> None:
         self._producer.flush(timeout)
@@ -339,7 +366,6 @@ class BlockingPublisher:
         self._producer.flush(timeout)
 
 
-def _settle_all(settled: list[_Settled]) -> None:
-    for future, outcome in settled:
-        if not future.done():
-            future.set_result(outcome)
+def _settle_all(rounds: list[_Round]) -> None:
+    for batch in rounds:
+        batch.done()

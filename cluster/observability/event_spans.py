@@ -17,7 +17,17 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
-from opentelemetry.trace import INVALID_SPAN, INVALID_SPAN_ID, Link, Span, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    INVALID_SPAN_ID,
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+)
 
 from cluster.adapters.kafka_producer import Delivered, Record
 from cluster.observability.logs import EVENT_LOGGER, event_extra, event_lines_enabled
@@ -88,6 +98,7 @@ class IngestTrace:
 class IngestSpans:
     def __init__(self, tracing: Tracing) -> None:
         self._tracer = tracing.tracer
+        self._ids: IdGenerator = getattr(tracing.tracer, "id_generator", None) or RandomIdGenerator()
 
     def begin(
         self, correlation_id: str | None, started_ns: int | None = None, parent: SpanContext | None = None
@@ -126,12 +137,18 @@ class IngestSpans:
     def publishing(self, t: IngestTrace, record: Record) -> Record:
         """Start `event-publish` (child of ingestion); the record comes back carrying its context as `traceparent`."""
         topic, key, value, headers = record
-        t.publish = self._tracer.start_span(
-            PUBLISH,
-            context=trace.set_span_in_context(t.ingestion),
-            kind=SpanKind.PRODUCER,
-            attributes={"event.id": t.event_id or "", "messaging.destination.name": topic},
-        )
+        parent = t.ingestion.get_span_context()
+        if parent.is_valid and not t.ingestion.is_recording():
+            # An unsampled event (most, at the default ratio): its publish span is unsampled too, made without the
+            # tracer's per-span work; the record still carries the trace's context for the owner to follow.
+            t.publish = NonRecordingSpan(_unsampled_child(parent, self._ids))
+        else:
+            t.publish = self._tracer.start_span(
+                PUBLISH,
+                context=trace.set_span_in_context(t.ingestion),
+                kind=SpanKind.PRODUCER,
+                attributes={"event.id": t.event_id or "", "messaging.destination.name": topic},
+            )
         return topic, key, value, with_header(headers, format_traceparent(t.publish.get_span_context()))
 
     def published(
