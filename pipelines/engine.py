@@ -47,16 +47,6 @@ def _json(value: object) -> str:
         raise InvalidEvent("event contains a NUL character (\\u0000), which cannot be stored") from None
 
 
-def _parse_json(registry: Registry, data: bytes) -> EventBase:
-    """The event a bare record's bytes hold; raises InvalidEvent only. (The one place to swap for a registry call
-    that validates the bytes in pydantic-core.)"""
-    try:
-        raw = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidEvent(f"record is not valid JSON: {exc}") from None
-    return registry.parse(raw)
-
-
 def _consistent(envelope: Envelope, event: EventBase) -> None:
     """The envelope's routing fields must agree with the payload it carries, or the record is invalid."""
     payload_type = envelope.payload.get("type")
@@ -191,7 +181,7 @@ class PartitionProcessor:
         try:
             value = self._value(record)
             if record.topic == self.ingest_topic:
-                event = _parse_json(self.registry, value)
+                event = self.registry.parse_json(value)
                 decoded = self._bare_event(record, event, consumed_at)
             else:
                 envelope = Envelope.decode(value)  # API envelopes: the event is validated from the decoded payload

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic_core import PydanticCustomError
 
+from pipelines import entity
 from pipelines.limits import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, MAX_METADATA_KEY_CHARS, metadata_problem
 from pipelines.units import PHYSICAL_RANGES, READING_MAX, READING_MIN, physical_range_problem
 
@@ -77,8 +78,11 @@ class EventBase(BaseModel):
     parent_ids: Annotated[list[EventId], Field(max_length=32)] = Field(default_factory=list)
 
     def entity_key(self) -> str:
-        """The key that orders this event's effects (Kafka message key)."""
-        raise NotImplementedError
+        """The key that orders this event's effects (Kafka message key); pipelines.entity says which field holds it."""
+        key = entity.entity_key(self)
+        if key is None:
+            raise ValueError(f"{type(self).__name__} names no entity ({', '.join(entity.ENTITY_FIELDS)})")
+        return key
 
 
 class TransactionV1(EventBase):
@@ -90,9 +94,6 @@ class TransactionV1(EventBase):
     # Optional, so version 1 stays compatible; left out of the payload when absent, so records of events without
     # it are byte-for-byte what they were (owners built before the field still read them).
     merchant_id: EntityId | None = Field(None, exclude_if=lambda value: value is None)
-
-    def entity_key(self) -> str:
-        return self.user_id
 
 
 class Location(BaseModel):
@@ -139,9 +140,6 @@ class SensorV1(EventBase):
             raise PydanticCustomError("physical_range", "{detail}", {"detail": problem, "field": "reading"})
         return self
 
-    def entity_key(self) -> str:
-        return self.device_id
-
 
 class UserActionV1(EventBase):
     type: Literal["user_action"]
@@ -149,6 +147,3 @@ class UserActionV1(EventBase):
     action: ShortText
     target: ShortText
     metadata: Metadata
-
-    def entity_key(self) -> str:
-        return self.user_id
