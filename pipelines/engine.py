@@ -169,22 +169,25 @@ class PartitionProcessor:
             raise InvalidEvent(f"record of {len(record.value)} bytes exceeds the {self.max_record_bytes}-byte limit")
         return record.value
 
-    def _bare_event(self, record: SourceRecord, event: EventBase, consumed_at: float) -> _Decoded:
-        """A record of the raw ingest topic holds a bare event, validated once: its envelope is made here, with an
-        id derived from the record's position when the event has none."""
-        event_id = event.id or ids.from_log_position(record.topic, record.partition, record.offset)
-        envelope = Envelope.wrap(event, event_id, self._received_at(record, consumed_at), source="kafka")
-        return _Decoded(envelope, _storable_or_none(envelope.payload))
+    def _bare_event(self, record: SourceRecord, consumed_at: float) -> tuple[EventBase, _Decoded]:
+        """A record of the raw ingest topic holds a bare event, validated once: its envelope is made here, and an
+        event without an id gets the one its log position gives (the handler sees it too, as for an API event)."""
+        event = self.registry.parse_json(self._value(record))
+        if event.id is None:
+            event_id = ids.from_log_position(record.topic, record.partition, record.offset)
+            event = event.model_copy(update={"id": event_id})  # a validated event: no second validation
+        received_at = self._received_at(record, consumed_at)
+        envelope = Envelope.wrap(event, str(event.id), received_at, source="kafka")
+        return event, _Decoded(envelope, _storable_or_none(envelope.payload))
 
     def _one(self, record: SourceRecord, consumed_at: float) -> ProcessedEvent | DeadLetter:
         decoded: _Decoded | None = None
         try:
-            value = self._value(record)
             if record.topic == self.ingest_topic:
-                event = self.registry.parse_json(value)
-                decoded = self._bare_event(record, event, consumed_at)
+                event, decoded = self._bare_event(record, consumed_at)
             else:
-                envelope = Envelope.decode(value)  # API envelopes: the event is validated from the decoded payload
+                # API envelopes: the event is validated from the decoded payload.
+                envelope = Envelope.decode(self._value(record))
                 # Envelope.decode refused a record holding a NUL anywhere, so its payload serialises as stored.
                 decoded = _Decoded(envelope, orjson.dumps(envelope.payload).decode())
                 event = self.registry.parse(envelope.payload)

@@ -82,14 +82,12 @@ class Registry:
             ) from exc
 
     def parse_json(self, data: bytes) -> EventBase:
-        """`parse(orjson.loads(data))`, with bytes that are not JSON an InvalidEvent too; raises nothing else."""
+        """`parse(orjson.loads(data))` of a record's bytes, with bytes that are not JSON an InvalidEvent too (the
+        reason a dead letter carries, worded as for an envelope record); raises nothing else."""
         try:
             raw = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            where = f"line {exc.lineno}, column {exc.colno}"  # the position only: the parser's text stays here
-            raise InvalidEvent(
-                f"event is not valid JSON (at {where})", (FieldError("$", "not valid JSON", "json_invalid"),)
-            ) from None
+            raise InvalidEvent(f"record is not valid JSON: {exc}") from None
         return self.parse(raw)
 
     def parse_many(self, raws: list[Any]) -> list[EventBase | InvalidEvent]:

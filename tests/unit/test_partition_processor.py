@@ -217,6 +217,28 @@ def test_raw_record_without_id_gets_its_log_position_id(processor, user_action_d
     assert event.effects == (ActionCount("user-1", "click"),)
 
 
+def test_the_handler_sees_the_log_position_id_of_a_raw_record_without_one(registry, user_action_data):
+    seen: list[str | None] = []
+    registry.specs["user_action"] = EventTypeSpec(
+        "user_action", {1: UserActionV1}, lambda event: seen.append(event.id) or UserActionHandler()(event)
+    )
+    processor = PartitionProcessor(registry, INGEST, sleep=lambda s: None, rng=random.Random(0))
+
+    event = the_processed(run(processor, [raw_record(17, user_action_data())]))
+
+    assert seen == [event.event_id] == [ids.from_log_position(INGEST, 0, 17)]
+
+
+def test_a_raw_record_that_is_not_json_is_dead_lettered_with_the_parsers_words(processor):
+    with pytest.raises(orjson.JSONDecodeError) as parser:
+        orjson.loads(b"{not json")
+
+    dead = dead_by_offset(run(processor, [raw_record(4, b"{not json")]))[4]
+
+    assert (dead.error_kind, dead.reason) == ("invalid", f"record is not valid JSON: {parser.value}")
+    assert dead.payload == b"{not json"
+
+
 def test_raw_record_with_its_own_id_keeps_it(processor, user_action_data):
     event = the_processed(run(processor, [raw_record(17, user_action_data(id="client-chosen-1"))]))
 
