@@ -40,7 +40,7 @@ from cluster.observability.tracing import Tracing
 from cluster.settings import Settings
 from pipelines.batch import CommitBatch, CommitOutcome, DeadLetter, ProcessedEvent
 from pipelines.engine import PartitionProcessor
-from pipelines.errors import Outcome
+from pipelines.outcome import Outcome
 from pipelines.owner_loop import Claim, ClaimUnavailable, CommitReports, Connection, Hooks, LoopPolicy, OwnerLoop
 from pipelines.owner_status import OwnerStatus
 from pipelines.policies.gaps import GapPolicy

@@ -27,7 +27,8 @@ from cluster.observability.logs import setup_logging
 from cluster.observability.tracing import Tracing
 from cluster.settings import Settings
 from cluster.spool_triage import settle
-from pipelines.errors import DeadLetterKind, Outcome
+from pipelines.errors import DeadLetterKind
+from pipelines.outcome import Outcome
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ from pipelines.batch import CommitOutcome, DeadLetter, ProcessedEvent, SourceRec
 from pipelines.engine import PartitionProcessor
 from pipelines.enrichment import merchant_ids
 from pipelines.envelope import Envelope
-from pipelines.errors import Outcome
+from pipelines.outcome import Outcome
 from pipelines.registry import default_registry
 
 INGEST = "events.ingest"

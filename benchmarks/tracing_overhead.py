@@ -52,7 +52,7 @@ def api_side(events: int, tracing: Tracing) -> tuple[float, list[SourceRecord]]:
     for n in range(events):
         traced = spans.begin("corr")
         event = registry.parse(_event(n))
-        spans.identified(traced, str(event.id), "transaction", "user")
+        spans.identified(traced, str(event.id), "transaction", ("user_id", "user"))
         value = Envelope.encode_event(event, time.time(), correlation_id="corr")
         topic, key, value, headers = spans.publishing(traced, ("events.transaction", b"user", value, None))
         spans.published(traced, Delivered(topic, 0, n, time.time_ns()))

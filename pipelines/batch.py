@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from pipelines.effects import Effect
-from pipelines.errors import DeadLetterKind, Outcome
+from pipelines.errors import DeadLetterKind
+from pipelines.outcome import Outcome
 
 
 @dataclass(slots=True)  # not frozen: built per record by the consumer, never changed (see ProcessedEvent)

@@ -30,8 +30,9 @@ from pipelines.batch import (
 from pipelines.effects import DeviceReading, Effect, UserSpend
 from pipelines.entity import ENTITY_FIELDS, entity_of
 from pipelines.envelope import Envelope
-from pipelines.errors import DeadLetterKind, InvalidEvent, Outcome, PoisonEvent
+from pipelines.errors import DeadLetterKind, InvalidEvent, PoisonEvent
 from pipelines.jsontext import dumps_storable
+from pipelines.outcome import Outcome
 from pipelines.policies.retry import RetryExhausted, RetryPolicy, call_with_retry
 from pipelines.registry import Registry
 from pipelines.schemas import EventBase

@@ -57,12 +57,3 @@ class DeadLetterKind(StrEnum):
 
 class Fenced(Exception):
     """A newer epoch owns the partition: this owner must stop and never commit again."""
-
-
-class Outcome(StrEnum):
-    """What one record of a committed batch became: the one spelling of an event row's `status`, of the `status`
-    label of `events_processed_total` and of a processing span's `event.outcome`."""
-
-    PROCESSED = "processed"  # handled; its effects are stored
-    DEAD_LETTERED = "dead_lettered"  # stored as a dead letter, with its bytes and a DeadLetterKind
-    DUPLICATE = "duplicate"  # its event id was already stored, or carried by an earlier record of the same batch

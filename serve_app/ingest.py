@@ -24,6 +24,7 @@ from cluster.observability.recording import invalid_reason
 from cluster.observability.tracing import Tracing
 from cluster.settings import Settings
 from pipelines import ids
+from pipelines.entity import entity_of
 from pipelines.envelope import Envelope
 from pipelines.errors import InvalidEvent
 from pipelines.registry import Registry
@@ -143,7 +144,7 @@ class Ingestor:
             raise EventTooLarge(str(event.id), size, self._settings.max_event_bytes)
         event_type: str = event.type  # type: ignore[attr-defined]
         # The fields, not getattr: a model without `user_id` raises inside pydantic's __getattr__ first (slow).
-        self._spans.identified(traced, str(event.id), event_type, vars(event).get("user_id"))
+        self._spans.identified(traced, str(event.id), event_type, entity_of(event))
         return Prepared(str(event.id), event_type, (self._settings.topic(event_type), key, record, None), traced)
 
     async def single(self, body: bytes, meta: RequestMeta) -> Reply:

@@ -16,6 +16,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from cluster.adapters.commit_doc import DOCUMENT, EncodedBatch, encode
 from cluster.adapters.leases import LeaderLease, verify_held
 from pipelines.batch import CommitBatch, CommitOutcome
+from pipelines.outcome import AUDIT_DUPLICATE
 
 log = logging.getLogger(__name__)
 
@@ -167,13 +168,13 @@ audit AS (
     -- One row per record with an id (ADR 0012): its whole trail in this commit; the audit_log view expands it.
     INSERT INTO audit_trail (event_id, outcome, actor, epoch, topic, partition, "offset", accepted_at, consumed_at,
                              attempts, dead_kind, dead_reason)
-    SELECT i.id, coalesce(f.status, 'duplicate_ignored'), %(owner)s, %(epoch)s, %(topic)s, %(partition)s, i.off,
+    SELECT i.id, coalesce(f.status, '{AUDIT_DUPLICATE}'), %(owner)s, %(epoch)s, %(topic)s, %(partition)s, i.off,
            CASE WHEN f.id IS NOT NULL THEN to_timestamp(i.recv) END, to_timestamp(%(consumed)s),
            CASE WHEN f.id IS NOT NULL THEN i.att END, CASE WHEN f.id IS NOT NULL THEN i.dk END,
            CASE WHEN f.id IS NOT NULL THEN i.dr END
       FROM incoming i LEFT JOIN fresh f ON f.id = i.id
     UNION ALL
-    SELECT x.e, 'duplicate_ignored', %(owner)s, %(epoch)s, %(topic)s, %(partition)s, x.off, NULL,
+    SELECT x.e, '{AUDIT_DUPLICATE}', %(owner)s, %(epoch)s, %(topic)s, %(partition)s, x.off, NULL,
            to_timestamp(%(consumed)s), NULL, NULL, NULL
       FROM doc CROSS JOIN LATERAL {_rows("dups")} AS x
      WHERE EXISTS (SELECT 1 FROM advanced)

@@ -17,8 +17,8 @@ import orjson
 
 from pipelines.batch import CommitBatch, DeadLetter, ProcessedEvent
 from pipelines.effects import ActionCount, DeviceReading, UserSpend
-from pipelines.errors import Outcome
 from pipelines.jsontext import has_nul
+from pipelines.outcome import Outcome
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from pipelines.errors import Outcome
+from pipelines.outcome import Outcome
 
 _EVENT = """
 SELECT e.id, e.type, e.schema_version, e.status, e.topic, e.partition, e."offset", e.entity_key,

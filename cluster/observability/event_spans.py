@@ -40,7 +40,7 @@ from cluster.observability.tracing import (
     with_header,
 )
 from pipelines.batch import CommitBatch, CommitOutcome, DeadLetter, ProcessedEvent, SourceRecord
-from pipelines.errors import Outcome
+from pipelines.outcome import Outcome
 
 events_log = logging.getLogger(EVENT_LOGGER)
 
@@ -119,13 +119,13 @@ class IngestSpans:
         span.set_status(Status(StatusCode.ERROR, reason))
         span.end()
 
-    def identified(self, t: IngestTrace, event_id: str, event_type: str, user_id: str | None) -> None:
+    def identified(self, t: IngestTrace, event_id: str, event_type: str, entity: tuple[str, str] | None) -> None:
         """The event validated: `event-ingestion` (a root, or the child of the client's sampled `traceparent`) with
-        its id, type, user and correlation id."""
+        its id, type, entity (`user.id` or `device.id`, as pipelines.entity reads it) and correlation id."""
         t.event_id, t.event_type = event_id, event_type
         identity = _identity(event_id, event_type, t.correlation_id)
-        if user_id is not None:
-            identity["user.id"] = user_id
+        if entity is not None:
+            identity[entity[0].replace("_", ".")] = entity[1]
         t.ingestion = self._tracer.start_span(
             INGESTION,
             context=remote_parent(t.parent),

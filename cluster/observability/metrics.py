@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cluster.observability.breakers import CIRCUIT_BREAKER_STATE
-from pipelines.errors import Outcome
+from pipelines.outcome import Outcome
 
 # 1 ms to 10 s. The end-to-end p99 goal (100 ms) is a bucket boundary, so an alert on it needs no interpolation.
 LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -15,7 +15,8 @@ from typing import TypeVar
 
 from cluster.observability.metrics import Metrics
 from pipelines.batch import CommitBatch, CommitOutcome, DeadLetter, ProcessedEvent
-from pipelines.errors import InvalidEvent, Outcome
+from pipelines.errors import InvalidEvent
+from pipelines.outcome import Outcome
 
 UNKNOWN = "unknown"
 

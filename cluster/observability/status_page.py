@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipelines.errors import Outcome
+from pipelines.outcome import Outcome
 
 STATUS_PATH = "/status"
 STATUS_JSON_PATH = "/status.json"

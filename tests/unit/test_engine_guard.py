@@ -20,9 +20,9 @@ from cluster.adapters.commit_doc import UnencodableEvent, encode
 from pipelines.batch import DeadLetter, InBatchDuplicate, ProcessedEvent, SourceRecord, assemble
 from pipelines.effects import DeviceReading, UserSpend
 from pipelines.engine import PartitionProcessor
-from pipelines.errors import Outcome
 from pipelines.handlers.base import HandlerResult
 from pipelines.handlers.user_action import UserActionHandler
+from pipelines.outcome import Outcome
 from pipelines.registry import EventTypeSpec, Registry, default_registry
 from pipelines.schemas import EventBase, UserActionV1
 

@@ -41,6 +41,7 @@ from cluster.observability.tracing import (
 from cluster.settings import Settings
 from pipelines.batch import CommitOutcome, SourceRecord
 from pipelines.engine import PartitionProcessor
+from pipelines.entity import entity_of
 from pipelines.envelope import Envelope
 from pipelines.registry import default_registry
 
@@ -187,7 +188,7 @@ def _published(
     spans = IngestSpans(api)
     parsed = default_registry().parse(event)
     traced = spans.begin(correlation_id, parent=parent)
-    spans.identified(traced, str(parsed.id), event["type"], event.get("user_id"))
+    spans.identified(traced, str(parsed.id), event["type"], entity_of(parsed))
     topic = f"events.{event['type']}"
     value = Envelope.encode_event(parsed, time.time(), correlation_id=correlation_id)
     _, key, value, headers = spans.publishing(traced, (topic, b"key", value, None))
