@@ -144,14 +144,19 @@ class PartitionOwner:
             reports.commit_failed(error)
             record_commit_failure(catalogue.METRICS, self._topic, self._partition, failure)
 
+        # The writer first: while it restarts this raises, and no consumer or producer is left behind to leak.
+        writer = ray.get_actor(names.writer_name(names.writer_for(self._topic, self._partition, s.checkpoint_writers)))
         source = PartitionSource(
             consumer_config(s.kafka_bootstrap, "eventpipe-owners", s.consumer_fetch_wait_ms),
             self._topic,
             self._partition,
         )
         dlq_config = producer_config(s.kafka_bootstrap, linger_ms=0, message_max_bytes=s.kafka_message_max_bytes)
-        dlq = DeadLetterPublisher(dlq_config, s.dlq_topic)
-        writer = ray.get_actor(names.writer_name(names.writer_for(self._topic, self._partition, s.checkpoint_writers)))
+        try:
+            dlq = DeadLetterPublisher(dlq_config, s.dlq_topic)
+        except BaseException:
+            source.close()
+            raise
         committer = OwnerCommitter(
             lambda encoded: ray.get(writer.commit.remote(encoded), timeout=60),
             dlq,

@@ -200,6 +200,8 @@ class OwnerLoop:
                 st.last_error = str(exc)
                 log.error("owner %s fenced: %s; it stops and commits nothing more", st.owner_id, exc)
                 return
+            except ClaimUnavailable:
+                return  # raised only once a stop was asked for while waiting to claim: nothing held, nothing failed
             except Exception as exc:  # noqa: BLE001 - keep the partition alive: log, back off, start over
                 st.state = OwnerState.ERROR
                 st.last_error = f"{type(exc).__name__}: {exc}"

@@ -462,6 +462,8 @@ def test_a_stop_while_waiting_to_claim_ends_the_loop_before_it_reads():
     owner.loop.run()
 
     assert owner.leader.claims == 1 and owner.runs == [] and owner.partition.polls == 0
+    owner.loop.mark_stopped()
+    assert owner.loop.status()["state"] == OwnerState.STOPPED  # a stop, not an error
 
 
 def test_a_stopped_owner_says_stopped():
