@@ -185,9 +185,14 @@ class Leader:
         Owners left from an earlier leader instance are restarted, unless they already claimed through us in this
         term; their new incarnations claim new epochs, which fences anything the old ones still hold.
         """
-        partitions = {t: self._settings.partitions for t in self._settings.owned_topics()}
-        partitions[self._settings.dlq_topic] = 1
-        ensure_topics(self._settings.kafka_bootstrap, partitions, self._settings.replication_factor)
+        owned = {t: self._settings.partitions for t in self._settings.owned_topics()}
+        ensure_topics(self._settings.kafka_bootstrap, owned, self._settings.replication_factor)
+        ensure_topics(
+            self._settings.kafka_bootstrap,
+            {self._settings.dlq_topic: 1},
+            self._settings.replication_factor,
+            owned=False,
+        )
         self._log_id = cluster_id(self._settings.kafka_bootstrap)
         self._ensure_writers()
         with self._lock:

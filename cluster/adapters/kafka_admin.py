@@ -1,6 +1,6 @@
 """Creates eventpipe's topics and reads the broker's identity; nothing else talks to the admin API.
 
-Topic creation is idempotent: an existing topic is left as it is.
+Topic creation is idempotent: an existing topic is left as it is, unless it has more partitions than are owned.
 """
 
 from __future__ import annotations
@@ -13,9 +13,27 @@ from confluent_kafka.admin import AdminClient, NewTopic
 log = logging.getLogger(__name__)
 
 
-def ensure_topics(bootstrap: str, partitions: dict[str, int], replication_factor: int = 1) -> None:
+class UnownedPartitions(RuntimeError):
+    """An owned topic has more partitions than the settings give owners: records there would never be read."""
+
+
+def ensure_topics(
+    bootstrap: str, partitions: dict[str, int], replication_factor: int = 1, *, owned: bool = True
+) -> None:
+    """Create the topics that do not exist. Topics that are `owned` (read by one owner per configured partition) must
+    not have more partitions than configured: the API's producer spreads records over all of a topic's partitions,
+    so lowering `partitions` (or its default, 4 before issue 9) over an existing topic would leave some unread."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    existing = set(admin.list_topics(timeout=15).topics)
+    existing = {name: len(meta.partitions) for name, meta in admin.list_topics(timeout=15).topics.items()}
+    if owned:
+        over = {t: existing[t] for t, n in partitions.items() if existing.get(t, 0) > n}
+        if over:
+            listed = ", ".join(f"{t} has {count}" for t, count in sorted(over.items()))
+            raise UnownedPartitions(
+                f"{listed} partitions, more than the {max(partitions.values())} configured "
+                f"(EVENTPIPE_PARTITIONS): records in the others would never be read; set EVENTPIPE_PARTITIONS to the "
+                "topics' partition count"
+            )
     wanted = [NewTopic(t, n, replication_factor) for t, n in partitions.items() if t not in existing]
     if not wanted:
         return

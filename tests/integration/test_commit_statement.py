@@ -7,22 +7,18 @@ Each test gets a database of its own on the session's server. No Ray, no broker:
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from cluster.adapters.checkpoint_store import CheckpointStore
-from cluster.adapters.migrations import migrate
 from cluster.local import EmbeddedPostgres
 from pipelines.batch import DeadLetter
 from pipelines.effects import ActionCount, DeviceReading, UserSpend
 from pipelines.errors import DeadLetterKind
+from tests.databases import fresh_database, query
 from tests.factories import one_event_batch
 from tests.leases import private_lease
 
@@ -33,19 +29,8 @@ TOPIC = "statement-topic"
 
 @pytest.fixture
 def db(embedded_pg: EmbeddedPostgres) -> Iterator[str]:
-    name = f"statement_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(embedded_pg.admin_url(), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = embedded_pg.url.rsplit("/", 1)[0] + f"/{name}"
-    migrate(url)
-    yield url
-    with psycopg.connect(embedded_pg.admin_url(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-def _query(url: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url, autocommit=True) as conn:
-        return conn.execute(statement, params).fetchall()  # type: ignore[arg-type]
+    with fresh_database(embedded_pg, "statement") as url:
+        yield url
 
 
 def test_every_field_of_the_document_lands_in_its_column(db: str) -> None:
@@ -86,7 +71,7 @@ def test_every_field_of_the_document_lands_in_its_column(db: str) -> None:
 
     # then every value is where it belongs
     assert (outcome.committed, outcome.new_events, outcome.duplicates, outcome.dead_letters) == (True, 2, 0, 1)
-    events = _query(
+    events = query(
         db,
         """SELECT id, type, schema_version, status, topic, partition, "offset", entity_key, correlation_id,
                   causation_id, parent_ids, idempotency_key, trace_context, payload, received_at, consumed_at, attempts
@@ -112,21 +97,21 @@ def test_every_field_of_the_document_lands_in_its_column(db: str) -> None:
         2,
     )
     assert events[1][0] == "ev-2" and events[1][10] == [] and events[1][8] is None
-    assert _query(db, "SELECT event_id, type, result FROM results ORDER BY 1") == [
+    assert query(db, "SELECT event_id, type, result FROM results ORDER BY 1") == [
         ("ev-1", "user_action", {"ok": True}),
         ("ev-2", "user_action", {}),
     ]
-    assert _query(db, "SELECT user_id, base_currency, total_amount, tx_count, flagged_count FROM user_totals") == [
+    assert query(db, "SELECT user_id, base_currency, total_amount, tx_count, flagged_count FROM user_totals") == [
         ("user-1", "EUR", Decimal("1.620000"), 1, 1)
     ]
-    assert _query(
-        db, "SELECT device_id, si_unit, reading_count, reading_sum, out_of_range_count FROM device_stats"
-    ) == [("dev-1", "K", 1, 294.5, 0)]
-    assert _query(db, "SELECT user_id, action, count FROM user_action_counts") == [("user-1", "click", 1)]
-    assert _query(db, 'SELECT event_id, "offset", error_kind, reason, attempts, payload FROM dead_letters') == [
+    assert query(db, "SELECT device_id, si_unit, reading_count, reading_sum, out_of_range_count FROM device_stats") == [
+        ("dev-1", "K", 1, 294.5, 0)
+    ]
+    assert query(db, "SELECT user_id, action, count FROM user_action_counts") == [("user-1", "click", 1)]
+    assert query(db, 'SELECT event_id, "offset", error_kind, reason, attempts, payload FROM dead_letters') == [
         (None, 2, "invalid", "not JSON", 1, b"\x00\xffraw")
     ]
-    assert _query(db, "SELECT from_offset, to_offset, epoch, owner_id FROM offset_gaps") == [
+    assert query(db, "SELECT from_offset, to_offset, epoch, owner_id FROM offset_gaps") == [
         (5, 10, lease.epoch, "test")
     ]
-    assert _query(db, "SELECT next_offset FROM partition_checkpoints WHERE topic = %s", TOPIC) == [(10,)]
+    assert query(db, "SELECT next_offset FROM partition_checkpoints WHERE topic = %s", TOPIC) == [(10,)]

@@ -7,19 +7,18 @@ Each test gets a database of its own on the session's server. No Ray, no broker:
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from cluster.adapters.checkpoint_store import CheckpointStore
 from cluster.adapters.migrations import MIGRATIONS_DIR, migrate
 from cluster.local import EmbeddedPostgres
 from pipelines.batch import DeadLetter, ProcessedEvent
 from pipelines.errors import DeadLetterKind
+from tests.databases import fresh_database, query
 from tests.factories import one_event_batch
 from tests.leases import private_lease
 
@@ -29,56 +28,35 @@ TOPIC = "audit-topic"
 COMPACT = "007_compact_audit.sql"
 
 
-def _create(embedded_pg: EmbeddedPostgres) -> str:
-    name = f"audit_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(embedded_pg.admin_url(), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return embedded_pg.url.rsplit("/", 1)[0] + f"/{name}"
-
-
-def _drop(embedded_pg: EmbeddedPostgres, url: str) -> None:
-    with psycopg.connect(embedded_pg.admin_url(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(url.rsplit("/", 1)[1])))
-
-
 @pytest.fixture
 def db(embedded_pg: EmbeddedPostgres) -> Iterator[str]:
-    url = _create(embedded_pg)
-    migrate(url)
-    yield url
-    _drop(embedded_pg, url)
+    with fresh_database(embedded_pg, "audit") as url:
+        yield url
 
 
 @pytest.fixture
 def db_before_compact_audit(embedded_pg: EmbeddedPostgres) -> Iterator[str]:
     """A database migrated up to the migration before the compact audit, as an installation before it was."""
-    url = _create(embedded_pg)
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            "CREATE TABLE schema_migrations "
-            "(version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for path in sorted(MIGRATIONS_DIR.glob("[0-9][0-9][0-9]_*.sql")):
-            if path.name >= COMPACT:
-                break
-            with conn.transaction():
-                conn.execute(path.read_text())  # type: ignore[arg-type]
-                conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (int(path.name[:3]), path.name)
-                )
-    yield url
-    _drop(embedded_pg, url)
-
-
-def _query(url: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url, autocommit=True) as conn:
-        cur = conn.execute(statement, params)  # type: ignore[arg-type]
-        return cur.fetchall() if cur.description else []
+    with fresh_database(embedded_pg, "audit", migrated=False) as url:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "CREATE TABLE schema_migrations "
+                "(version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for path in sorted(MIGRATIONS_DIR.glob("[0-9][0-9][0-9]_*.sql")):
+                if path.name >= COMPACT:
+                    break
+                with conn.transaction():
+                    conn.execute(path.read_text())  # type: ignore[arg-type]
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (int(path.name[:3]), path.name)
+                    )
+        yield url
 
 
 def _trail(url: str, event_id: str) -> list[tuple[Any, ...]]:
     """One event's audit_log rows as the API reads them (`ReadStore.audit`): in order of time, then id."""
-    return _query(
+    return query(
         url,
         "SELECT from_status, to_status, actor, detail FROM audit_log WHERE event_id = %s ORDER BY at, id",
         event_id,
@@ -120,7 +98,7 @@ def test_each_record_writes_one_row_and_the_view_shows_every_transition(db: str)
         store.close()
 
     # then audit_trail holds one row per record and commit
-    rows = _query(db, 'SELECT event_id, outcome, actor, epoch, "offset" FROM audit_trail ORDER BY "offset"')
+    rows = query(db, 'SELECT event_id, outcome, actor, epoch, "offset" FROM audit_trail ORDER BY "offset"')
     assert rows == [
         ("ev-ok", "processed", "owner-a", lease.epoch, 0),
         ("ev-dead", "dead_lettered", "owner-a", lease.epoch, 1),
@@ -142,9 +120,9 @@ def test_each_record_writes_one_row_and_the_view_shows_every_transition(db: str)
         ("consumed", "dead_lettered", "owner-a", {"kind": "poison", "reason": "handler kept failing", "attempts": 3}),
     ]
     # and every transition row has its own id, with accepted <= consumed <= processed in time
-    ids = [r[0] for r in _query(db, "SELECT id FROM audit_log")]
+    ids = [r[0] for r in query(db, "SELECT id FROM audit_log")]
     assert len(ids) == len(set(ids)) == 8
-    (ordered,) = _query(
+    (ordered,) = query(
         db,
         """SELECT bool_and(a.at <= c.at AND c.at <= p.at) FROM audit_log a
              JOIN audit_log c ON c.event_id = a.event_id AND c.to_status = 'consumed'
@@ -163,7 +141,7 @@ def test_a_fenced_commit_writes_no_audit_row(db: str) -> None:
     finally:
         store.close()
     assert outcome.fenced
-    assert _query(db, "SELECT count(*) FROM audit_log") == [(0,)]
+    assert query(db, "SELECT count(*) FROM audit_log") == [(0,)]
 
 
 def test_rows_of_the_three_row_audit_stay_readable_after_the_migration(db_before_compact_audit: str) -> None:
@@ -186,7 +164,7 @@ def test_rows_of_the_three_row_audit_stay_readable_after_the_migration(db_before
                    VALUES ('ev-old', %s, %s, now() - interval '1 hour' + %s * interval '1 second', 'owner-a', %s)""",
                 (from_status, to_status, step, psycopg.types.json.Jsonb(detail)),
             )
-    (old_max,) = _query(url, "SELECT max(id) FROM audit_log")[0]
+    (old_max,) = query(url, "SELECT max(id) FROM audit_log")[0]
 
     # when the compact audit's migration runs (twice: it must be safe to run again), and a new event commits
     assert COMPACT in migrate(url)
@@ -201,9 +179,9 @@ def test_rows_of_the_three_row_audit_stay_readable_after_the_migration(db_before
     # then the old rows read as they were written, and the new event's transitions come after them, with new ids
     assert _trail(url, "ev-old") == [(f, t, "owner-a", d) for f, t, d in old_rows]
     assert [r[1] for r in _trail(url, "ev-new")] == ["accepted", "consumed", "processed"]
-    assert _query(url, "SELECT min(id) > %s FROM audit_log WHERE event_id = 'ev-new'", old_max) == [(True,)]
-    assert _query(url, "SELECT count(*) FROM audit_log_legacy") == [(3,)]
-    assert _query(url, "SELECT relkind::text FROM pg_class WHERE relname = 'audit_log'") == [("v",)]
+    assert query(url, "SELECT min(id) > %s FROM audit_log WHERE event_id = 'ev-new'", old_max) == [(True,)]
+    assert query(url, "SELECT count(*) FROM audit_log_legacy") == [(3,)]
+    assert query(url, "SELECT relkind::text FROM pg_class WHERE relname = 'audit_log'") == [("v",)]
 
 
 def test_results_need_no_foreign_key_to_stay_with_their_events(db: str) -> None:
@@ -215,7 +193,7 @@ def test_results_need_no_foreign_key_to_stay_with_their_events(db: str) -> None:
         assert store.commit(one_event_batch(TOPIC, lease.epoch, 1, "ev-1")).duplicates == 1
     finally:
         store.close()
-    assert _query(db, "SELECT count(*) FROM results r LEFT JOIN events e ON e.id = r.event_id WHERE e.id IS NULL") == [
+    assert query(db, "SELECT count(*) FROM results r LEFT JOIN events e ON e.id = r.event_id WHERE e.id IS NULL") == [
         (0,)
     ]
-    assert _query(db, "SELECT count(*) FROM results") == [(1,)]
+    assert query(db, "SELECT count(*) FROM results") == [(1,)]

@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from pydantic import SecretStr
 
+from cluster.adapters.kafka_admin import UnownedPartitions, ensure_topics
 from cluster.local import EmbeddedBroker, EmbeddedPostgres, LocalStack
 from cluster.settings import Settings
 
@@ -89,3 +90,15 @@ def test_local_stack_fills_in_only_what_is_missing(tmp_path: Path, pg_url: str) 
         assert filled.database_url.get_secret_value() == pg_url
         assert not (tmp_path / "pg").exists()
         AdminClient({"bootstrap.servers": filled.kafka_bootstrap}).list_topics(timeout=10)
+
+
+def test_an_owned_topic_with_more_partitions_than_configured_is_refused(broker: EmbeddedBroker) -> None:
+    # given a topic made with 3 partitions (say, under an earlier default)
+    topic = f"infra-{uuid.uuid4().hex[:8]}"
+    ensure_topics(broker.bootstrap, {topic: 3})
+    # then owning only 2 of them is refused, naming the counts; owning all 3 (or more) is not
+    with pytest.raises(UnownedPartitions, match=rf"{topic} has 3 partitions, more than the 2 configured"):
+        ensure_topics(broker.bootstrap, {topic: 2})
+    ensure_topics(broker.bootstrap, {topic: 3})
+    # and a topic nobody owns (the dead letters) may have any count
+    ensure_topics(broker.bootstrap, {topic: 1}, owned=False)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -17,18 +16,17 @@ from typing import Any
 import psycopg
 import pytest
 import ray
-from psycopg import sql
 from pydantic import SecretStr
 
 from cluster import cli
 from cluster.adapters.checkpoint_store import CheckpointStore
-from cluster.adapters.migrations import migrate
 from cluster.adapters.retention import RetainedTable, RetentionPolicy, RetentionStore
 from cluster.local import EmbeddedPostgres
 from cluster.settings import Settings
 from pipelines.batch import DeadLetter
 from pipelines.effects import ActionCount
 from pipelines.errors import DeadLetterKind
+from tests.databases import fresh_database, query
 from tests.factories import one_event_batch
 from tests.leases import private_lease
 from tests.pipeline import Pipeline, unique_prefix
@@ -49,28 +47,16 @@ WINDOWS = {
 @pytest.fixture
 def db(embedded_pg: EmbeddedPostgres) -> Iterator[str]:
     """A freshly migrated database of this test's own on the session's server."""
-    name = f"retention_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(embedded_pg.admin_url(), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = embedded_pg.url.rsplit("/", 1)[0] + f"/{name}"
-    migrate(url)
-    yield url
-    with psycopg.connect(embedded_pg.admin_url(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-def _query(url: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url, autocommit=True) as conn:
-        cur = conn.execute(statement, params)  # type: ignore[arg-type]
-        return cur.fetchall() if cur.description else []
+    with fresh_database(embedded_pg, "retention") as url:
+        yield url
 
 
 def _counts(url: str) -> dict[str, int]:
-    return {t.value: _query(url, f"SELECT count(*) FROM {t.value}")[0][0] for t in RetainedTable}
+    return {t.value: query(url, f"SELECT count(*) FROM {t.value}")[0][0] for t in RetainedTable}
 
 
 def _read_models(url: str) -> list[tuple[Any, ...]]:
-    return _query(url, "SELECT user_id, action, count FROM user_action_counts ORDER BY 1, 2")
+    return query(url, "SELECT user_id, action, count FROM user_action_counts ORDER BY 1, 2")
 
 
 def _write(url: str) -> tuple[list[str], list[str]]:
@@ -128,12 +114,12 @@ def test_rows_past_their_window_go_and_newer_rows_and_read_models_stay(db: str) 
         (RetainedTable.DEAD_LETTERS, OLD, 3, True),
     ]
     assert _counts(db) == {"results": NEW, "events": NEW, "audit_log": 3 * NEW, "dead_letters": NEW}
-    assert sorted(r[0] for r in _query(db, "SELECT id FROM events")) == new
-    assert sorted(r[0] for r in _query(db, "SELECT DISTINCT event_id FROM audit_log")) == new
+    assert sorted(r[0] for r in query(db, "SELECT id FROM events")) == new
+    assert sorted(r[0] for r in query(db, "SELECT DISTINCT event_id FROM audit_log")) == new
     # and the read models, offsets and dedup keys are untouched
     assert _read_models(db) == read_models
-    assert _query(db, "SELECT next_offset FROM partition_checkpoints WHERE topic = %s", TOPIC) == [(16,)]
-    assert _query(db, "SELECT count(*) FROM dedup_keys") == [(OLD + NEW,)]
+    assert query(db, "SELECT next_offset FROM partition_checkpoints WHERE topic = %s", TOPIC) == [(16,)]
+    assert query(db, "SELECT count(*) FROM dedup_keys") == [(OLD + NEW,)]
 
 
 def test_audit_rows_from_before_the_compact_audit_are_purged_first_in_the_same_chunks(db: str) -> None:
@@ -141,7 +127,7 @@ def test_audit_rows_from_before_the_compact_audit_are_purged_first_in_the_same_c
     # days old, one from yesterday
     old, new = _write(db)
     _age(db, old, 40 * DAY, 100 * DAY)
-    _query(
+    query(
         db,
         """INSERT INTO audit_log_legacy (event_id, from_status, to_status, at, actor, detail)
            VALUES ('legacy', NULL, 'accepted', now() - interval '40 days', 'owner', '{}'),
@@ -156,7 +142,7 @@ def test_audit_rows_from_before_the_compact_audit_are_purged_first_in_the_same_c
 
     # then the 3 old legacy rows and the 5 old events' rows are gone (2 + 1 & 1 + 2 + 2 + a last empty chunk)
     assert (purged.rows, purged.chunks, purged.finished) == (3 + OLD, 5, True)
-    assert sorted({r[0] for r in _query(db, "SELECT event_id FROM audit_log")}) == sorted([*new, "recent"])
+    assert sorted({r[0] for r in query(db, "SELECT event_id FROM audit_log")}) == sorted([*new, "recent"])
     assert _counts(db)["audit_log"] == 3 * NEW + 1
 
 

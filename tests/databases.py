@@ -1,0 +1,37 @@
+"""A database of a test's own on the session's embedded PostgreSQL server, created fresh and dropped after."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from cluster.adapters.migrations import migrate
+from cluster.local import EmbeddedPostgres
+
+
+@contextmanager
+def fresh_database(embedded_pg: EmbeddedPostgres, prefix: str, *, migrated: bool = True) -> Iterator[str]:
+    """The URL of a new database named `<prefix>_<random>`, migrated to the newest schema unless told not to."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(embedded_pg.admin_url(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = embedded_pg.url.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        if migrated:
+            migrate(url)
+        yield url
+    finally:
+        with psycopg.connect(embedded_pg.admin_url(), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def query(url: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Rows of one statement in autocommit (none for a statement that returns no rows)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(statement, params)  # type: ignore[arg-type]
+        return cur.fetchall() if cur.description else []
