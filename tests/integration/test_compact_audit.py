@@ -16,7 +16,7 @@ import pytest
 from cluster.adapters.checkpoint_store import CheckpointStore
 from cluster.adapters.migrations import MIGRATIONS_DIR, migrate
 from cluster.local import EmbeddedPostgres
-from pipelines.batch import DeadLetter, ProcessedEvent
+from pipelines.batch import dead_instead
 from pipelines.errors import DeadLetterKind
 from tests.databases import fresh_database, query
 from tests.factories import one_event_batch
@@ -63,22 +63,6 @@ def _trail(url: str, event_id: str) -> list[tuple[Any, ...]]:
     )
 
 
-def _dead(event: ProcessedEvent, reason: str) -> DeadLetter:
-    return DeadLetter(
-        offset=event.offset,
-        error_kind=DeadLetterKind.POISON,
-        reason=reason,
-        attempts=3,
-        payload=b"{}",
-        received_at=event.received_at,
-        event_id=event.event_id,
-        type=event.type,
-        schema_version=event.schema_version,
-        entity_key=event.entity_key,
-        payload_json=event.payload_json,
-    )
-
-
 def test_each_record_writes_one_row_and_the_view_shows_every_transition(db: str) -> None:
     store = CheckpointStore(db, pool_size=1)
     try:
@@ -86,7 +70,12 @@ def test_each_record_writes_one_row_and_the_view_shows_every_transition(db: str)
         # given a batch at offsets 0..3: a processed event, a dead-lettered one, an in-batch copy of the first
         first = one_event_batch(TOPIC, lease.epoch, 0, "ev-ok")
         ok = first.processed[0]
-        poisoned = _dead(dataclasses.replace(ok, event_id="ev-dead", offset=1), "handler kept failing")
+        poisoned = dead_instead(
+            dataclasses.replace(ok, event_id="ev-dead", offset=1, attempts=3),
+            DeadLetterKind.POISON,
+            "handler kept failing",
+            b"{}",
+        )
         batch = dataclasses.replace(
             first, owner_id="owner-a", next_offset=3, dead=(poisoned,), in_batch_duplicates=(("ev-ok", 2),)
         )
