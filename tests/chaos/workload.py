@@ -185,30 +185,42 @@ class Workload:
                 await outstanding.acquire()
                 count = self.batch_size if self.limit is None else min(self.batch_size, self.limit - self.sent)
                 events = self._events(count)
-                task = asyncio.create_task(self._send(client, events))
-                task.add_done_callback(lambda t: outstanding.release())
+                task = asyncio.create_task(self._send(client, events, outstanding))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 sent_requests += 1
             if tasks:
                 await asyncio.gather(*tasks)
 
-    async def _send(self, client: httpx.AsyncClient, events: list[dict[str, Any]]) -> None:
-        """Send until every event has a definite answer or the retry budget is spent; same ids on every retry."""
+    async def _send(self, client: httpx.AsyncClient, events: list[dict[str, Any]], slots: asyncio.Semaphore) -> None:
+        """Send until every event has a definite answer or the retry budget is spent; same ids on every retry.
+
+        Holds one of `slots` (acquired by the caller) while a request is in flight, not while it waits to retry: a
+        client told to come back later does not keep the next requests from being sent.
+        """
         deadline = time.monotonic() + self.retry_for_s
         pending = list(events)
         backoff = 0.2
-        while pending:
-            wait_s, pending = await self._attempt(client, pending)
-            if not pending:
-                return
-            if time.monotonic() + wait_s > deadline:
-                for event in pending:
-                    self.checker.record_outcome(event["id"], "unknown")
-                return
-            self.stats.retries += 1
-            await asyncio.sleep(wait_s or backoff)
-            backoff = min(backoff * 2, 2.0)
+        holding = True
+        try:
+            while pending:
+                wait_s, pending = await self._attempt(client, pending)
+                if not pending:
+                    return
+                if time.monotonic() + wait_s > deadline:
+                    for event in pending:
+                        self.checker.record_outcome(event["id"], "unknown")
+                    return
+                self.stats.retries += 1
+                slots.release()
+                holding = False
+                await asyncio.sleep(wait_s or backoff)
+                backoff = min(backoff * 2, 2.0)
+                await slots.acquire()
+                holding = True
+        finally:
+            if holding:
+                slots.release()
 
     async def _attempt(self, client: httpx.AsyncClient, events: list[dict[str, Any]]) -> tuple[float, list[dict]]:
         """One request; returns (seconds to wait before retrying, the events still without a definite answer)."""
