@@ -90,7 +90,10 @@ class Settings(BaseSettings):
     leader_lease_ttl_s: float = Field(10.0, gt=0)
 
     # Partition owners and the checkpoint writers.
-    consume_batch_max: int = Field(500, ge=1)
+    # Records per owner batch at most. A batch is one commit; under a backlog the commit's fixed costs (the call to a
+    # writer, the transaction, the fsync) are shared by this many events: 1000 processed 8,120/s where 500 did 7,677
+    # with 10,000/s offered on 2 cores (issue 9). At low load batches stay small: an owner takes what has arrived.
+    consume_batch_max: int = Field(1000, ge=1)
     # How long the broker may hold a fetch: low for latency (Tansu answers at this bound, not on data arrival),
     # higher for less idle load with many partitions.
     consumer_fetch_wait_ms: int = Field(50, ge=1, le=500)

@@ -27,7 +27,7 @@ from pipelines.policies.breaker import CircuitBreaker, CircuitOpen
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-BULK_MAX_IDS = 500  # ids per bulk request; owners' batches are at most consume_batch_max (500) records
+BULK_MAX_IDS = 500  # ids per bulk request; a batch of more merchants (consume_batch_max is 1000) takes several
 
 
 class BadAnswer(Exception):

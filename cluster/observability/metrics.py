@@ -15,7 +15,7 @@ from pipelines.outcome import Outcome
 
 # 1 ms to 10 s. The end-to-end p99 goal (100 ms) is a bucket boundary, so an alert on it needs no interpolation.
 LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-# Owners take at most `consume_batch_max` (500) records; the top buckets leave room for a raised setting.
+# Owners take at most `consume_batch_max` (1000) records; the top buckets leave room for a raised setting.
 BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 
 # The values `events_processed_total{status}` may take: pipelines.errors.Outcome, the one spelling.
