@@ -10,6 +10,7 @@ event, and nothing here blocks: spans are handed to the batching processor of `T
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.trace import (
     INVALID_SPAN,
     INVALID_SPAN_ID,
+    INVALID_TRACE_ID,
     Link,
     NonRecordingSpan,
     Span,
@@ -27,11 +29,13 @@ from opentelemetry.trace import (
     SpanKind,
     Status,
     StatusCode,
+    TraceFlags,
 )
 
 from cluster.adapters.kafka_producer import Delivered, Record
 from cluster.observability.logs import EVENT_LOGGER, event_extra, event_lines_enabled
 from cluster.observability.tracing import (
+    SAMPLED_BY_CALLER,
     Tracing,
     format_traceparent,
     header,
@@ -79,6 +83,17 @@ def _unsampled_child(parent: SpanContext, id_generator: IdGenerator) -> SpanCont
     return SpanContext(parent.trace_id, span_id, is_remote=False, trace_flags=parent.trace_flags)
 
 
+def _root_context(id_generator: IdGenerator) -> SpanContext:
+    """The context of an unsampled span that starts a trace: valid ids, not sampled."""
+    trace_id = id_generator.generate_trace_id()
+    while trace_id == INVALID_TRACE_ID:
+        trace_id = id_generator.generate_trace_id()
+    span_id = id_generator.generate_span_id()
+    while span_id == INVALID_SPAN_ID:
+        span_id = id_generator.generate_span_id()
+    return SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.DEFAULT))
+
+
 # -- the API -----------------------------------------------------------------------------------------------------------
 @dataclass
 class IngestTrace:
@@ -96,9 +111,12 @@ class IngestTrace:
 
 
 class IngestSpans:
-    def __init__(self, tracing: Tracing) -> None:
+    def __init__(self, tracing: Tracing, rng: random.Random | None = None) -> None:
         self._tracer = tracing.tracer
         self._ids: IdGenerator = getattr(tracing.tracer, "id_generator", None) or RandomIdGenerator()
+        # New traces are sampled here, at the tracer's ratio: most are not, and those need no SDK work at all.
+        self._ratio = tracing.ratio if tracing.enabled else None
+        self._random = (rng or random.Random()).random
 
     def begin(
         self, correlation_id: str | None, started_ns: int | None = None, parent: SpanContext | None = None
@@ -123,9 +141,16 @@ class IngestSpans:
         """The event validated: `event-ingestion` (a root, or the child of the client's sampled `traceparent`) with
         its id, type, entity (`user.id` or `device.id`, as pipelines.entity reads it) and correlation id."""
         t.event_id, t.event_type = event_id, event_type
+        new_trace = t.parent is None and self._ratio is not None
+        if new_trace and self._random() >= self._ratio:
+            # What the tracer's sampler gives an unsampled root (a new trace id, a span id, not sampled), without it.
+            t.ingestion = NonRecordingSpan(_root_context(self._ids))
+            return
         identity = _identity(event_id, event_type, t.correlation_id)
         if entity is not None:
             identity[entity[0].replace("_", ".")] = entity[1]
+        if new_trace:
+            identity[SAMPLED_BY_CALLER] = True
         t.ingestion = self._tracer.start_span(
             INGESTION,
             context=remote_parent(t.parent),

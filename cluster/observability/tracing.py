@@ -73,7 +73,9 @@ def with_header(
     """The headers with `name` set to `value` (replaced if present); unchanged when value is None."""
     if value is None:
         return list(headers) if headers else None
-    return [*(h for h in headers or () if h[0] != name), (name, value.encode())]
+    if not headers:
+        return [(name, value.encode())]
+    return [*(h for h in headers if h[0] != name), (name, value.encode())]
 
 
 def remote_parent(context: SpanContext | None) -> Any:
@@ -82,8 +84,14 @@ def remote_parent(context: SpanContext | None) -> Any:
 
 
 # -- sampling ---------------------------------------------------------------------------------------------------------
+# Set by a caller on a root span it has already sampled at the tracer's ratio (IngestSpans decides the API's roots
+# itself, so the unsampled ones cost no SDK work): LinkedOrRatio records it, and the span does not keep the attribute.
+SAMPLED_BY_CALLER = "eventpipe.sampled_by_caller"
+
+
 class LinkedOrRatio(Sampler):
-    """Root sampler: a span with links (a batch commit) is sampled when any linked span is; others by trace id ratio."""
+    """Root sampler: a span with links (a batch commit) is sampled when any linked span is; one its caller sampled
+    (SAMPLED_BY_CALLER) is; others by trace id ratio."""
 
     def __init__(self, ratio: float) -> None:
         self._ratio = TraceIdRatioBased(ratio)
@@ -101,6 +109,9 @@ class LinkedOrRatio(Sampler):
         if links:
             sampled = any(link.context.trace_flags.sampled for link in links)
             return SamplingResult(Decision.RECORD_AND_SAMPLE if sampled else Decision.DROP, attributes)
+        if attributes and SAMPLED_BY_CALLER in attributes:
+            kept = {k: v for k, v in attributes.items() if k != SAMPLED_BY_CALLER}
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, kept)
         return self._ratio.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
 
     def get_description(self) -> str:
@@ -194,11 +205,14 @@ def otlp_traces_url(endpoint: str) -> str:
 class Tracing:
     """A tracer and the provider behind it; `enabled` is False when tracing is off (spans are then invalid no-ops)."""
 
-    def __init__(self, tracer: trace.Tracer, provider: TracerProvider | None = None, exporter: Any = None) -> None:
+    def __init__(
+        self, tracer: trace.Tracer, provider: TracerProvider | None = None, exporter: Any = None, ratio: float = 0.0
+    ) -> None:
         self.tracer = tracer
         self.provider = provider
         self.exporter = exporter
         self.enabled = provider is not None
+        self.ratio = ratio  # of new traces sampled (the root sampler's); parents decide for their children
 
     @classmethod
     def disabled(cls) -> Tracing:
@@ -229,7 +243,7 @@ class Tracing:
         provider.add_span_processor(
             BatchSpanProcessor(exporter, max_queue_size=16_384, schedule_delay_millis=500, max_export_batch_size=2048)
         )
-        return cls(provider.get_tracer("eventpipe"), provider, exporter)
+        return cls(provider.get_tracer("eventpipe"), provider, exporter, settings.trace_sample_ratio)
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         return self.provider.force_flush(int(timeout_s * 1000)) if self.provider is not None else True

@@ -489,3 +489,45 @@ def test_an_event_whose_publish_was_not_sampled_gets_the_context_the_sdk_would_g
     assert rows == {e.event_id: format_traceparent(e.context) for e in traced.events}
     assert _span_lines(traces_dir(owner_settings)) == []
     owner.shutdown()
+
+
+# --- the API's roots, sampled without the SDK ------------------------------------------------------------------------
+
+
+def _roots(tracing: Tracing, n: int, seed: int) -> list[SpanContext]:
+    spans = IngestSpans(tracing, rng=random.Random(seed))
+    contexts = []
+    for i in range(n):
+        traced = spans.begin("corr")
+        spans.identified(traced, f"ev-{i}", "transaction", ("user_id", "u-1"))
+        contexts.append(traced.ingestion.get_span_context())
+        spans.published(traced, Delivered("events.transaction", 0, i, time.time_ns()))
+    return contexts
+
+
+def test_the_api_samples_new_traces_at_the_ratio_and_exports_only_those(tmp_path):
+    settings = _settings(tmp_path, trace_sample_ratio=0.25)
+    api = Tracing.start(settings, "api")
+
+    contexts = _roots(api, 4000, seed=7)
+    api.flush()
+
+    sampled = [c for c in contexts if c.trace_flags.sampled]
+    assert 0.22 < len(sampled) / len(contexts) < 0.28  # binomial(4000, 0.25): 0.25 ± 5 standard deviations
+    assert all(c.is_valid and not c.is_remote for c in contexts)
+    assert len({c.trace_id for c in contexts}) == len(contexts)  # a trace per event, sampled or not
+    exported = [s for s in _span_lines(traces_dir(settings)) if s["name"] == "event-ingestion"]
+    assert sorted(s["trace_id"] for s in exported) == sorted(f"{c.trace_id:032x}" for c in sampled)
+    assert all("eventpipe.sampled_by_caller" not in s["attributes"] for s in exported)
+    assert all(s["attributes"]["event.id"].startswith("ev-") for s in exported)
+    api.shutdown()
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0])
+def test_ratio_zero_samples_no_new_trace_and_ratio_one_every_one(tmp_path, ratio):
+    api = Tracing.start(_settings(tmp_path, trace_sample_ratio=ratio), "api")
+
+    contexts = _roots(api, 200, seed=1)
+
+    assert {c.trace_flags.sampled for c in contexts} == {bool(ratio)}
+    api.shutdown()
