@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.commit_watch import DrainResult
+from benchmarks.commit_watch import CommittedRow, DrainResult
 from benchmarks.cost import GIB, STACK, TOTAL, cost_rows
 from benchmarks.cpu_sampler import Phase
 from benchmarks.sender import LoadResult
@@ -76,6 +76,28 @@ def send_figures(load: LoadResult) -> dict[str, Any]:
     }
 
 
+# Issue 9's "sustained": processed keeps pace with accepted, the backlog when sending ends is under 2 s of traffic.
+SUSTAINED_BACKLOG_S = 2.0
+
+
+def backlog_at_end(rows: list[CommittedRow]) -> dict[str, Any]:
+    """What was still uncommitted when the last event was received: events, and seconds of the run's own traffic
+    (its events over its receive window); `sustained` when under SUSTAINED_BACKLOG_S."""
+    if not rows:
+        return {"events": 0, "seconds_of_traffic": None, "catch_up_s": None, "sustained": None}
+    first = min(r.received_at for r in rows)
+    last = max(r.received_at for r in rows)
+    behind = sum(1 for r in rows if r.committed_at > last)
+    rate = len(rows) / (last - first) if last > first else None
+    seconds = behind / rate if rate else 0.0
+    return {
+        "events": behind,
+        "seconds_of_traffic": round(seconds, 3),
+        "catch_up_s": round(max(0.0, max(r.committed_at for r in rows) - last), 3),
+        "sustained": seconds < SUSTAINED_BACKLOG_S,
+    }
+
+
 def commit_figures(drain: DrainResult | None, expected: int, reason: str = "") -> dict[str, Any]:
     if drain is None:
         return {"measured": False, "reason": reason or "no --database-url / DATABASE_URL"}
@@ -94,6 +116,7 @@ def commit_figures(drain: DrainResult | None, expected: int, reason: str = "") -
         "polls": drain.polls,
         "commit_window_s": round(window, 3) if rows else None,
         "processed_rate_eps": _rate(len(rows), window),
+        "backlog_at_end": backlog_at_end(rows),
         "ingest_to_commit_ms": summarize_ms([r.committed_at - r.received_at for r in rows]),
         "consumed_to_commit_ms": summarize_ms([r.committed_at - r.consumed_at for r in consumed if r.consumed_at]),
         "received_to_consumed_ms": summarize_ms([r.consumed_at - r.received_at for r in consumed if r.consumed_at]),
@@ -157,6 +180,14 @@ def render(figures: dict[str, Any], console: Console) -> None:
         ingest.add_row("processed (committed) rate (events/s)", _fmt(commit["processed_rate_eps"]))
         ingest.add_row("commit window: first received -> last committed (s)", _fmt(commit["commit_window_s"]))
         ingest.add_row("drain wait after send (s)", _fmt(commit["drain_wait_s"]))
+        backlog = commit["backlog_at_end"]
+        if backlog["sustained"] is not None:
+            kept = "yes" if backlog["sustained"] else "[red]NO[/red]"
+            ingest.add_row(
+                f"backlog at the last event received (sustained: < {SUSTAINED_BACKLOG_S:g} s of traffic)",
+                f"{kept}: {backlog['events']:,} events = {backlog['seconds_of_traffic']:g} s, "
+                f"caught up {backlog['catch_up_s']:g} s later",
+            )
     else:
         ingest.add_row("commit figures", f"not measured ({commit['reason']})")
     console.print(ingest)
