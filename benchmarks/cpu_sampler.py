@@ -38,6 +38,9 @@ class Phase:
     wall_end: float
     components: dict[Component, Usage]
     peak_stack_rss_bytes: int  # RSS summed over every process but the driver, highest sample
+    # PSS summed over the same processes once, at the phase's end: each shared page (Ray's libraries mapped by every
+    # worker, PostgreSQL's shared buffers) counted once in all, not once per process as summed RSS counts it.
+    stack_pss_bytes: int = 0
 
 
 class StackScope:
@@ -72,10 +75,12 @@ class _OpenPhase:
     peak_rss: dict[Component, int] = field(default_factory=lambda: defaultdict(int))
     peak_stack_rss: int = 0
 
-    def close(self, ended: float, wall_end: float) -> Phase:
+    def close(self, ended: float, wall_end: float, stack_pss: int) -> Phase:
         seen = [c for c in Component if self.members[c]]
         components = {c: Usage(round(self.cpu[c], 3), len(self.members[c]), self.peak_rss[c]) for c in seen}
-        return Phase(self.name, ended - self.started, self.wall_start, wall_end, components, self.peak_stack_rss)
+        return Phase(
+            self.name, ended - self.started, self.wall_start, wall_end, components, self.peak_stack_rss, stack_pss
+        )
 
 
 class ProcessSampler:
@@ -118,7 +123,19 @@ class ProcessSampler:
     def _close_phase(self) -> None:
         if self._phase is not None:
             self._sample(self._phase)
-            self._done.append(self._phase.close(self._clock(), time.time()))
+            self._done.append(self._phase.close(self._clock(), time.time(), self._stack_pss()))
+
+    def _stack_pss(self) -> int:
+        """PSS of every process but the driver, read once (reading /proc/*/smaps_rollup costs too much per second)."""
+        total = 0
+        for proc in self._scope.processes():
+            if proc == self._scope.driver:
+                continue
+            try:
+                total += proc.memory_full_info().pss
+            except GONE:
+                continue
+        return total
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):

@@ -135,6 +135,7 @@ def cost_figures(phase: Phase | None, events: int | None, basis: str, peak_stack
         "events": events,
         "events_basis": basis,
         "peak_stack_rss_bytes": peak_stack_rss,
+        "stack_pss_bytes_at_end": phase.stack_pss_bytes,
         "rows": [asdict(row) for row in cost_rows(phase, events)],
     }
 
@@ -249,3 +250,9 @@ def render_cost(cost: dict[str, Any], console: Console) -> None:
         f"peak RSS of the stack (all processes but the driver, whole run): "
         f"{cost['peak_stack_rss_bytes'] / GIB:,.2f} GiB (issue 9 asks < 3 GB)"
     )
+    if cost.get("stack_pss_bytes_at_end"):
+        console.print(
+            f"PSS of the stack at the end of the {cost['phase']} window: "
+            f"{cost['stack_pss_bytes_at_end'] / GIB:,.2f} GiB (shared pages counted once; summed RSS counts them again "
+            "in every process that maps them)"
+        )
