@@ -82,3 +82,21 @@ def find_postgres(database_url: str) -> psutil.Process | None:
             except psutil.NoSuchProcess:
                 return None
     return None
+
+
+def embedded_broker_bootstrap(root: psutil.Process) -> str | None:
+    """The address the stack's embedded broker advertises (`--advertised-listener-url tcp://host:port` on its command
+    line), or None when `root` started none."""
+    try:
+        tree = root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return None
+    for proc in tree:
+        try:
+            args = proc.cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if args and Path(args[0]).name == "tansu" and "--advertised-listener-url" in args:
+            url = args[args.index("--advertised-listener-url") + 1]
+            return url.removeprefix("tcp://")
+    return None

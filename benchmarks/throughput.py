@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import secrets
 import sys
@@ -24,12 +25,22 @@ import psycopg
 from rich.console import Console
 
 from benchmarks import stack
+from benchmarks.broker_floor import BrokerFloor
 from benchmarks.commit_watch import DrainResult, wait_for_commits
 from benchmarks.cost import budget_us, events_in_window
 from benchmarks.cpu_sampler import Phase, ProcessSampler, StackScope
 from benchmarks.events import EventFactory, EventMix, run_prefix
-from benchmarks.report import commit_figures, cost_figures, make_console, render, render_cost, send_figures
+from benchmarks.report import (
+    commit_figures,
+    cost_figures,
+    floor_figures,
+    make_console,
+    render,
+    render_cost,
+    send_figures,
+)
 from benchmarks.sender import LoadPlan, LoadResult, OpenLoopSender, make_client, schedule_ok
+from cluster.settings import Settings
 
 SEND, DRAIN, IDLE = "send", "drain", "idle"
 
@@ -84,6 +95,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="SECONDS",
         help="send nothing: sample the idle stack for SECONDS and print CPU and memory by component",
     )
+    p.add_argument(
+        "--kafka-bootstrap",
+        default=None,
+        help="broker for the floor probe (default: $EVENTPIPE_KAFKA_BOOTSTRAP, else the stack's embedded broker)",
+    )
+    p.add_argument("--no-floor", action="store_true", help="do not probe the broker's own produce -> readable latency")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write all figures as JSON")
     return p.parse_args(argv)
 
@@ -107,6 +124,24 @@ def _sampler(args: argparse.Namespace, console: Console) -> ProcessSampler | Non
         why = "no listener on this host for the database URL" if args.database_url else "no database URL"
         console.print(f"[yellow]PostgreSQL not sampled ({why}): its CPU and memory are not in the table[/yellow]")
     return ProcessSampler(StackScope([root, *([postgres] if postgres else [])]))
+
+
+def _floor_probe(args: argparse.Namespace, console: Console) -> BrokerFloor | None:
+    """The broker floor probe of the run, or None (said on the console) without a broker to probe."""
+    if args.no_floor:
+        return None
+    bootstrap = args.kafka_bootstrap or os.environ.get("EVENTPIPE_KAFKA_BOOTSTRAP") or _embedded_bootstrap(args)
+    if not bootstrap:
+        console.print("[yellow]broker floor not probed: no --kafka-bootstrap and no embedded broker found[/yellow]")
+        return None
+    return BrokerFloor(bootstrap, Settings().consumer_fetch_wait_ms)
+
+
+def _embedded_bootstrap(args: argparse.Namespace) -> str | None:
+    try:
+        return stack.embedded_broker_bootstrap(stack.find_stack_root(args.stack_pid))
+    except stack.StackNotFound:
+        return None
 
 
 def _cost(phases: list[Phase], drain: DrainResult | None, load: LoadResult, cores: int, rate: float) -> dict[str, Any]:
@@ -153,14 +188,16 @@ async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     drain: DrainResult | None = None
     drain_error = ""
     sampling = False
+    floor = _floor_probe(args, console)
     try:
         async with make_client(args.url, plan) as client:
             sender = OpenLoopSender(client, factory, plan)
             sender.prepare()  # before the send window: its CPU is not the driver's in the window
-            if sampler:
-                sampler.start(SEND)
-                sampling = True
-            load = await sender.run()
+            with floor or contextlib.nullcontext():
+                if sampler:
+                    sampler.start(SEND)
+                    sampling = True
+                load = await sender.run()
         if sampler:
             sampler.begin(DRAIN)
         if args.database_url:
@@ -184,6 +221,7 @@ async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "plan": asdict(plan) | {"interval_s": plan.interval, "batches": plan.batches},
         "send": send_figures(load),
         "commit": commit_figures(drain, expected=len(load.accepted_ids), reason=drain_error),
+        "broker_floor": floor_figures(floor.latencies_ms() if floor else None, floor.sent if floor else 0),
         "cost": _cost(phases, drain, load, psutil.cpu_count() or 1, plan.rate),
     }
 

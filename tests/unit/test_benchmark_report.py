@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.commit_watch import CommittedRow
-from benchmarks.report import backlog_at_end
+from benchmarks.report import backlog_at_end, floor_figures, p99_above_floor
 
 
 def _rows(received_and_committed: list[tuple[float, float]]) -> list[CommittedRow]:
@@ -39,3 +39,13 @@ def test_a_run_that_fell_behind_is_not_sustained():
 
 def test_no_rows_no_verdict():
     assert backlog_at_end([])["sustained"] is None
+
+
+def test_the_latency_target_is_read_above_the_broker_floor_of_the_same_run():
+    commit = {"measured": True, "ingest_to_commit_ms": {"p99": 95.0}}
+    floor = floor_figures([10.0] * 98 + [40.0, 40.0], sent=100)
+
+    assert floor["latency_ms"]["p99"] == 40.0
+    assert p99_above_floor(commit, floor) == 55.0
+    assert p99_above_floor(commit, floor_figures(None, 0)) is None
+    assert p99_above_floor({"measured": False}, floor) is None

@@ -255,7 +255,7 @@ def test_records_that_were_already_dead_letters_keep_their_first_reason_when_ref
 
 @pytest.mark.parametrize("every", [1, 2], ids=["every-record-named", "every-other-record-named"])
 def test_many_named_refusals_in_one_batch_isolate_each_record_without_deep_recursion(every):
-    # given 500 records (half of consume_batch_max), every `every`-th refused as processed, the refuser naming it each time
+    # given 500 records (half of consume_batch_max), every `every`-th refused as processed, the refuser naming it
     whole, outcomes, records = given_batch(500)
     poisons = {f"ev-{i}": 100 + i for i in range(0, 500, every)}
     store = FencedStore(100, lambda _b: None)
