@@ -35,10 +35,11 @@ class Settings(BaseSettings):
     # Kafka. Empty means "start the embedded Tansu broker" (cluster/local.py fills it in).
     kafka_bootstrap: str = ""
     topic_prefix: str = "events"
-    # Partitions per owned topic, one owner process each. 2 on one 2-core box: fewer processes and bigger batches
-    # (measured at 10,000/s offered: 2 processed 2,740/s at 703 µs of CPU per event, 4 2,378/s at 818 µs; README
-    # "Benchmark"). A cluster sets it by its nodes (kuberay/configmap.yaml: 4); `make bench-scaling` prints 1/2/4/8.
-    partitions: int = Field(2, ge=1, le=256)
+    # Partitions per owned topic, one owner process each. 1 on one 2-core box: every process more costs CPU and memory
+    # the box does not have (10,000/s offered, 30 s: 1 processed 10,002/s at 178 µs of CPU per event with p99 247 ms
+    # from ingest to commit, 2 9,755/s at 200 µs with 1.1 s; idle 18 % of a core against 24 %). A cluster sets it by
+    # its nodes and cores (kuberay/configmap.yaml: 4); `make bench-scaling` prints 1/2/4/8 (README "Benchmark").
+    partitions: int = Field(1, ge=1, le=256)
     replication_factor: int = 1
 
     # PostgreSQL. Empty means "start embedded PostgreSQL" (cluster/local.py fills it in).

@@ -22,7 +22,7 @@ def ensure_topics(
 ) -> None:
     """Create the topics that do not exist. Topics that are `owned` (read by one owner per configured partition) must
     not have more partitions than configured: the API's producer spreads records over all of a topic's partitions,
-    so lowering `partitions` (or its default, 4 before issue 9) over an existing topic would leave some unread."""
+    so lowering `partitions` (or its default: 4, then 2, now 1) over an existing topic would leave some unread."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = {name: len(meta.partitions) for name, meta in admin.list_topics(timeout=15).topics.items()}
     if owned:
