@@ -35,14 +35,54 @@ def connect(settings: Settings) -> None:
     ray.init(address=settings.ray_address, namespace=settings.ray_namespace, log_to_driver=False)
 
 
+def start_serve_routes_first(settings: Settings) -> None:
+    """Serve with the app's route known before its ingress takes requests.
+
+    `serve.start` waits until the HAProxy ingress serves, with no route yet; the app deployed after it leaves ~1 s
+    in which every request is answered `404 Path '/events' not found`. After a Ray restart, clients retrying an
+    unanswered request then take the 404 as final although the event may be in the log (measured in
+    tests/chaos/test_run_supervisor.py). So: create the controller, deploy the app, and only then wait for the
+    ingress, through Serve's own start-up helper (private: with the public API as the fallback).
+    """
+    import ray
+    from ray import serve
+    from ray.serve._private import api as serve_api
+    from ray.serve._private.client import ServeControllerClient
+
+    from cluster.cli import start_serve
+    from serve_app.app import build_app
+
+    create = getattr(serve_api, "_create_controller_and_proxy_refs", None)
+    coerce = getattr(serve_api, "_coerce_controller_options", None)
+    if create is None or coerce is None or _serve_running():
+        start_serve(settings)
+        return
+    app = build_app(settings)
+    http = {"host": settings.http_host, "port": settings.http_port}
+    controller, proxies_ready = create(http, None, None, None, coerce(None))
+    serve_api._set_global_client(ServeControllerClient(controller))
+    serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+    ray.get(proxies_ready, timeout=120)
+
+
+def _serve_running() -> bool:
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return False
+    return True
+
+
 def up(settings: Settings) -> dict[str, object]:
     from actors.lifecycle import metrics_url, start_pipeline
-    from cluster.cli import start_serve
 
     connect(settings)
     start_pipeline(settings)
     hub = metrics_url()
-    start_serve(settings)
+    start_serve_routes_first(settings)
     return {"metrics_url": hub, "owners": len(settings.owned_topics()) * settings.partitions}
 
 

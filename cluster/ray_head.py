@@ -57,8 +57,16 @@ class HeadPorts:
 
     @classmethod
     def choose(cls, dashboard: int) -> HeadPorts:
-        """Ray's fixed defaults (6379, 10001, 52365, ...) collide with any other Ray on the host: take free ones."""
-        return cls(free_port(), dashboard, free_port(), free_port(), free_port(), free_port(), free_port())
+        """Ray's fixed defaults (6379, 10001, 52365, ...) collide with any other Ray on the host: take free ones,
+        all different, and never the dashboard's (free for a moment while a killed dashboard's Ray restarts)."""
+        taken = {dashboard}
+        ports = []
+        while len(ports) < 6:
+            port = free_port()
+            if port not in taken:
+                taken.add(port)
+                ports.append(port)
+        return cls(ports[0], dashboard, *ports[1:])
 
 
 class RayStartError(RuntimeError):

@@ -119,7 +119,7 @@ class Supervisor:
         self._watermarks: HighWatermarks | None = None
         self._next_record = 0.0
         self._next_watermarks = 0.0
-        # When a failure happened (monotonic) and the committed offsets then: the first advance is "resumed".
+        # When a failure happened (wall clock) and the committed offsets then: the first advance is "resumed".
         self._waiting_commit: tuple[float, dict[Partition, int]] | None = None
         self.deployed: Deployed | None = None
 
@@ -194,7 +194,7 @@ class Supervisor:
             took = self._clock() - died_at
             budget.restarted(self._clock())
             self.say(f"Ray and the pipeline are back in {took:.1f}s ({deployed.owners} partition owners)", True)
-            self._waiting_commit = (died_at, baseline)
+            self._waiting_commit = (time.time() - (self._clock() - died_at), baseline)
             return
 
     def _check_broker(self, now: float) -> None:
@@ -257,7 +257,7 @@ class Supervisor:
         self.record.processes = [p for p in self.record.processes if p.role != Role.POSTGRES] + [self.postgres]
         self._write_record()
         self.say("PostgreSQL is back; the pipeline reconnects by itself", True)
-        self._waiting_commit = (now, self._committed())
+        self._waiting_commit = (time.time() - (self._clock() - now), self._committed())
 
     # -- what the terminal is told ---------------------------------------------------------------------------
     def _report_loss(self) -> None:
@@ -281,21 +281,28 @@ class Supervisor:
         if self._waiting_commit is None:
             return
         since, baseline = self._waiting_commit
-        committed = self._committed()
-        if not any(offset > baseline.get(tp, 0) for tp, offset in committed.items()):
+        advanced = [at for tp, (offset, at) in self._checkpoints().items() if offset > baseline.get(tp, 0)]
+        if not advanced:
             return
         self._waiting_commit = None
-        self.say(f"processing resumed: first commit {self._clock() - since:.1f}s after the failure", True)
+        # the earliest last-commit time of the partitions that advanced: at most the first commit's time
+        self.say(f"processing resumed: first commit {min(advanced) - since:.1f}s after the failure", True)
 
     # -- bookkeeping -----------------------------------------------------------------------------------------
-    def _committed(self) -> dict[Partition, int]:
+    def _checkpoints(self) -> dict[Partition, tuple[int, float]]:
+        """Committed next offset and the time of its commit (epoch seconds), per partition; empty when unreadable."""
         try:
             with psycopg.connect(self._db_url, autocommit=True, connect_timeout=5) as conn:
-                rows = conn.execute("SELECT topic, partition, next_offset FROM partition_checkpoints").fetchall()
+                rows = conn.execute(
+                    "SELECT topic, partition, next_offset, extract(epoch FROM updated_at) FROM partition_checkpoints"
+                ).fetchall()
         except psycopg.Error as exc:
             log.warning("checkpoints not readable: %s", exc)
             return {}
-        return {(str(t), int(p)): int(o) for t, p, o in rows}
+        return {(str(t), int(p)): (int(o), float(at)) for t, p, o, at in rows}
+
+    def _committed(self) -> dict[Partition, int]:
+        return {tp: offset for tp, (offset, _) in self._checkpoints().items()}
 
     def _read_watermarks(self) -> None:
         broker = self.broker
