@@ -125,10 +125,11 @@ def print_status(lead: dict[str, Any], statuses: list[dict[str, Any]]) -> None:
     if lead.get("held_by"):
         line.append_text(Text.assemble(", lease held by ", terminal_text(lead["held_by"])))
     console.print(line)
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("partition", no_wrap=True, overflow="fold")
-    for header in _STATUS_HEADERS:
-        table.add_column(header, justify="left" if header == "state" else "right")
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("partition", no_wrap=True)
+    table.add_column(_STATUS_HEADERS[0], overflow="fold")  # a long state may wrap; numbers and topics never do
+    for header in _STATUS_HEADERS[1:]:
+        table.add_column(header, justify="right", no_wrap=True)
     for s in sorted(statuses, key=lambda s: (str(s["topic"]), int(s["partition"]))):
         partition = terminal_text(f"{s['topic']}[{s['partition']}]")
         table.add_row(partition, *(terminal_text(s[c]) for c in _STATUS_COLUMNS))
