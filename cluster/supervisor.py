@@ -207,6 +207,9 @@ class Supervisor:
             return
         budget.died(now)
         self.say("the embedded broker died: stopping the pipeline, restarting the broker (its log is gone)", False)
+        if self._watermarks is not None:
+            self._watermarks.close()  # before its librdkafka threads retry a dead port
+            self._watermarks = None
         # Nothing commits once Ray is stopped: the checkpoints read then are final for the old log.
         self.ray.stop()
         self._report_loss()
@@ -226,9 +229,6 @@ class Supervisor:
         self.record.processes = [p for p in self.record.processes if p.role != Role.BROKER]
         self.record.processes.append(RecordedProcess(Role.BROKER, broker.pid, self.table.cmdline(broker.pid) or ()))
         self._highs = {}
-        if self._watermarks is not None:
-            self._watermarks.close()
-            self._watermarks = None
         self.say(f"the broker is back on {broker.bootstrap}", True)
         self._restart_ray(now, "the embedded broker died", log_replaced=True)
 
@@ -267,7 +267,11 @@ class Supervisor:
         if not self._highs:
             self.say("LOST: unknown — the broker died before its log ends were ever read", False)
         elif total == 0:
-            self.say("no acknowledged event was lost: every record the broker had was already committed", True)
+            self.say(
+                f"no loss found: the broker's last reported log ends (read every {WATERMARKS_EVERY_S:g}s) were all"
+                " committed",
+                True,
+            )
         else:
             where = "; ".join(str(r) for r in lost)
             self.say(
@@ -309,7 +313,8 @@ class Supervisor:
         if broker is None or not broker.running:
             return
         if self._watermarks is None:
-            self._watermarks = HighWatermarks(watermark_consumer_config(broker.bootstrap))
+            # librdkafka logs through `log` (to the log files), not to the terminal's stderr
+            self._watermarks = HighWatermarks(watermark_consumer_config(broker.bootstrap) | {"logger": log})
         committed = self._committed()
         owned = [(t, p) for t in self.settings.owned_topics() for p in range(self.settings.partitions)]
         positions = {tp: committed.get(tp, 0) for tp in owned}

@@ -86,11 +86,12 @@ class EventpipeRun:
     def output(self) -> str:
         return self.out_path.read_text(errors="replace") if self.out_path.exists() else ""
 
-    def wait_for(self, pattern: str, timeout_s: float) -> re.Match[str]:
-        """The first match of `pattern` in the output; fails early if the run exits without printing it."""
+    def wait_for(self, pattern: str, timeout_s: float, after: int = 0) -> re.Match[str]:
+        """The first match of `pattern` in the output from character `after` on (`len(run.output)` taken before an
+        action: a line printed because of it); fails early if the run exits without printing it."""
 
         def found() -> re.Match[str] | None:
-            match = re.search(pattern, self.output)
+            match = re.compile(pattern).search(self.output, after)
             if match is None and self.proc is not None and self.proc.poll() is not None:
                 code = self.proc.returncode
                 raise AssertionError(f"eventpipe run exited ({code}) without {pattern!r}:\n{self.output}")
@@ -187,6 +188,23 @@ def kill_ray_like_ray_stop_force(record: RunRecord) -> int:
             except ProcessLookupError:
                 pass
     return killed
+
+
+def signal_actors(record: RunRecord, title: str, sig: int) -> list[int]:
+    """Send `sig` to every process of the run's Ray whose title is `ray::<title>` (idle) or `ray::<title>.<method>`."""
+    table = ProcTable()
+    hit = []
+    for sid in record.ray_sessions:
+        for pid in table.session_members(sid):
+            cmdline = table.cmdline(pid) or ("",)
+            if cmdline[0] == f"ray::{title}" or cmdline[0].startswith(f"ray::{title}."):
+                os.kill(pid, sig)
+                hit.append(pid)
+    return hit
+
+
+def broker_pid(record: RunRecord) -> int:
+    return next(p.pid for p in record.processes if p.role == "broker")
 
 
 def alive(record: RunRecord) -> list[str]:
