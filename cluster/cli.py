@@ -26,19 +26,16 @@ from cluster.adapters.retention import RetainedTable, RetentionPolicy, Retention
 from cluster.observability.logs import setup_logging
 from cluster.observability.redact import mask_credentials
 from cluster.observability.terminal import printable, terminal_text
-from cluster.run_command import RAY_CORE_ENV, serve_ingress_env
+from cluster.run_command import RAY_CORE_ENV, Terminal, serve_ingress_env
 from cluster.settings import Settings, secrets_in_environment
 
 console = Console()
 
 
 def announce(component: str, address: str, note: str = "", ok: bool = True) -> None:
-    """One line of the start-up banner: `✓ <component> <address> <note>`, the address with its credentials masked."""
-    mark = Text("✓", style="green") if ok else Text("✗", style="red")
-    line = Text.assemble(mark, " ", component.ljust(11), " ", mask_credentials(address))
-    if note:
-        line.append(f"  {mask_credentials(note)}")
-    console.print(line)
+    """One line of the start-up banner: `✓ <component> <address> <note>`, the address with its credentials masked
+    (the lines `eventpipe run` prints, cluster/run_command.py)."""
+    Terminal(console).item(component, address, note, ok)
 
 
 def start_ray(settings: Settings, *, dashboard: bool = True) -> None:
@@ -84,11 +81,12 @@ def cmd_migrate(settings: Settings) -> int:
 
 
 def cmd_status(settings: Settings) -> int:
+    address = _status_address(settings)  # sets the token variables, which Ray reads when imported
     import ray
 
     from actors.lifecycle import get_leader
 
-    ray.init(address=_status_address(settings), namespace=settings.ray_namespace, log_to_driver=False)
+    ray.init(address=address, namespace=settings.ray_namespace, log_to_driver=False)
     leader = get_leader()
     print_status(ray.get(leader.leadership.remote()), ray.get(leader.owner_statuses.remote()))
     return 0

@@ -189,7 +189,7 @@ def _run_locked(settings: Settings, run_dir: RunDir, out: Terminal) -> int:
             out.event,
             broker=stack.broker,
             postgres=next((p for p in record.processes if p.role == Role.POSTGRES), None),
-            restart_postgres=(lambda: _restart_postgres(stack, table)) if stack.postgres is not None else None,
+            restart_postgres=(lambda dead: _restart_postgres(stack, table, dead)) if stack.postgres else None,
         )
         with out.console.status("starting Ray, then the leader, checkpoint writers, partition owners and the API…"):
             supervisor.start_ray_and_pipeline()
@@ -273,8 +273,9 @@ def _recorded(role: str, pid: int, table: ProcTable, stop_signal: int = signal.S
     return RecordedProcess(role, pid, table.cmdline(pid) or (), stop_signal)
 
 
-def _restart_postgres(stack: LocalStack, table: ProcTable) -> RecordedProcess:
+def _restart_postgres(stack: LocalStack, table: ProcTable, dead: RecordedProcess) -> RecordedProcess:
     if stack.postgres is None:
         raise RuntimeError("no embedded PostgreSQL to restart")
+    stack.postgres.forget_dead_postmaster(dead.pid)
     stack.postgres.start()
     return _recorded(Role.POSTGRES, stack.postgres.pid, table, signal.SIGINT)

@@ -97,7 +97,7 @@ class Supervisor:
         say: Say,
         broker: EmbeddedBroker | None = None,
         postgres: RecordedProcess | None = None,
-        restart_postgres: Callable[[], RecordedProcess] | None = None,
+        restart_postgres: Callable[[RecordedProcess], RecordedProcess] | None = None,
         policy: RestartPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -135,7 +135,7 @@ class Supervisor:
 
     def stop_ray(self, drain: bool) -> None:
         """Drain the pipeline (when Ray is healthy) and stop every process of the Ray session."""
-        if drain and self.ray.failure() is None:
+        if drain and self.deployed is not None and self.ray.failure() is None:
             try:
                 self.deployer.run("down", timeout_s=90)
             except DeployError as exc:
@@ -187,9 +187,9 @@ class Supervisor:
             try:
                 self.ray.stop()  # what is left of it: raylet, workers, HAProxy
                 deployed = self.start_ray_and_pipeline()
-            except (RuntimeError, OSError) as exc:
+            except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
                 budget.failed()
-                self.say(f"restart {budget.failures} of {self._policy.max_failures} failed: {exc}", False)
+                self._failed_restart("restart", budget, exc)
                 continue
             took = self._clock() - died_at
             budget.restarted(self._clock())
@@ -220,9 +220,9 @@ class Supervisor:
             try:
                 broker.stop()
                 broker.start()
-            except (RuntimeError, OSError) as exc:
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                 budget.failed()
-                self.say(f"broker restart {budget.failures} of {self._policy.max_failures} failed: {exc}", False)
+                self._failed_restart("broker restart", budget, exc)
                 continue
             break
         budget.restarted(self._clock())
@@ -247,10 +247,10 @@ class Supervisor:
                 raise Unrecoverable(f"the embedded PostgreSQL died; {budget.failures} restarts in a row failed")
             time.sleep(budget.backoff_s())
             try:
-                self.postgres = self._restart_postgres()
-            except (RuntimeError, OSError) as exc:
+                self.postgres = self._restart_postgres(pg)
+            except (RuntimeError, OSError, psycopg.Error, subprocess.SubprocessError) as exc:
                 budget.failed()
-                self.say(f"PostgreSQL restart {budget.failures} of {self._policy.max_failures} failed: {exc}", False)
+                self._failed_restart("PostgreSQL restart", budget, exc)
                 continue
             break
         budget.restarted(self._clock())
@@ -260,6 +260,12 @@ class Supervisor:
         self._waiting_commit = (time.time() - (self._clock() - now), self._committed())
 
     # -- what the terminal is told ---------------------------------------------------------------------------
+    def _failed_restart(self, what: str, budget: RestartBudget, exc: Exception) -> None:
+        """One line on the terminal (the error's first line); the whole error, log tails included, in the log."""
+        log.warning("%s failed", what, exc_info=exc)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        self.say(f"{what} {budget.failures} of {self._policy.max_failures} failed: {first}", False)
+
     def _report_loss(self) -> None:
         committed = self._committed()
         lost = lost_with_the_log(self._highs, committed)
