@@ -178,3 +178,26 @@ class RayHead:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGKILL)
         self._gcs = self._raylet = None
+
+
+class JoinedRay:
+    """A Ray cluster started by someone else (`ray_address`): joined, never started, stopped nor restarted here; its
+    failure is its operator's to handle (the supervisor still watches the broker and PostgreSQL it started)."""
+
+    sid: int | None = None
+    log_dir: str | None = None
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    def start(self) -> None:
+        """Nothing to start: `python -m cluster.deploy` joins the cluster at `address`."""
+
+    def failure(self) -> str | None:
+        return None
+
+    def processes(self) -> list[RecordedProcess]:
+        return []
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Not ours to stop."""

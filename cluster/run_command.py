@@ -24,7 +24,7 @@ from cluster.adapters.migrations import migrate
 from cluster.deploy import SERVE_ENV
 from cluster.local import EmbeddedStartError, LocalStack
 from cluster.observability.redact import mask_credentials
-from cluster.ray_head import RayHead, RayStartError, auth_env
+from cluster.ray_head import JoinedRay, RayHead, RayStartError, auth_env
 from cluster.run_record import (
     AlreadyRunning,
     ProcTable,
@@ -109,10 +109,13 @@ def serve_ingress_env() -> dict[str, str]:
     return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
-def ray_env(settings: Settings, token_path: Path) -> dict[str, str]:
+def ray_env(settings: Settings, token_path: Path | None) -> dict[str, str]:
     """The environment of the Ray head (every worker inherits it) and of the deploy child: secrets included, so
-    actors and replicas read them from their own environment, never through Ray."""
-    env = {**RAY_CORE_ENV, **serve_ingress_env(), **SERVE_ENV, **auth_env(token_path), **haproxy_env(settings.data_dir)}
+    actors and replicas read them from their own environment, never through Ray. `token_path`: our own head's auth
+    token; None for a joined cluster, whose token comes from the caller's environment."""
+    env = {**RAY_CORE_ENV, **serve_ingress_env(), **SERVE_ENV, **haproxy_env(settings.data_dir)}
+    if token_path is not None:
+        env.update(auth_env(token_path))
     for name, variable in SECRET_FIELDS.items():
         value = getattr(settings, name).get_secret_value()
         if value:
@@ -176,8 +179,12 @@ def _run_locked(settings: Settings, run_dir: RunDir, out: Terminal) -> int:
         out.item("PostgreSQL", url, f"({len(applied)} migrations applied now)" if applied else "(schema up to date)")
         out.item("Kafka", resolved.kafka_bootstrap)
         token_path = resolved.data_dir.resolve() / "ray" / "auth_token"
-        env = ray_env(resolved, token_path)
-        head = RayHead(resolved.data_dir, env, resolved.dashboard_port, table)
+        env = ray_env(resolved, None if resolved.ray_address else token_path)
+        head: RayHead | JoinedRay = (
+            JoinedRay(resolved.ray_address)
+            if resolved.ray_address
+            else RayHead(resolved.data_dir, env, resolved.dashboard_port, table)
+        )
         deployer = Deployer(env, resolved.data_dir.resolve() / "logs" / "deploy.log")
         supervisor = Supervisor(
             resolved,
@@ -212,7 +219,9 @@ def _run_locked(settings: Settings, run_dir: RunDir, out: Terminal) -> int:
     return code
 
 
-def _banner(settings: Settings, head: RayHead, token_path: Path, supervisor: Supervisor, out: Terminal) -> None:
+def _banner(
+    settings: Settings, head: RayHead | JoinedRay, token_path: Path, supervisor: Supervisor, out: Terminal
+) -> None:
     deployed = supervisor.deployed
     owners = deployed.owners if deployed else 0
     out.item("Processing", f"{owners} partition owners, {settings.checkpoint_writers} checkpoint writers")
@@ -223,10 +232,14 @@ def _banner(settings: Settings, head: RayHead, token_path: Path, supervisor: Sup
         out.item("Metrics", f"port {settings.metrics_port} is taken: no /metrics, no status page", ok=False)
     else:
         out.item("Status page", f"{hub}/status", "(Prometheus: /metrics)")
-    dashboard = f"http://127.0.0.1:{settings.dashboard_port}"
-    out.item("Dashboard", dashboard, f"(Ray; log in with the token: cat {_shown(token_path)})")
+    if isinstance(head, JoinedRay):
+        out.item("Ray", head.address, "(joined; its dashboard and logs are where that cluster runs)")
+    else:
+        dashboard = f"http://127.0.0.1:{settings.dashboard_port}"
+        out.item("Dashboard", dashboard, f"(Ray; log in with the token: cat {_shown(token_path)})")
     out.item("Logs", f"{_shown(settings.data_dir / 'logs')}/", "(JSON lines; --verbose shows them here)")
-    out.item("Ray logs", f"{head.log_dir or '?'}/")
+    if head.log_dir:
+        out.item("Ray logs", f"{head.log_dir}/")
     out.console.print("[bold]eventpipe is running.[/] Ctrl-C stops it (API first, then drain, then the rest).")
 
 

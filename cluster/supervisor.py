@@ -23,7 +23,7 @@ import psycopg
 
 from cluster.local import EmbeddedBroker
 from cluster.observability.lag import HighWatermarks, Partition, watermark_consumer_config
-from cluster.ray_head import RayHead
+from cluster.ray_head import JoinedRay, RayHead
 from cluster.restart_policy import RestartBudget, RestartPolicy, lost_with_the_log
 from cluster.run_record import ProcessTable, RecordedProcess, Role, RunDir, RunRecord
 from cluster.settings import Settings
@@ -92,7 +92,7 @@ class Supervisor:
         run_dir: RunDir,
         record: RunRecord,
         table: ProcessTable,
-        ray: RayHead,
+        ray: RayHead | JoinedRay,
         deployer: Deployer,
         say: Say,
         broker: EmbeddedBroker | None = None,
