@@ -76,8 +76,15 @@ class RayStartError(RuntimeError):
 class RayHead:
     """One `ray start --head` and the session of processes it leaves behind."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str], dashboard_port: int, table: ProcessTable) -> None:
+    def __init__(
+        self, data_dir: Path, env: dict[str, str], dashboard_port: int, table: ProcessTable, temp_dir: Path
+    ) -> None:
+        """`temp_dir`: Ray's root for sessions, sockets and logs, ours alone: `ray start` writes the address of the
+        cluster it started to `<temp_dir>/ray_current_cluster`, and every `ray.init()` on the host without an
+        address connects to what /tmp/ray/ray_current_cluster names, so the default /tmp/ray would hand this
+        run's Ray (or, once stopped, a dead address) to every other Ray program on the host."""
         self.log_path = Path(data_dir).resolve() / "logs" / "ray-start.log"
+        self.temp_dir = temp_dir
         self._env = env
         self._dashboard_port = dashboard_port
         self._table = table
@@ -107,6 +114,7 @@ class RayHead:
             "--dashboard-agent-grpc-port", str(ports.dashboard_agent_grpc),
             "--metrics-export-port", str(ports.metrics_export),
             "--runtime-env-agent-port", str(ports.runtime_env_agent),
+            "--temp-dir", str(self.temp_dir),
             "--disable-usage-stats",
         ]  # fmt: skip
         env = {**os.environ, **self._env}

@@ -88,11 +88,19 @@ class StopSignals:
             raise KeyboardInterrupt
 
 
+def _short_key(data_dir: Path) -> str:
+    return hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:8]
+
+
+def ray_temp_dir(data_dir: Path) -> Path:
+    """Ray's temp dir for the run in `data_dir` (see RayHead): short, as Ray's unix socket paths live below it."""
+    return Path(tempfile.gettempdir()) / f"ep-ray-{_short_key(data_dir)}"
+
+
 def haproxy_env(data_dir: Path) -> dict[str, str]:
     """Serve's HAProxy keeps its config and sockets in /tmp/haproxy-serve by default, shared by every Ray on the
     host; a directory per data dir keeps two runs apart (short: HAProxy takes socket paths of 97 bytes at most)."""
-    key = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:8]
-    base = Path(tempfile.gettempdir()) / f"ep-{key}"  # Serve adds a 56-character node id dir below
+    base = Path(tempfile.gettempdir()) / f"ep-{_short_key(data_dir)}"  # Serve adds a 56-character node id dir below
     return {
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
@@ -183,7 +191,7 @@ def _run_locked(settings: Settings, run_dir: RunDir, out: Terminal) -> int:
         head: RayHead | JoinedRay = (
             JoinedRay(resolved.ray_address)
             if resolved.ray_address
-            else RayHead(resolved.data_dir, env, resolved.dashboard_port, table)
+            else RayHead(resolved.data_dir, env, resolved.dashboard_port, table, ray_temp_dir(resolved.data_dir))
         )
         deployer = Deployer(env, resolved.data_dir.resolve() / "logs" / "deploy.log")
         supervisor = Supervisor(

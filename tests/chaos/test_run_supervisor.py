@@ -81,6 +81,11 @@ def test_run_refuses_a_second_start_survives_ray_dying_and_leaves_no_orphans(
     # and its first screen holds the friendly lines only: no JSON log line, no warning from Ray or a library
     noise = [line for line in first.output.splitlines() if line.startswith("{") or "WARN" in line or "XDG" in line]
     assert noise == [], first.output
+    # and it did not make itself every other Ray program's default cluster (ray.init() without an address connects
+    # to what /tmp/ray/ray_current_cluster names)
+    port = first.record().ray_address.rpartition(":")[2]
+    current = Path("/tmp/ray/ray_current_cluster")
+    assert not (current.exists() and current.read_text().strip().endswith(f":{port}")), current.read_text()
 
     # when a second run starts in the same data dir, it says so at once, naming the running one, and exits non-zero
     t0 = time.monotonic()
