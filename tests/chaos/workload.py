@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 TS = "2026-11-24T10:00:00Z"
 ACTIONS = ("click", "view", "buy")
 _MAX_RETRY_AFTER_S = 5.0
+_NO_ROUTE = "not found. Ping http://.../-/routes"  # Serve ingress (proxy or HAProxy) with no route for the path
+_NO_ROUTE_WAIT_S = 0.5
 _MAX_OUTSTANDING = 64  # requests in flight at most: enough for 1,000/s at 60 ms, quick to drain on exit
 
 
@@ -70,6 +72,7 @@ class WorkloadStats:
     missing_retry_after: int = 0  # 429/503 answers without a Retry-After header (a defect of the API)
     behind_s: float = 0.0  # how far the sender fell behind its schedule at worst
     slowest_s: float = 0.0  # the longest a request waited for its answer (or its timeout)
+    no_route: int = 0  # 404s from an ingress without a route yet, retried (only with retry_no_route)
 
 
 class Workload:
@@ -89,6 +92,7 @@ class Workload:
         first_n: int = 0,
         limit: int | None = None,
         extend: Callable[[dict[str, Any], int], None] | None = None,
+        retry_no_route: bool = False,
     ) -> None:
         if rate <= 0 or batch_size < 1 or keys < 1 or not types:
             raise ValueError("rate, batch_size, keys and types must be positive")
@@ -104,6 +108,9 @@ class Workload:
         self.extend = extend  # adds scenario-specific fields to each event (event, n) before it is recorded
         self.limit = limit  # stop sending after this many events (the context still waits for every reply)
         self.first_n = first_n
+        # A 404 with Serve's "Path '/events' not found" comes from an ingress that has no route to the API yet (a
+        # Serve restarting): no API saw the request, so it is retried like a refused connection when this is set.
+        self.retry_no_route = retry_no_route
         self._next_n = first_n
         self._all_sent = threading.Event()
         self._seq: Counter[str] = Counter()
@@ -254,6 +261,11 @@ class Workload:
                 self.stats.events += 1
                 return 0.0, []
             return 0.0, self._batch_items(events, r.json())
+        if r.status_code == 404 and self.retry_no_route and _NO_ROUTE in r.text:
+            self.stats.no_route += 1
+            for event in events:
+                self.checker.record_outcome(event["id"], "unknown")
+            return _NO_ROUTE_WAIT_S, events
         if 400 <= r.status_code < 500:
             for event in events:
                 self.checker.record_outcome(event["id"], "failed")

@@ -1,0 +1,234 @@
+"""What `eventpipe run` started, kept under the data dir: one lock (one run per data dir) and one record of every
+process (pid and command line), so a later start can stop exactly the leftovers of a run that died.
+
+It never signals a process whose pid and command line are not both the recorded ones: pids are reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Protocol
+
+RUN_DIR = "run"
+LOCK_FILE = "lock"
+RECORD_FILE = "processes.json"
+
+
+class Role:
+    """Which part of the stack a recorded process belongs to (one name per part, used in messages)."""
+
+    BROKER = "broker"
+    POSTGRES = "postgres"
+    RAY = "ray"
+    DEPLOY = "deploy"
+
+
+@dataclass(frozen=True)
+class RecordedProcess:
+    role: str
+    pid: int
+    cmdline: tuple[str, ...]
+    # PostgreSQL shuts down fast on SIGINT (SIGTERM waits for every client); everything else stops on SIGTERM.
+    stop_signal: int = signal.SIGTERM
+
+    @property
+    def name(self) -> str:
+        """A short name for messages: the program's file name."""
+        return Path(self.cmdline[0]).name if self.cmdline else "?"
+
+
+@dataclass
+class RunRecord:
+    """The record file's content: the supervisor's pid, the Ray sessions (sid) it started, the processes."""
+
+    supervisor_pid: int = 0
+    ray_address: str = ""  # the GCS of the running Ray, for `eventpipe status`
+    ray_sessions: list[int] = field(default_factory=list)
+    processes: list[RecordedProcess] = field(default_factory=list)
+
+    def roles(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for p in self.processes:
+            counts[p.role] = counts.get(p.role, 0) + 1
+        return counts
+
+
+class ProcessTable(Protocol):
+    """The live processes as this module needs them; /proc in production, a dict in unit tests."""
+
+    def cmdline(self, pid: int) -> tuple[str, ...] | None:
+        """The command line of a live process, None when no such process (or a zombie, which has none)."""
+        ...
+
+    def session_members(self, sid: int) -> list[int]:
+        """Pids of the live processes of session `sid`."""
+        ...
+
+
+class ProcTable:
+    """ProcessTable read from Linux's /proc."""
+
+    def cmdline(self, pid: int) -> tuple[str, ...] | None:
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        if not raw:
+            return None  # a zombie or a kernel thread: nothing to stop
+        return tuple(part.decode(errors="replace") for part in raw.rstrip(b"\0").split(b"\0"))
+
+    def session_members(self, sid: int) -> list[int]:
+        members = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            # fields after the command name (which may hold spaces and parentheses): state ppid pgrp session ...
+            fields = stat.rpartition(")")[2].split()
+            if len(fields) > 3 and int(fields[3]) == sid:
+                members.append(int(entry))
+        return members
+
+
+def still_ours(record: RunRecord, table: ProcessTable) -> list[RecordedProcess]:
+    """The recorded processes that still run the recorded command line (a reused pid runs something else), plus any
+    live process of a recorded Ray session that the record missed (started after its last update).
+
+    A Ray session's id cannot be reused while one of its processes lives (Linux allocates no pid in use as a sid), so
+    a member of it is a process Ray started for that run.
+    """
+    found: dict[int, RecordedProcess] = {}
+    for p in record.processes:
+        if table.cmdline(p.pid) == p.cmdline:
+            found[p.pid] = p
+    for sid in record.ray_sessions:
+        for pid in table.session_members(sid):
+            cmdline = table.cmdline(pid)
+            if pid not in found and cmdline is not None:
+                found[pid] = RecordedProcess(Role.RAY, pid, cmdline)
+    return sorted(found.values(), key=lambda p: (p.role, p.pid))
+
+
+def describe(processes: Sequence[RecordedProcess]) -> str:
+    """`broker 1234, postgres 1240, ray 15 processes` for one line of output."""
+    by_role: dict[str, list[int]] = {}
+    for p in processes:
+        by_role.setdefault(p.role, []).append(p.pid)
+    return ", ".join(
+        f"{role} {pids[0]}" if len(pids) == 1 else f"{role} {len(pids)} processes" for role, pids in by_role.items()
+    )
+
+
+def stop_processes(
+    processes: Iterable[RecordedProcess],
+    table: ProcessTable,
+    grace_s: float = 10.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[RecordedProcess]:
+    """Send each process its stop signal, then SIGKILL those still running (same pid and command line) after
+    grace_s. Returns the processes that had to be killed."""
+    pending = [p for p in processes if table.cmdline(p.pid) == p.cmdline]
+    for p in pending:
+        _signal(p.pid, p.stop_signal)
+    deadline = clock() + grace_s
+    while pending and clock() < deadline:
+        sleep(0.1)
+        pending = [p for p in pending if table.cmdline(p.pid) == p.cmdline]
+    for p in pending:
+        _signal(p.pid, signal.SIGKILL)
+    deadline = clock() + 5.0
+    while clock() < deadline and any(table.cmdline(p.pid) == p.cmdline for p in pending):
+        sleep(0.05)
+    return pending
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        if sig != signal.SIGKILL:
+            os.kill(pid, signal.SIGCONT)  # a stopped process acts on no signal but SIGKILL
+        os.kill(pid, sig)
+
+
+class AlreadyRunning(RuntimeError):
+    """Another `eventpipe run` holds the data dir's lock."""
+
+    def __init__(self, pid: int | None, lock_path: Path) -> None:
+        who = f"pid {pid}" if pid else "another process"
+        super().__init__(f"eventpipe is already running in this data dir ({who}, lock {lock_path})")
+        self.pid = pid
+
+
+class RunDir:
+    """`<data_dir>/run/`: the lock and the record. `lock()` holds an flock for the life of this object."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = Path(data_dir).resolve() / RUN_DIR
+        self.lock_path = self.path / LOCK_FILE
+        self.record_path = self.path / RECORD_FILE
+        self._lock: IO[str] | None = None
+
+    def lock(self) -> None:
+        """Take the data dir's lock or raise AlreadyRunning naming the holder. The kernel drops the lock when this
+        process dies, however it dies, so a stale lock file never blocks a start."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = self.lock_path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            text = handle.read().strip()
+            handle.close()
+            raise AlreadyRunning(int(text) if text.isdigit() else None, self.lock_path) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock = handle
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the flock
+            self._lock = None
+
+    def read(self) -> RunRecord:
+        try:
+            data = json.loads(self.record_path.read_text())
+        except FileNotFoundError:
+            return RunRecord()
+        except (OSError, ValueError):
+            return RunRecord()  # a torn or foreign file records nothing we could trust
+        processes = [
+            RecordedProcess(p["role"], int(p["pid"]), tuple(p["cmdline"]), int(p.get("stop_signal", signal.SIGTERM)))
+            for p in data.get("processes", [])
+        ]
+        return RunRecord(
+            int(data.get("supervisor_pid", 0)),
+            str(data.get("ray_address", "")),
+            [int(s) for s in data.get("ray_sessions", [])],
+            processes,
+        )
+
+    def write(self, record: RunRecord) -> None:
+        """Atomically (write then rename): a reader never sees half a record."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp = self.record_path.with_suffix(".tmp")
+        data = {
+            "supervisor_pid": record.supervisor_pid,
+            "ray_address": record.ray_address,
+            "ray_sessions": record.ray_sessions,
+            "processes": [asdict(p) | {"cmdline": list(p.cmdline)} for p in record.processes],
+        }
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, self.record_path)
