@@ -34,8 +34,8 @@ MEMBERS: dict[Component, str] = {
     Component.POSTGRES: "postmaster and its backends",
     Component.BROKER: "tansu",
     Component.RAY_CORE: (
-        "eventpipe run (the Ray driver), raylet, gcs_server, dashboard, log_monitor, autoscaler monitor, "
-        "every other ray:: worker (DashboardAgent, RuntimeEnvAgent, Leader, SpoolDrainer, IDLE, ...)"
+        "eventpipe run (the supervisor), raylet, gcs_server, dashboard, log_monitor, autoscaler monitor, "
+        "Ray client server, every other ray:: worker (DashboardAgent, RuntimeEnvAgent, Leader, SpoolDrainer, IDLE, ...)"
     ),
     Component.METRICS_HUB: "ray::MetricsHub",
     Component.DRIVER: "the load driver (this process)",
@@ -59,7 +59,9 @@ EXECUTABLES: dict[str, Component] = {
     "gcs_server": Component.RAY_CORE,
 }
 # Ray's Python helpers: dashboard and its forkserver children, log monitor, autoscaler, a worker not yet titled.
-RAY_PYTHON = re.compile(r"[/\\]ray[/\\]|^ray-dashboard-|multiprocessing\.(forkserver|resource_tracker)")
+RAY_PYTHON = re.compile(
+    r"[/\\]ray[/\\]|^ray-dashboard-|multiprocessing\.(forkserver|resource_tracker)|-m ray\.util\.client\.server"
+)
 
 
 def _actor_component(actor_class: str) -> Component:
@@ -69,7 +71,7 @@ def _actor_component(actor_class: str) -> Component:
 
 
 def is_eventpipe_run(cmdline: Sequence[str]) -> bool:
-    """`eventpipe run`, the CLI that starts the stack and is the Ray driver of its local head."""
+    """`eventpipe run`, the CLI that starts the stack and supervises it."""
     names = [PurePath(arg).name for arg in cmdline]
     return any(name == "eventpipe" and names[i + 1 : i + 2] == ["run"] for i, name in enumerate(names))
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import psutil
 
 from benchmarks.components import Component, component_of
+from cluster.run_record import ProcTable
 
 ProcessKey = tuple[int, float]  # (pid, create time): a reused pid is a new process
 GONE = (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess)
@@ -44,17 +45,23 @@ class Phase:
 
 
 class StackScope:
-    """The processes to sample: each root and all its descendants, plus the driver (this process)."""
+    """The processes to sample: each root and all its descendants, every live member of the given process sessions
+    (`eventpipe run` starts Ray in a session of its own, whose processes are not its descendants), plus the driver
+    (this process)."""
 
-    def __init__(self, roots: list[psutil.Process], driver: psutil.Process | None = None) -> None:
+    def __init__(
+        self, roots: list[psutil.Process], driver: psutil.Process | None = None, sessions: Sequence[int] = ()
+    ) -> None:
         self.roots = roots
         self.driver = driver or psutil.Process()
+        self.sessions = list(sessions)
 
     def processes(self) -> Iterator[psutil.Process]:
         """Each process once, even when one root descends from another."""
         seen = {self.driver.pid}
         yield self.driver
-        for root in self.roots:
+        members = [proc for sid in self.sessions for proc in _session_members(sid)]
+        for root in [*self.roots, *members]:
             try:
                 tree = [root, *root.children(recursive=True)]
             except GONE:
@@ -63,6 +70,16 @@ class StackScope:
                 if proc.pid not in seen:
                     seen.add(proc.pid)
                     yield proc
+
+
+def _session_members(sid: int) -> list[psutil.Process]:
+    members = []
+    for pid in ProcTable().session_members(sid):
+        try:
+            members.append(psutil.Process(pid))
+        except GONE:
+            continue
+    return members
 
 
 @dataclass

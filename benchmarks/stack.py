@@ -13,6 +13,7 @@ import psutil
 
 from benchmarks.components import is_eventpipe_run
 from cluster.local import LOCALHOST, PG_PORT_FILE
+from cluster.run_record import RunDir
 from cluster.settings import Settings
 
 EMBEDDED_DATABASE = "eventpipe"  # the database EmbeddedPostgres creates
@@ -100,3 +101,21 @@ def embedded_broker_bootstrap(root: psutil.Process) -> str | None:
             url = args[args.index("--advertised-listener-url") + 1]
             return url.removeprefix("tcp://")
     return None
+
+
+def run_data_dir(root: psutil.Process) -> Path:
+    """The data directory of a running `eventpipe run`: its EVENTPIPE_DATA_DIR, else `.data` in its working
+    directory (a data dir set only in a `.env` file is not seen)."""
+    try:
+        configured = root.environ().get("EVENTPIPE_DATA_DIR")
+        cwd = Path(root.cwd())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return data_dir()
+    return cwd / (configured or ".data")
+
+
+def ray_sessions(root: psutil.Process) -> list[int]:
+    """The Ray sessions the run `root` started, from its run record; they are not its descendants (`ray start`
+    detaches them). Empty for a run that joined a Ray cluster or keeps no record."""
+    record = RunDir(run_data_dir(root)).read()
+    return record.ray_sessions if record.supervisor_pid == root.pid else []

@@ -123,7 +123,7 @@ def _sampler(args: argparse.Namespace, console: Console) -> ProcessSampler | Non
     if postgres is None:
         why = "no listener on this host for the database URL" if args.database_url else "no database URL"
         console.print(f"[yellow]PostgreSQL not sampled ({why}): its CPU and memory are not in the table[/yellow]")
-    return ProcessSampler(StackScope([root, *([postgres] if postgres else [])]))
+    return ProcessSampler(StackScope([root, *([postgres] if postgres else [])], sessions=stack.ray_sessions(root)))
 
 
 def _floor_probe(args: argparse.Namespace, console: Console) -> BrokerFloor | None:

@@ -52,6 +52,7 @@ MIB = 1024**2
         ("ray::SpoolDrai", ["ray::SpoolDrainer"], Component.RAY_CORE),
         ("ray::IDLE", ["ray::IDLE"], Component.RAY_CORE),
         ("python", ["/work/main/.venv/bin/python", ".venv/bin/eventpipe", "run"], Component.RAY_CORE),
+        ("python", ["/v/bin/python", "-m", "ray.util.client.server", "--address=10.0.0.1:6379"], Component.RAY_CORE),
         ("pg_ctl", ["/x/bin/pg_ctl", "status"], Component.OTHER),
     ],
 )
@@ -217,3 +218,17 @@ def test_the_sampler_charges_a_new_process_its_cpu_time_in_the_phase_it_ran() ->
     assert burn.components[Component.DRIVER].processes == 1
     assert quiet.components.get(Component.OTHER, Usage(0.0, 0, 0)).cpu_seconds < 0.1
     assert burn.wall_start <= burn.wall_end <= quiet.wall_start + 1e-6
+
+
+def test_the_sampler_sees_the_processes_of_a_session_that_does_not_descend_from_the_stack() -> None:
+    # given a process in a session of its own, as `eventpipe run` starts Ray (not a descendant of the sampling roots)
+    detached = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
+    try:
+        scope = StackScope([], sessions=[detached.pid])  # a session leader's sid is its pid
+        unscoped = StackScope([])
+
+        assert detached.pid in {p.pid for p in scope.processes()}
+        assert detached.pid not in {p.pid for p in unscoped.processes()}
+    finally:
+        detached.kill()
+        detached.wait()
