@@ -60,12 +60,15 @@ class StackScope:
         """Each process once, even when one root descends from another."""
         seen = {self.driver.pid}
         yield self.driver
-        members = [proc for sid in self.sessions for proc in _session_members(sid)]
-        for root in [*self.roots, *members]:
+        trees = []
+        for root in self.roots:
             try:
-                tree = [root, *root.children(recursive=True)]
+                trees.append([root, *root.children(recursive=True)])
             except GONE:
                 continue
+        # A session is whole already: its members' children are members too (each children() call reads all /proc).
+        trees.extend(_session_members(sid) for sid in self.sessions)
+        for tree in trees:
             for proc in tree:
                 if proc.pid not in seen:
                     seen.add(proc.pid)

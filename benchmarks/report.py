@@ -78,21 +78,23 @@ def send_figures(load: LoadResult) -> dict[str, Any]:
 SUSTAINED_BACKLOG_S = 2.0
 
 
-def backlog_at_end(rows: list[CommittedRow]) -> dict[str, Any]:
-    """What was still uncommitted when the last event was received: events, and seconds of the run's own traffic
-    (its events over its receive window); `sustained` when under SUSTAINED_BACKLOG_S."""
+def backlog_at_end(rows: list[CommittedRow], missing: int = 0) -> dict[str, Any]:
+    """What was still uncommitted when the last event was received: the committed rows committed after that, plus
+    the `missing` accepted events never committed; in events and in seconds of the run's own traffic (its events
+    over its receive window). `sustained` when under SUSTAINED_BACKLOG_S; `catch_up_s` is None when it never did."""
     if not rows:
-        return {"events": 0, "seconds_of_traffic": None, "catch_up_s": None, "sustained": None}
+        return {"events": missing, "seconds_of_traffic": None, "catch_up_s": None, "sustained": None}
     first = min(r.received_at for r in rows)
     last = max(r.received_at for r in rows)
-    behind = sum(1 for r in rows if r.committed_at > last)
-    rate = len(rows) / (last - first) if last > first else None
+    behind = missing + sum(1 for r in rows if r.committed_at > last)
+    rate = (len(rows) + missing) / (last - first) if last > first else None
     seconds = behind / rate if rate else 0.0
+    caught_up = round(max(0.0, max(r.committed_at for r in rows) - last), 3) if not missing else None
     return {
         "events": behind,
         "seconds_of_traffic": round(seconds, 3),
-        "catch_up_s": round(max(0.0, max(r.committed_at for r in rows) - last), 3),
-        "sustained": seconds < SUSTAINED_BACKLOG_S,
+        "catch_up_s": caught_up,
+        "sustained": seconds < SUSTAINED_BACKLOG_S and not missing,
     }
 
 
@@ -129,7 +131,7 @@ def commit_figures(drain: DrainResult | None, expected: int, reason: str = "") -
         "polls": drain.polls,
         "commit_window_s": round(window, 3) if rows else None,
         "processed_rate_eps": _rate(len(rows), window),
-        "backlog_at_end": backlog_at_end(rows),
+        "backlog_at_end": backlog_at_end(rows, drain.missing),
         "ingest_to_commit_ms": summarize_ms([r.committed_at - r.received_at for r in rows]),
         "consumed_to_commit_ms": summarize_ms([r.committed_at - r.consumed_at for r in consumed if r.consumed_at]),
         "received_to_consumed_ms": summarize_ms([r.consumed_at - r.received_at for r in consumed if r.consumed_at]),
@@ -200,7 +202,11 @@ def render(figures: dict[str, Any], console: Console) -> None:
             ingest.add_row(
                 f"backlog at the last event received (sustained: < {SUSTAINED_BACKLOG_S:g} s of traffic)",
                 f"{kept}: {backlog['events']:,} events = {backlog['seconds_of_traffic']:g} s, "
-                f"caught up {backlog['catch_up_s']:g} s later",
+                + (
+                    f"caught up {backlog['catch_up_s']:g} s later"
+                    if backlog["catch_up_s"] is not None
+                    else "some never committed"
+                ),
             )
     else:
         ingest.add_row("commit figures", f"not measured ({commit['reason']})")

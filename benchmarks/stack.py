@@ -13,7 +13,7 @@ import psutil
 
 from benchmarks.components import is_eventpipe_run
 from cluster.local import LOCALHOST, PG_PORT_FILE
-from cluster.run_record import RunDir
+from cluster.run_record import LOCK_FILE, RUN_DIR, RunDir
 from cluster.settings import Settings
 
 EMBEDDED_DATABASE = "eventpipe"  # the database EmbeddedPostgres creates
@@ -103,19 +103,33 @@ def embedded_broker_bootstrap(root: psutil.Process) -> str | None:
     return None
 
 
-def run_data_dir(root: psutil.Process) -> Path:
-    """The data directory of a running `eventpipe run`: its EVENTPIPE_DATA_DIR, else `.data` in its working
-    directory (a data dir set only in a `.env` file is not seen)."""
+def run_data_dir(root: psutil.Process) -> Path | None:
+    """The data directory of a running `eventpipe run`: the one whose run lock (`<data dir>/run/lock`) it holds open,
+    wherever its setting came from (environment, `.env`, default). None when it holds none."""
     try:
-        configured = root.environ().get("EVENTPIPE_DATA_DIR")
-        cwd = Path(root.cwd())
+        files = root.open_files()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return data_dir()
-    return cwd / (configured or ".data")
+        return None
+    for opened in files:
+        path = Path(opened.path)
+        if path.name == LOCK_FILE and path.parent.name == RUN_DIR:
+            return path.parent.parent
+    return None
 
 
 def ray_sessions(root: psutil.Process) -> list[int]:
     """The Ray sessions the run `root` started, from its run record; they are not its descendants (`ray start`
     detaches them). Empty for a run that joined a Ray cluster or keeps no record."""
-    record = RunDir(run_data_dir(root)).read()
+    directory = run_data_dir(root)
+    if directory is None:
+        return []
+    record = RunDir(directory).read()
     return record.ray_sessions if record.supervisor_pid == root.pid else []
+
+
+def has_raylet_below(root: psutil.Process) -> bool:
+    """Whether a raylet descends from `root` (a run that is itself the Ray driver of its head, as before issue 10)."""
+    try:
+        return any(child.name() == "raylet" for child in root.children(recursive=True))
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False

@@ -123,7 +123,13 @@ def _sampler(args: argparse.Namespace, console: Console) -> ProcessSampler | Non
     if postgres is None:
         why = "no listener on this host for the database URL" if args.database_url else "no database URL"
         console.print(f"[yellow]PostgreSQL not sampled ({why}): its CPU and memory are not in the table[/yellow]")
-    return ProcessSampler(StackScope([root, *([postgres] if postgres else [])], sessions=stack.ray_sessions(root)))
+    sessions = stack.ray_sessions(root)
+    if not sessions and not stack.has_raylet_below(root):
+        console.print(
+            "[red]Ray's processes not found (no Ray session in the run's record, no raylet below it): the API, owners,"
+            " writers, metrics hub and Ray core are missing from the table[/red]"
+        )
+    return ProcessSampler(StackScope([root, *([postgres] if postgres else [])], sessions=sessions))
 
 
 def _floor_probe(args: argparse.Namespace, console: Console) -> BrokerFloor | None:

@@ -19,7 +19,8 @@ from benchmarks.cpu_sampler import Phase, ProcessSampler, StackScope, Usage
 from benchmarks.local_stack import stack_environment
 from benchmarks.report import cost_figures, render_cost
 from benchmarks.scaling import scaling_row, scaling_table
-from benchmarks.stack import embedded_database_url
+from benchmarks.stack import embedded_database_url, run_data_dir
+from cluster.run_record import RunDir
 
 RAY = "/work/main/.venv/lib/python3.11/site-packages/ray"
 MIB = 1024**2
@@ -232,3 +233,13 @@ def test_the_sampler_sees_the_processes_of_a_session_that_does_not_descend_from_
     finally:
         detached.kill()
         detached.wait()
+
+
+def test_a_runs_data_dir_is_the_one_whose_run_lock_it_holds(tmp_path: Path) -> None:
+    run_dir = RunDir(tmp_path / "data")
+    assert run_data_dir(psutil.Process()) is None  # no run lock held
+    run_dir.lock()
+    try:
+        assert run_data_dir(psutil.Process()) == (tmp_path / "data").resolve()
+    finally:
+        run_dir.unlock()

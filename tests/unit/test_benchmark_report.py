@@ -49,3 +49,14 @@ def test_the_latency_target_is_read_above_the_broker_floor_of_the_same_run():
     assert p99_above_floor(commit, floor) == 55.0
     assert p99_above_floor(commit, floor_figures(None, 0)) is None
     assert p99_above_floor({"measured": False}, floor) is None
+
+
+def test_a_run_whose_commits_stopped_is_not_sustained_however_few_rows_came_late():
+    # 100 events/s for 60 s, but the pipeline stalled after 30 s: the last 3,000 accepted events were never committed
+    rows = _rows([(t / 100, t / 100 + 0.05) for t in range(3001)])
+
+    backlog = backlog_at_end(rows, missing=3000)
+
+    assert backlog["events"] == 3005
+    assert backlog["sustained"] is False
+    assert backlog["catch_up_s"] is None
