@@ -7,10 +7,12 @@ The terminal gets the friendly lines and the URLs; JSON logs go to files. It nev
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
 import os
+import shlex
 import signal
 import tempfile
 import time
@@ -33,6 +35,8 @@ from cluster.run_record import (
     RunDir,
     RunRecord,
     describe,
+    is_running,
+    observe,
     still_ours,
     stop_processes,
 )
@@ -48,6 +52,7 @@ RAY_CORE_ENV = {"RAY_max_direct_call_object_size": str(8 * 1024 * 1024)}
 EXIT_ALREADY_RUNNING = 3
 EXIT_UNRECOVERABLE = 4
 EXIT_START_FAILED = 5
+EXIT_LEFTOVERS_SURVIVE = 6
 
 
 class Terminal:
@@ -150,38 +155,58 @@ def run(settings: Settings, console: Console) -> int:
         run_dir.unlock()
 
 
-def _stop_leftovers(run_dir: RunDir, table: ProcTable, out: Terminal) -> None:
+def _stop_leftovers(run_dir: RunDir, table: ProcTable, out: Terminal) -> bool:
+    """Stop what the record of an earlier run still names; False (the record kept, survivors named) when some of it
+    would not stop: starting next to them would fight over ports and data."""
     previous = run_dir.read()
-    leftovers = still_ours(previous, table)
+    leftovers = still_ours(previous, table, run_dir.path.parent)
     if not leftovers:
-        return
+        return True
     stop_processes(leftovers, table)
-    gone = [p for p in leftovers if table.cmdline(p.pid) != p.cmdline]
+    survivors = [p for p in leftovers if is_running(p, table)]
+    if survivors:
+        out.item(
+            "Leftovers",
+            f"{len(survivors)} processes of an earlier run (pid {previous.supervisor_pid}) survived SIGKILL;"
+            " stop them, then start again",
+            ok=False,
+        )
+        for p in survivors:
+            out.console.print(f"  {p.role} pid {p.pid}: {shlex.join(p.cmdline)}", soft_wrap=True, markup=False)
+        return False
     out.item(
         "Leftovers",
-        f"stopped {len(gone)} processes of an earlier run (pid {previous.supervisor_pid}) that did not stop them",
+        f"stopped {len(leftovers)} processes of an earlier run (pid {previous.supervisor_pid}) that did not stop them",
         f"({describe(leftovers)})",
-        ok=len(gone) == len(leftovers),
     )
+    return True
+
+
+def _record_started(run_dir: RunDir, record: RunRecord, table: ProcTable, role: str, pid: int) -> None:
+    """Record a process the moment it exists: a SIGKILL of this run right after must leave nothing unknown."""
+    stop_signal = signal.SIGINT if role == Role.POSTGRES else signal.SIGTERM
+    record.processes = [p for p in record.processes if p.role != role] + [observe(role, pid, table, stop_signal)]
+    run_dir.write(record)
+
+
+def _record_sessions(run_dir: RunDir, record: RunRecord, sessions: list[int]) -> None:
+    record.ray_sessions = sessions
+    run_dir.write(record)
 
 
 def _run_locked(settings: Settings, run_dir: RunDir, out: Terminal) -> int:
     table = ProcTable()
     signals = StopSignals()
-    _stop_leftovers(run_dir, table, out)
+    if not _stop_leftovers(run_dir, table, out):
+        return EXIT_LEFTOVERS_SURVIVE
     record = RunRecord(supervisor_pid=os.getpid())
     run_dir.write(record)
     out.console.print(f"[bold]eventpipe[/] starting in {settings.data_dir} …")
-    stack = LocalStack(settings)
+    stack = LocalStack(settings, functools.partial(_record_started, run_dir, record, table))
     supervisor: Supervisor | None = None
     code = 0
     try:
         resolved = stack.__enter__()
-        if stack.broker is not None:
-            record.processes.append(_recorded(Role.BROKER, stack.broker.pid, table))
-        if stack.postgres is not None:
-            record.processes.append(_recorded(Role.POSTGRES, stack.postgres.pid, table, signal.SIGINT))
-        run_dir.write(record)
         url = resolved.database_url.get_secret_value()
         applied = migrate(url)
         out.item("PostgreSQL", url, f"({len(applied)} migrations applied now)" if applied else "(schema up to date)")
@@ -191,7 +216,14 @@ def _run_locked(settings: Settings, run_dir: RunDir, out: Terminal) -> int:
         head: RayHead | JoinedRay = (
             JoinedRay(resolved.ray_address)
             if resolved.ray_address
-            else RayHead(resolved.data_dir, env, resolved.dashboard_port, table, ray_temp_dir(resolved.data_dir))
+            else RayHead(
+                resolved.data_dir,
+                env,
+                resolved.dashboard_port,
+                table,
+                ray_temp_dir(resolved.data_dir),
+                functools.partial(_record_sessions, run_dir, record),
+            )
         )
         deployer = Deployer(env, resolved.data_dir.resolve() / "logs" / "deploy.log")
         supervisor = Supervisor(
@@ -276,10 +308,10 @@ def _stop_all(
     with out.console.status("stopping the broker and PostgreSQL…"):
         stack.__exit__(None, None, None)
     t2 = time.monotonic()
-    left = still_ours(record, table)
+    left = still_ours(record, table, run_dir.path.parent)
     if left:
         stop_processes(left, table, grace_s=5.0)
-        left = [p for p in left if table.cmdline(p.pid) == p.cmdline]
+        left = [p for p in left if is_running(p, table)]
     if left:
         out.item("Stopped", f"but {len(left)} processes would not stop: {describe(left)}", ok=False)
         run_dir.write(record)
@@ -290,13 +322,9 @@ def _stop_all(
     out.console.print(f"  data kept in {_shown(run_dir.path.parent)}")
 
 
-def _recorded(role: str, pid: int, table: ProcTable, stop_signal: int = signal.SIGTERM) -> RecordedProcess:
-    return RecordedProcess(role, pid, table.cmdline(pid) or (), stop_signal)
-
-
 def _restart_postgres(stack: LocalStack, table: ProcTable, dead: RecordedProcess) -> RecordedProcess:
     if stack.postgres is None:
         raise RuntimeError("no embedded PostgreSQL to restart")
     stack.postgres.forget_dead_postmaster(dead.pid)
     stack.postgres.start()
-    return _recorded(Role.POSTGRES, stack.postgres.pid, table, signal.SIGINT)
+    return observe(Role.POSTGRES, stack.postgres.pid, table, signal.SIGINT)

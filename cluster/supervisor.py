@@ -25,7 +25,7 @@ from cluster.local import EmbeddedBroker
 from cluster.observability.lag import HighWatermarks, Partition, watermark_consumer_config
 from cluster.ray_head import JoinedRay, RayHead
 from cluster.restart_policy import RestartBudget, RestartPolicy, lost_with_the_log
-from cluster.run_record import ProcessTable, RecordedProcess, Role, RunDir, RunRecord
+from cluster.run_record import ProcessTable, RecordedProcess, Role, RunDir, RunRecord, observe
 from cluster.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,6 @@ class Supervisor:
     def start_ray_and_pipeline(self) -> Deployed:
         self.ray.start()
         self.deployer.env["EVENTPIPE_RAY_ADDRESS"] = self.record.ray_address = self.ray.address
-        self.record.ray_sessions = sorted({*self.record.ray_sessions, *([self.ray.sid] if self.ray.sid else [])})
         self._write_record()
         self.deployed = self.deployer.up()
         self._write_record()
@@ -220,14 +219,13 @@ class Supervisor:
             try:
                 broker.stop()
                 broker.start()
+                self._record_broker(broker)
             except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                 budget.failed()
                 self._failed_restart("broker restart", budget, exc)
                 continue
             break
         budget.restarted(self._clock())
-        self.record.processes = [p for p in self.record.processes if p.role != Role.BROKER]
-        self.record.processes.append(RecordedProcess(Role.BROKER, broker.pid, self.table.cmdline(broker.pid) or ()))
         self._highs = {}
         self.say(f"the broker is back on {broker.bootstrap}", True)
         self._restart_ray(now, "the embedded broker died", log_replaced=True)
@@ -327,7 +325,13 @@ class Supervisor:
         for tp, high in self._watermarks.read(positions, timeout_s=1.0).items():
             self._highs[tp] = max(high, self._highs.get(tp, 0))
 
+    def _record_broker(self, broker: EmbeddedBroker) -> None:
+        self.record.processes = [p for p in self.record.processes if p.role != Role.BROKER]
+        self.record.processes.append(observe(Role.BROKER, broker.pid, self.table))
+        self._write_record()
+
     def _write_record(self) -> None:
         fixed = [p for p in self.record.processes if p.role != Role.RAY]
         self.record.processes = fixed + self.ray.processes()
+        self.record.ray_sessions = list(self.ray.sessions)
         self.run_dir.write(self.record)

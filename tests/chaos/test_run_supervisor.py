@@ -112,7 +112,7 @@ def test_run_refuses_a_second_start_survives_ray_dying_and_leaves_no_orphans(
         with scenario.workload(rate=50, retry_no_route=True) as load:
             steady(2.0)
             with scenario.fault("Ray killed like `ray stop --force`; the supervisor restarts it"):
-                killed = kill_ray_like_ray_stop_force(first.record())
+                killed = kill_ray_like_ray_stop_force(first.record(), data_dir)
                 scenario.note(f"{killed} Ray processes SIGKILLed")
                 first.wait_for(r"Ray died \(", 10)
                 scenario.note("the supervisor said Ray died")
@@ -130,7 +130,7 @@ def test_run_refuses_a_second_start_survives_ray_dying_and_leaves_no_orphans(
 
     # when the partition owners are frozen, events are acknowledged (so only in the broker's memory log), the
     # supervisor reads the log ends, and the broker dies
-    frozen = signal_actors(first.record(), "PartitionOwner", signal.SIGSTOP)
+    frozen = signal_actors(first.record(), data_dir, "PartitionOwner", signal.SIGSTOP)
     assert len(frozen) == 8, frozen
     lost_ids = send_batch(pipeline.base_url, f"{scenario.prefix}-lost", LOST_EVENTS)
     steady(2.5)  # the supervisor reads the broker's log ends every 2 s
@@ -155,7 +155,7 @@ def test_run_refuses_a_second_start_survives_ray_dying_and_leaves_no_orphans(
     recorded = first.record()
     first.signal(signal.SIGKILL)
     first.wait_exit(10)
-    assert alive(recorded), "SIGKILL of the supervisor stopped its children: nothing to prove"
+    assert alive(recorded, data_dir), "SIGKILL of the supervisor stopped its children: nothing to prove"
 
     # ...and the next start stops exactly those, says so in one line, and starts cleanly
     again = EventpipeRun(data_dir, env, "again").start()
@@ -163,7 +163,7 @@ def test_run_refuses_a_second_start_survives_ray_dying_and_leaves_no_orphans(
     stopped = again.wait_for(r"Leftovers\s+stopped (\d+) processes of an earlier run \(pid (\d+)\)", 120)
     assert int(stopped.group(2)) == first.pid
     again.wait_ready()
-    assert alive(recorded) == []
+    assert alive(recorded, data_dir) == []
 
     # when it is stopped with SIGTERM, it stops everything it started, says so, and exits 0
     running = again.record()
@@ -171,5 +171,5 @@ def test_run_refuses_a_second_start_survives_ray_dying_and_leaves_no_orphans(
     again.signal(signal.SIGTERM)
     assert again.wait_exit(STOP_TIMEOUT_S) == 0, again.output
     assert re.search(r"Stopped .*nothing left running", again.output), again.output
-    assert alive(running) == []
+    assert alive(running, data_dir) == []
     wait_until(lambda: not (data_dir / "run" / "processes.json").exists(), 5, "the record removed")

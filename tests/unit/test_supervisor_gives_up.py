@@ -26,6 +26,7 @@ class FakeRay:
         self.starts = 0
         self.up = False
         self.sid = 4242
+        self.sessions = [4242]
         self.address = "127.0.0.1:6000"
 
     def failure(self) -> str | None:
@@ -62,8 +63,31 @@ class Table:
     def session_members(self, sid: int) -> list[int]:
         return []
 
+    def start_time(self, pid: int) -> int | None:
+        return None
 
-def _supervisor(tmp_path: Path, ray: FakeRay, lines: list[tuple[str, bool]]) -> Supervisor:
+    def env_var(self, pid: int, name: str) -> str | None:
+        return None
+
+
+class DeadBroker:
+    """An embedded broker found dead; start() brings it back as pid 5150."""
+
+    def __init__(self) -> None:
+        self.running = False
+        self.pid = 0
+        self.bootstrap = "127.0.0.1:9092"
+
+    def stop(self) -> None:
+        self.running = False
+
+    def start(self) -> None:
+        self.running, self.pid = True, 5150
+
+
+def _supervisor(
+    tmp_path: Path, ray: FakeRay, lines: list[tuple[str, bool]], broker: DeadBroker | None = None
+) -> Supervisor:
     settings = Settings(_env_file=None, data_dir=tmp_path, database_url=SecretStr(NO_DATABASE))  # type: ignore[call-arg]
     return Supervisor(
         settings,
@@ -73,6 +97,7 @@ def _supervisor(tmp_path: Path, ray: FakeRay, lines: list[tuple[str, bool]]) -> 
         ray,  # type: ignore[arg-type]
         FakeDeployer(),  # type: ignore[arg-type]
         lambda text, good: lines.append((text, good)),
+        broker=broker,  # type: ignore[arg-type]
         policy=RestartPolicy(max_failures=3, base_s=0.0, max_s=0.0),
     )
 
@@ -100,3 +125,12 @@ def test_a_restart_that_works_after_two_failures_is_announced(tmp_path: Path) ->
     text, good = lines[-1]
     assert good and text.startswith("Ray and the pipeline are back in ") and text.endswith("(8 partition owners)")
     assert RunDir(tmp_path).read().ray_address == "127.0.0.1:6000"  # `eventpipe status` finds the new Ray
+
+
+def test_a_restarted_broker_is_recorded_before_anything_else_can_fail(tmp_path: Path) -> None:
+    # given a dead broker that restarts, and a Ray that then never comes back
+    lines: list[tuple[str, bool]] = []
+    with pytest.raises(Unrecoverable):
+        _supervisor(tmp_path, FakeRay(failures=10), lines, DeadBroker()).watch(lambda: False)
+    # then the record on disk names the new broker: a next start knows it even though this run died right after
+    assert [(p.role, p.pid) for p in RunDir(tmp_path).read().processes] == [("broker", 5150)]
