@@ -115,6 +115,14 @@ class EmbeddedBroker:
     def bootstrap(self) -> str:
         return f"{LOCALHOST}:{self.port}"
 
+    @staticmethod
+    def bootstrap_of(cmdline: tuple[str, ...]) -> str | None:
+        """The address a broker started with `cmdline` (by start()) listens on; None for another command."""
+        for flag, value in zip(cmdline, cmdline[1:], strict=False):
+            if flag == "--listener-url" and value.startswith("tcp://"):
+                return value.removeprefix("tcp://")
+        return None
+
     @property
     def pid(self) -> int:
         if self._proc is None or self._proc.poll() is not None:
@@ -234,6 +242,11 @@ class EmbeddedPostgres:
     @property
     def url(self) -> str:
         return f"postgresql://postgres@{LOCALHOST}:{self.port}/{self.database}"
+
+    def live_url(self) -> str | None:
+        """The URL of a server already running on this data dir (an earlier run's, say), None when none is."""
+        port = self._live_tcp_port()
+        return None if port is None else f"postgresql://postgres@{LOCALHOST}:{port}/{self.database}"
 
     def admin_url(self) -> str:
         """URL of the maintenance database `postgres`, for CREATE/DROP DATABASE."""

@@ -24,7 +24,8 @@ from rich.text import Text
 
 from cluster.adapters.migrations import migrate
 from cluster.deploy import SERVE_ENV
-from cluster.local import EmbeddedStartError, LocalStack
+from cluster.local import EmbeddedBroker, EmbeddedPostgres, EmbeddedStartError, LocalStack
+from cluster.observability.lag import HighWatermarks, watermark_consumer_config
 from cluster.observability.redact import mask_credentials
 from cluster.ray_head import JoinedRay, RayHead, RayStartError, auth_env
 from cluster.run_record import (
@@ -41,7 +42,15 @@ from cluster.run_record import (
     stop_processes,
 )
 from cluster.settings import SECRET_FIELDS, Settings
-from cluster.supervisor import Deployer, DeployError, Supervisor, Unrecoverable
+from cluster.supervisor import (
+    Deployer,
+    DeployError,
+    Supervisor,
+    Unrecoverable,
+    read_checkpoints,
+    read_log_ends,
+    report_loss,
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,14 +164,22 @@ def run(settings: Settings, console: Console) -> int:
         run_dir.unlock()
 
 
-def _stop_leftovers(run_dir: RunDir, table: ProcTable, out: Terminal) -> bool:
+def _stop_leftovers(run_dir: RunDir, table: ProcTable, out: Terminal, settings: Settings) -> bool:
     """Stop what the record of an earlier run still names; False (the record kept, survivors named) when some of it
-    would not stop: starting next to them would fight over ports and data."""
+    would not stop: starting next to them would fight over ports and data.
+
+    In order: its Ray first (its API kept acknowledging events into its broker after the run died; once Ray is gone
+    nothing more is acknowledged or committed), then the loss in its memory-only broker counted and said, then the
+    broker and PostgreSQL."""
     previous = run_dir.read()
     leftovers = still_ours(previous, table, run_dir.path.parent)
     if not leftovers:
         return True
-    stop_processes(leftovers, table)
+    stop_processes([p for p in leftovers if p.role == Role.RAY], table)
+    broker = next((p for p in leftovers if p.role == Role.BROKER and is_running(p, table)), None)
+    if broker is not None:
+        _report_leftover_loss(broker, settings, out)
+    stop_processes([p for p in leftovers if p.role != Role.RAY], table)
     survivors = [p for p in leftovers if is_running(p, table)]
     if survivors:
         out.item(
@@ -182,6 +199,30 @@ def _stop_leftovers(run_dir: RunDir, table: ProcTable, out: Terminal) -> bool:
     return True
 
 
+def _report_leftover_loss(broker: RecordedProcess, settings: Settings, out: Terminal) -> None:
+    """The `LOST:` line for an earlier run's embedded broker about to be stopped: its log ends against the committed
+    checkpoints (its Ray is stopped: both are final)."""
+    bootstrap = EmbeddedBroker.bootstrap_of(broker.cmdline)
+    db_url = settings.database_url.get_secret_value() or EmbeddedPostgres(settings.data_dir).live_url()
+    checkpoints = read_checkpoints(db_url) if db_url else None
+    if bootstrap is None or checkpoints is None:
+        out.event("LOST: unknown — the earlier run's broker or checkpoints could not be read; stopping it", False)
+        return
+    committed = {tp: offset for tp, (offset, _) in checkpoints.items()}
+    watermarks = HighWatermarks(watermark_consumer_config(bootstrap) | {"logger": log})
+    try:
+        highs = read_log_ends(watermarks, settings, committed, timeout_s=10.0)
+    finally:
+        watermarks.close()
+    report_loss(
+        out.event,
+        highs,
+        committed,
+        log_ends="the earlier run's broker's log ends",
+        unknown="the earlier run's broker did not answer; stopping it",
+    )
+
+
 def _record_started(run_dir: RunDir, record: RunRecord, table: ProcTable, role: str, pid: int) -> None:
     """Record a process the moment it exists: a SIGKILL of this run right after must leave nothing unknown."""
     stop_signal = signal.SIGINT if role == Role.POSTGRES else signal.SIGTERM
@@ -197,7 +238,7 @@ def _record_sessions(run_dir: RunDir, record: RunRecord, sessions: list[int]) ->
 def _run_locked(settings: Settings, run_dir: RunDir, out: Terminal) -> int:
     table = ProcTable()
     signals = StopSignals()
-    if not _stop_leftovers(run_dir, table, out):
+    if not _stop_leftovers(run_dir, table, out, settings):
         return EXIT_LEFTOVERS_SURVIVE
     record = RunRecord(supervisor_pid=os.getpid())
     run_dir.write(record)

@@ -265,25 +265,13 @@ class Supervisor:
         self.say(f"{what} {budget.failures} of {self._policy.max_failures} failed: {first}", False)
 
     def _report_loss(self) -> None:
-        committed = self._committed()
-        lost = lost_with_the_log(self._highs, committed)
-        total = sum(r.count for r in lost)
-        if not self._highs:
-            self.say("LOST: unknown — the broker died before its log ends were ever read", False)
-        elif total == 0:
-            self.say(
-                f"no loss found: the broker's last reported log ends (read every {WATERMARKS_EVERY_S:g}s) were all"
-                " committed",
-                True,
-            )
-        else:
-            where = "; ".join(str(r) for r in lost)
-            self.say(
-                f"LOST: at least {total} acknowledged events were still only in the broker's memory log and are gone"
-                f" ({where}); their clients were told 202",
-                False,
-            )
-        log.warning("broker died", extra={"lost_events": total, "lost": [str(r) for r in lost]})
+        report_loss(
+            self.say,
+            self._highs,
+            self._committed(),
+            log_ends=f"the broker's last reported log ends (read every {WATERMARKS_EVERY_S:g}s)",
+            unknown="the broker died before its log ends were ever read",
+        )
 
     def _report_first_commit(self) -> None:
         if self._waiting_commit is None:
@@ -299,15 +287,7 @@ class Supervisor:
     # -- bookkeeping -----------------------------------------------------------------------------------------
     def _checkpoints(self) -> dict[Partition, tuple[int, float]]:
         """Committed next offset and the time of its commit (epoch seconds), per partition; empty when unreadable."""
-        try:
-            with psycopg.connect(self._db_url, autocommit=True, connect_timeout=5) as conn:
-                rows = conn.execute(
-                    "SELECT topic, partition, next_offset, extract(epoch FROM updated_at) FROM partition_checkpoints"
-                ).fetchall()
-        except psycopg.Error as exc:
-            log.warning("checkpoints not readable: %s", exc)
-            return {}
-        return {(str(t), int(p)): (int(o), float(at)) for t, p, o, at in rows}
+        return read_checkpoints(self._db_url) or {}
 
     def _committed(self) -> dict[Partition, int]:
         return {tp: offset for tp, (offset, _) in self._checkpoints().items()}
@@ -319,10 +299,7 @@ class Supervisor:
         if self._watermarks is None:
             # librdkafka logs through `log` (to the log files), not to the terminal's stderr
             self._watermarks = HighWatermarks(watermark_consumer_config(broker.bootstrap) | {"logger": log})
-        committed = self._committed()
-        owned = [(t, p) for t in self.settings.owned_topics() for p in range(self.settings.partitions)]
-        positions = {tp: committed.get(tp, 0) for tp in owned}
-        for tp, high in self._watermarks.read(positions, timeout_s=1.0).items():
+        for tp, high in read_log_ends(self._watermarks, self.settings, self._committed(), timeout_s=1.0).items():
             self._highs[tp] = max(high, self._highs.get(tp, 0))
 
     def _record_broker(self, broker: EmbeddedBroker) -> None:
@@ -335,3 +312,48 @@ class Supervisor:
         self.record.processes = fixed + self.ray.processes()
         self.record.ray_sessions = list(self.ray.sessions)
         self.run_dir.write(self.record)
+
+
+# -- what a memory-only broker takes with it (also read by a start that finds an earlier run's broker) -------------
+def read_checkpoints(db_url: str) -> dict[Partition, tuple[int, float]] | None:
+    """Committed next offset and the time of its commit (epoch seconds), per partition; None when unreadable."""
+    try:
+        with psycopg.connect(db_url, autocommit=True, connect_timeout=5) as conn:
+            rows = conn.execute(
+                "SELECT topic, partition, next_offset, extract(epoch FROM updated_at) FROM partition_checkpoints"
+            ).fetchall()
+    except psycopg.Error as exc:
+        log.warning("checkpoints not readable: %s", exc)
+        return None
+    return {(str(t), int(p)): (int(o), float(at)) for t, p, o, at in rows}
+
+
+def read_log_ends(
+    watermarks: HighWatermarks, settings: Settings, committed: dict[Partition, int], timeout_s: float
+) -> dict[Partition, int]:
+    """The broker's high watermark of every owned partition that answered within timeout_s."""
+    owned = [(t, p) for t in settings.owned_topics() for p in range(settings.partitions)]
+    return watermarks.read({tp: committed.get(tp, 0) for tp in owned}, timeout_s=timeout_s)
+
+
+def report_loss(
+    say: Say, highs: dict[Partition, int], committed: dict[Partition, int], log_ends: str, unknown: str
+) -> int:
+    """Say how many acknowledged events a memory-only broker's log held above the committed checkpoints (the `LOST:`
+    line), or that none did (`log_ends`: which reading of its log ends that is), or that nobody knows (`unknown`:
+    why). Returns the count."""
+    lost = lost_with_the_log(highs, committed)
+    total = sum(r.count for r in lost)
+    if not highs:
+        say(f"LOST: unknown — {unknown}", False)
+    elif total == 0:
+        say(f"no loss found: {log_ends} were all committed", True)
+    else:
+        where = "; ".join(str(r) for r in lost)
+        say(
+            f"LOST: at least {total} acknowledged events were still only in the broker's memory log and are gone"
+            f" ({where}); their clients were told 202",
+            False,
+        )
+    log.warning("broker died", extra={"lost_events": total, "lost": [str(r) for r in lost]})
+    return total
