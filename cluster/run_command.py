@@ -340,15 +340,33 @@ def _stop_all(
     table: ProcTable,
     out: Terminal,
 ) -> None:
+    # Each step runs even when the one before it failed: the final sweep by the record must always run.
     t0 = time.monotonic()
-    with out.console.status("stopping: API, then draining partition owners, then Ray…"):
-        if supervisor is not None:
-            supervisor.stop_ray(drain=True)
-            supervisor.close()
-    t1 = time.monotonic()
-    with out.console.status("stopping the broker and PostgreSQL…"):
-        stack.__exit__(None, None, None)
-    t2 = time.monotonic()
+    try:
+        with out.console.status("stopping: API, then draining partition owners, then Ray…"):
+            if supervisor is not None:
+                try:
+                    supervisor.stop_ray(drain=True)
+                finally:
+                    supervisor.close()
+    finally:
+        t1 = time.monotonic()
+        try:
+            with out.console.status("stopping the broker and PostgreSQL…"):
+                stack.__exit__(None, None, None)
+        finally:
+            t2 = time.monotonic()
+            _sweep(
+                run_dir,
+                record,
+                table,
+                out,
+                f"pipeline and Ray in {t1 - t0:.1f}s, broker and PostgreSQL in {t2 - t1:.1f}s",
+            )
+
+
+def _sweep(run_dir: RunDir, record: RunRecord, table: ProcTable, out: Terminal, took: str) -> None:
+    """Stop whatever the record still names (what an earlier step failed to stop); the record is kept if any stays."""
     left = still_ours(record, table, run_dir.path.parent)
     if left:
         stop_processes(left, table, grace_s=5.0)
@@ -358,7 +376,6 @@ def _stop_all(
         run_dir.write(record)
         return
     run_dir.record_path.unlink(missing_ok=True)
-    took = f"pipeline and Ray in {t1 - t0:.1f}s, broker and PostgreSQL in {t2 - t1:.1f}s"
     out.item("Stopped", took, "(nothing left running)")
     out.console.print(f"  data kept in {_shown(run_dir.path.parent)}")
 

@@ -77,7 +77,12 @@ class Deployer:
         lines = done.stdout.decode(errors="replace").strip().splitlines()
         if done.returncode != 0 or not lines:
             raise DeployError(f"`deploy {action}` failed ({done.returncode}); see {self.log_path}")
-        result: dict[str, Any] = json.loads(lines[-1])
+        try:
+            result: dict[str, Any] = json.loads(lines[-1])
+        except ValueError:
+            raise DeployError(f"`deploy {action}` ended without its JSON result; see {self.log_path}") from None
+        if not isinstance(result, dict):
+            raise DeployError(f"`deploy {action}` ended without its JSON result; see {self.log_path}")
         return result
 
     def up(self) -> Deployed:
@@ -122,6 +127,7 @@ class Supervisor:
         # When a failure happened (wall clock) and the committed offsets then: the first advance is "resumed".
         self._waiting_commit: tuple[float, dict[Partition, int]] | None = None
         self.deployed: Deployed | None = None
+        self._stop_requested: Callable[[], bool] = lambda: False
 
     # -- start and stop --------------------------------------------------------------------------------------
     def start_ray_and_pipeline(self) -> Deployed:
@@ -149,7 +155,9 @@ class Supervisor:
 
     # -- the loop --------------------------------------------------------------------------------------------
     def watch(self, stop_requested: Callable[[], bool]) -> None:
-        """Until a stop is requested; raises Unrecoverable when a component cannot be brought back."""
+        """Until a stop is requested; raises Unrecoverable when a component cannot be brought back. A stop requested
+        while something is being restarted ends the restarts before their next attempt."""
+        self._stop_requested = stop_requested
         while not stop_requested():
             now = self._clock()
             self._check_postgres(now)
@@ -182,7 +190,8 @@ class Supervisor:
         while True:
             if budget.exhausted:
                 raise Unrecoverable(f"{cause}; {budget.failures} restarts in a row failed")
-            time.sleep(budget.backoff_s())
+            if not self._wait_before_attempt(budget):
+                return
             try:
                 self.ray.stop()  # what is left of it: raylet, workers, HAProxy
                 deployed = self.start_ray_and_pipeline()
@@ -215,7 +224,8 @@ class Supervisor:
         while True:
             if budget.exhausted:
                 raise Unrecoverable(f"the embedded broker died; {budget.failures} restarts in a row failed")
-            time.sleep(budget.backoff_s())
+            if not self._wait_before_attempt(budget):
+                return
             try:
                 broker.stop()
                 broker.start()
@@ -243,7 +253,8 @@ class Supervisor:
         while True:
             if budget.exhausted:
                 raise Unrecoverable(f"the embedded PostgreSQL died; {budget.failures} restarts in a row failed")
-            time.sleep(budget.backoff_s())
+            if not self._wait_before_attempt(budget):
+                return
             try:
                 self.postgres = self._restart_postgres(pg)
             except (RuntimeError, OSError, psycopg.Error, subprocess.SubprocessError) as exc:
@@ -256,6 +267,13 @@ class Supervisor:
         self._write_record()
         self.say("PostgreSQL is back; the pipeline reconnects by itself", True)
         self._waiting_commit = (time.time() - (self._clock() - now), self._committed())
+
+    def _wait_before_attempt(self, budget: RestartBudget) -> bool:
+        """Wait out the backoff before a restart attempt; False (no attempt) once a stop is requested."""
+        if self._stop_requested():
+            return False
+        time.sleep(budget.backoff_s())
+        return not self._stop_requested()
 
     # -- what the terminal is told ---------------------------------------------------------------------------
     def _failed_restart(self, what: str, budget: RestartBudget, exc: Exception) -> None:

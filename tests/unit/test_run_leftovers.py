@@ -83,3 +83,38 @@ def test_an_earlier_runs_ray_is_stopped_before_its_brokers_loss_is_read_and_the_
     assert _stop_leftovers(run_dir, table, out, _settings(tmp_path)) is True  # type: ignore[arg-type]
     # then nothing more is acknowledged or committed before the loss is counted, and the broker goes last
     assert steps == ["stop ray", "loss 100", "stop broker"]
+
+
+class FailingSupervisor:
+    def stop_ray(self, drain: bool) -> None:
+        raise RuntimeError("the drain broke")
+
+    def close(self) -> None:
+        pass
+
+
+class FailingStack:
+    def __exit__(self, *exc: object) -> None:
+        raise RuntimeError("pg_ctl broke")
+
+
+def test_the_final_sweep_runs_even_when_every_stop_step_before_it_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a run whose supervisor and stack both fail to stop, with a recorded process still running
+    run_dir = RunDir(tmp_path)
+    record = RunRecord(supervisor_pid=77, processes=[WORKER])
+    table = FakeTable({301: WORKER.cmdline})
+    swept: list[list[int]] = []
+
+    def stop(processes: list[RecordedProcess], table: FakeTable, grace_s: float) -> list[RecordedProcess]:
+        swept.append([p.pid for p in processes])
+        table.cmdlines.clear()
+        return []
+
+    monkeypatch.setattr(run_command, "stop_processes", stop)
+    out, buffer = _terminal()
+    with pytest.raises(RuntimeError):
+        run_command._stop_all(FailingStack(), FailingSupervisor(), run_dir, record, table, out)  # type: ignore[arg-type]
+    # then the sweep by the record still stopped what was left
+    assert swept == [[301]] and "nothing left running" in buffer.getvalue()

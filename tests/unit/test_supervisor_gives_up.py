@@ -3,17 +3,19 @@ and restarted; three failed restarts in a row end the run with the reason; a res
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
+from cluster import supervisor
 from cluster.ray_head import RayStartError
 from cluster.restart_policy import RestartPolicy
 from cluster.run_record import RecordedProcess, RunDir, RunRecord
 from cluster.settings import Settings
-from cluster.supervisor import Deployed, Supervisor, Unrecoverable
+from cluster.supervisor import Deployed, Deployer, DeployError, Supervisor, Unrecoverable
 
 NO_DATABASE = "postgresql://nobody@127.0.0.1:1/none"  # refused at once: checkpoints unknown
 
@@ -119,8 +121,7 @@ def test_three_failed_ray_restarts_in_a_row_end_the_run_with_the_reason(tmp_path
 def test_a_restart_that_works_after_two_failures_is_announced(tmp_path: Path) -> None:
     lines: list[tuple[str, bool]] = []
     ray = FakeRay(failures=2)
-    ticks = iter([False, True])
-    _supervisor(tmp_path, ray, lines).watch(lambda: next(ticks))
+    _supervisor(tmp_path, ray, lines).watch(lambda: ray.up)  # stop once Ray is back
     assert ray.up and ray.starts == 3
     text, good = lines[-1]
     assert good and text.startswith("Ray and the pipeline are back in ") and text.endswith("(8 partition owners)")
@@ -134,3 +135,23 @@ def test_a_restarted_broker_is_recorded_before_anything_else_can_fail(tmp_path: 
         _supervisor(tmp_path, FakeRay(failures=10), lines, DeadBroker()).watch(lambda: False)
     # then the record on disk names the new broker: a next start knows it even though this run died right after
     assert [(p.role, p.pid) for p in RunDir(tmp_path).read().processes] == [("broker", 5150)]
+
+
+def test_a_stop_requested_while_ray_restarts_ends_the_restarts_before_the_next_attempt(tmp_path: Path) -> None:
+    # given a Ray that keeps failing to start, and a Ctrl-C that arrives after the first failed attempt
+    lines: list[tuple[str, bool]] = []
+    ray = FakeRay(failures=10)
+    _supervisor(tmp_path, ray, lines).watch(lambda: ray.starts >= 1)  # returns: no Unrecoverable, no more attempts
+    assert ray.starts == 1
+
+
+def test_a_deploy_that_ends_without_its_json_result_is_a_deploy_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given `python -m cluster.deploy up` that exits 0 but prints a log line last instead of its JSON result
+    def run(*args: Any, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.CompletedProcess(args, 0, b'{"owners": 8}\nWARNING something\n', None)
+
+    monkeypatch.setattr(supervisor.subprocess, "run", run)
+    with pytest.raises(DeployError, match="ended without its JSON result"):
+        Deployer({}, tmp_path / "deploy.log").up()
