@@ -81,6 +81,10 @@ class ProcessTable(Protocol):
         """When the process started (clock ticks since boot), None when no such process."""
         ...
 
+    def parent(self, pid: int) -> int | None:
+        """The parent's pid, None when no such process."""
+        ...
+
     def env_var(self, pid: int, name: str) -> str | None:
         """The value of `name` in the process's initial environment, None when unset or unreadable."""
         ...
@@ -114,13 +118,21 @@ class ProcTable:
         return members
 
     def start_time(self, pid: int) -> int | None:
+        return self._stat_field(pid, 22)
+
+    def parent(self, pid: int) -> int | None:
+        return self._stat_field(pid, 4)
+
+    @staticmethod
+    def _stat_field(pid: int, number: int) -> int | None:
+        """Field `number` of /proc/<pid>/stat as proc(5) counts them (1 = pid, 4 = ppid, 22 = starttime)."""
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             return None
-        # after the command name: field 3 (state) is at index 0, so field 22 (starttime) at index 19
+        # after the command name (which may hold spaces and parentheses): field 3 (state) is at index 0
         fields = stat.rpartition(")")[2].split()
-        return int(fields[19]) if len(fields) > 19 else None
+        return int(fields[number - 3]) if len(fields) > number - 3 else None
 
     def env_var(self, pid: int, name: str) -> str | None:
         try:
@@ -134,9 +146,24 @@ class ProcTable:
         return None
 
 
-def observe(role: str, pid: int, table: ProcessTable, stop_signal: int = signal.SIGTERM) -> RecordedProcess:
-    """The record of a live process: its command line and start time as they are now."""
-    return RecordedProcess(role, pid, table.cmdline(pid) or (), stop_signal, table.start_time(pid))
+def observe(
+    role: str,
+    pid: int,
+    table: ProcessTable,
+    stop_signal: int = signal.SIGTERM,
+    wait_s: float = 2.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RecordedProcess:
+    """The record of a live process: its command line and start time as they are now. A child that Popen just
+    returned is past exec but shows no command line for a moment (the kernel sets it up after closing the pipe
+    Popen waits on): wait up to wait_s for it, as a record with an empty one would never match again."""
+    cmdline = table.cmdline(pid)
+    for _ in range(int(wait_s / 0.005)):
+        if cmdline is not None or table.start_time(pid) is None:
+            break
+        sleep(0.005)
+        cmdline = table.cmdline(pid)
+    return RecordedProcess(role, pid, cmdline or (), stop_signal, table.start_time(pid))
 
 
 def is_running(p: RecordedProcess, table: ProcessTable) -> bool:
@@ -151,13 +178,18 @@ def _runs_for(pid: int, table: ProcessTable, data_dir: Path) -> bool:
 
 
 def session_processes(sid: int, table: ProcessTable, data_dir: Path) -> list[RecordedProcess]:
-    """The live members of Ray session `sid` started for the run in `data_dir` (they carry its DATA_DIR_VAR): a
-    session id is a pid, reusable by anyone once its session is empty."""
-    out = []
-    for pid in table.session_members(sid):
-        if table.cmdline(pid) is not None and _runs_for(pid, table, data_dir):
-            out.append(observe(Role.RAY, pid, table))
-    return out
+    """The live members of Ray session `sid` started for the run in `data_dir`: those that carry its DATA_DIR_VAR (a
+    session id is a pid, reusable by anyone once its session is empty) and the children of those. A child counts
+    on its own because a long process title (setproctitle) overwrites the environment /proc shows: Ray's
+    dashboard modules (`ray-dashboard-NodeHead-0 (...)`) show none."""
+    members = [pid for pid in table.session_members(sid) if table.cmdline(pid) is not None]
+    ours = {pid for pid in members if _runs_for(pid, table, data_dir)}
+    grew = True
+    while grew:
+        adopted = {pid for pid in members if pid not in ours and table.parent(pid) in ours}
+        ours |= adopted
+        grew = bool(adopted)
+    return [observe(Role.RAY, pid, table) for pid in members if pid in ours]
 
 
 def still_ours(record: RunRecord, table: ProcessTable, data_dir: Path) -> list[RecordedProcess]:

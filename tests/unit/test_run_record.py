@@ -29,6 +29,8 @@ from cluster.run_record import (
     RunDir,
     RunRecord,
     describe,
+    is_running,
+    observe,
     still_ours,
     stop_processes,
 )
@@ -49,11 +51,13 @@ class FakeTable:
         sessions: dict[int, list[int]] | None = None,
         starts: dict[int, int] | None = None,
         environs: dict[int, dict[str, str]] | None = None,
+        parents: dict[int, int] | None = None,
     ) -> None:
         self.cmdlines = cmdlines
         self.sessions = sessions or {}
         self.starts = starts or {}
         self.environs = environs or {}
+        self.parents = parents or {}
 
     def cmdline(self, pid: int) -> tuple[str, ...] | None:
         return self.cmdlines.get(pid)
@@ -66,6 +70,9 @@ class FakeTable:
 
     def env_var(self, pid: int, name: str) -> str | None:
         return self.environs.get(pid, {}).get(name) if pid in self.cmdlines else None
+
+    def parent(self, pid: int) -> int | None:
+        return self.parents.get(pid, 1) if pid in self.cmdlines else None
 
 
 BROKER = RecordedProcess(
@@ -103,6 +110,18 @@ def test_a_process_of_a_recorded_ray_session_is_ours_even_if_the_record_missed_i
     assert [(p.role, p.pid, p.start_time) for p in found] == [(Role.RAY, 300, 3000), (Role.RAY, 301, 3010)]
 
 
+def test_a_child_of_our_ray_process_is_ours_though_its_title_hides_its_environment() -> None:
+    # given the dashboard (ours) and its module processes, whose long titles overwrote what /proc shows as environment
+    table = FakeTable(
+        {310: ("dashboard.py",), 311: ("ray-dashboard-NodeHead-0 (...)",), 312: ("ray-dashboard-x-0 (...)",)},
+        {42: [310, 311, 312]},
+        environs={310: OURS},
+        parents={311: 310, 312: 311},
+    )
+    found = still_ours(RunRecord(1, ray_sessions=[42]), table, DATA_DIR)
+    assert [p.pid for p in found] == [310, 311, 312]
+
+
 def test_a_reused_session_id_of_another_ray_on_the_host_is_not_ours() -> None:
     # given our session 42 emptied, and 42 now the session of another run's Ray, whose workers have our titles
     table = FakeTable(
@@ -136,8 +155,11 @@ def test_the_proc_table_reads_start_time_and_environment(tmp_path: Path) -> None
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
     try:
         table = ProcTable()
+        # right after exec the kernel shows neither command line nor environment for a moment: wait for them
+        wait_until(lambda: table.cmdline(proc.pid) == tuple(proc.args), 10, "the exec", interval_s=0.01)
         assert table.env_var(proc.pid, DATA_DIR_VAR) == str(tmp_path)
         assert table.env_var(proc.pid, "EVENTPIPE_NO_SUCH_VARIABLE") is None
+        assert table.parent(proc.pid) == os.getpid()
         started = table.start_time(proc.pid)
         assert started is not None and started >= (table.start_time(os.getpid()) or 0)
     finally:
@@ -246,16 +268,17 @@ def test_a_torn_record_records_nothing(tmp_path: Path) -> None:
     assert run_dir.read() == RunRecord()
 
 
-def test_the_embedded_broker_is_told_to_the_recorder_the_moment_it_exists(tmp_path: Path) -> None:
-    # given a stack that starts the broker only (PostgreSQL is given), with a recorder that looks at the process
-    seen: list[tuple[str, int, tuple[str, ...] | None]] = []
+def test_the_embedded_broker_is_recorded_the_moment_it_exists(tmp_path: Path) -> None:
+    # given a stack that starts the broker only (PostgreSQL is given), with a recorder as run_command's
+    seen: list[RecordedProcess] = []
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None, data_dir=tmp_path, database_url=SecretStr("postgresql://nobody@127.0.0.1:1/none")
     )
-    stack = LocalStack(settings, lambda role, pid: seen.append((role, pid, ProcTable().cmdline(pid))))
+    stack = LocalStack(settings, lambda role, pid: seen.append(observe(role, pid, ProcTable())))
     with stack:
-        # then it was told once, with the broker's pid, and the broker's own command line was already there
+        # then it was recorded once, with the broker's pid and its own command line (right after exec the kernel
+        # shows none for a moment: observe waits for it), and that record matches the running broker
         assert stack.broker is not None
-        assert [(role, pid) for role, pid, _ in seen] == [(Role.BROKER, stack.broker.pid)]
-        cmdline = seen[0][2]
-        assert cmdline is not None and Path(cmdline[0]).name == "tansu"
+        assert [(p.role, p.pid) for p in seen] == [(Role.BROKER, stack.broker.pid)]
+        assert Path(seen[0].cmdline[0]).name == "tansu"
+        assert is_running(seen[0], ProcTable())

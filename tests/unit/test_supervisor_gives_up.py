@@ -68,6 +68,9 @@ class Table:
     def start_time(self, pid: int) -> int | None:
         return None
 
+    def parent(self, pid: int) -> int | None:
+        return None
+
     def env_var(self, pid: int, name: str) -> str | None:
         return None
 
