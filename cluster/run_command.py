@@ -7,10 +7,12 @@ The terminal gets the friendly lines and the URLs; JSON logs go to files. It nev
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
 import os
+import shlex
 import signal
 import tempfile
 import time
@@ -22,7 +24,8 @@ from rich.text import Text
 
 from cluster.adapters.migrations import migrate
 from cluster.deploy import SERVE_ENV
-from cluster.local import EmbeddedStartError, LocalStack
+from cluster.local import EmbeddedBroker, EmbeddedPostgres, EmbeddedStartError, LocalStack
+from cluster.observability.lag import HighWatermarks, watermark_consumer_config
 from cluster.observability.redact import mask_credentials
 from cluster.ray_head import JoinedRay, RayHead, RayStartError, auth_env
 from cluster.run_record import (
@@ -33,11 +36,21 @@ from cluster.run_record import (
     RunDir,
     RunRecord,
     describe,
+    is_running,
+    observe,
     still_ours,
     stop_processes,
 )
 from cluster.settings import SECRET_FIELDS, Settings
-from cluster.supervisor import Deployer, DeployError, Supervisor, Unrecoverable
+from cluster.supervisor import (
+    Deployer,
+    DeployError,
+    Supervisor,
+    Unrecoverable,
+    read_checkpoints,
+    read_log_ends,
+    report_loss,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +61,7 @@ RAY_CORE_ENV = {"RAY_max_direct_call_object_size": str(8 * 1024 * 1024)}
 EXIT_ALREADY_RUNNING = 3
 EXIT_UNRECOVERABLE = 4
 EXIT_START_FAILED = 5
+EXIT_LEFTOVERS_SURVIVE = 6
 
 
 class Terminal:
@@ -150,38 +164,90 @@ def run(settings: Settings, console: Console) -> int:
         run_dir.unlock()
 
 
-def _stop_leftovers(run_dir: RunDir, table: ProcTable, out: Terminal) -> None:
+def _stop_leftovers(run_dir: RunDir, table: ProcTable, out: Terminal, settings: Settings) -> bool:
+    """Stop what the record of an earlier run still names; False (the record kept, survivors named) when some of it
+    would not stop: starting next to them would fight over ports and data.
+
+    In order: its Ray first (its API kept acknowledging events into its broker after the run died; once Ray is gone
+    nothing more is acknowledged or committed), then the loss in its memory-only broker counted and said, then the
+    broker and PostgreSQL."""
     previous = run_dir.read()
-    leftovers = still_ours(previous, table)
+    leftovers = still_ours(previous, table, run_dir.path.parent)
     if not leftovers:
-        return
-    stop_processes(leftovers, table)
-    gone = [p for p in leftovers if table.cmdline(p.pid) != p.cmdline]
+        return True
+    stop_processes([p for p in leftovers if p.role == Role.RAY], table)
+    broker = next((p for p in leftovers if p.role == Role.BROKER and is_running(p, table)), None)
+    if broker is not None:
+        _report_leftover_loss(broker, settings, out)
+    stop_processes([p for p in leftovers if p.role != Role.RAY], table)
+    survivors = [p for p in leftovers if is_running(p, table)]
+    if survivors:
+        out.item(
+            "Leftovers",
+            f"{len(survivors)} processes of an earlier run (pid {previous.supervisor_pid}) survived SIGKILL;"
+            " stop them, then start again",
+            ok=False,
+        )
+        for p in survivors:
+            out.console.print(f"  {p.role} pid {p.pid}: {shlex.join(p.cmdline)}", soft_wrap=True, markup=False)
+        return False
     out.item(
         "Leftovers",
-        f"stopped {len(gone)} processes of an earlier run (pid {previous.supervisor_pid}) that did not stop them",
+        f"stopped {len(leftovers)} processes of an earlier run (pid {previous.supervisor_pid}) that did not stop them",
         f"({describe(leftovers)})",
-        ok=len(gone) == len(leftovers),
     )
+    return True
+
+
+def _report_leftover_loss(broker: RecordedProcess, settings: Settings, out: Terminal) -> None:
+    """The `LOST:` line for an earlier run's embedded broker about to be stopped: its log ends against the committed
+    checkpoints (its Ray is stopped: both are final)."""
+    bootstrap = EmbeddedBroker.bootstrap_of(broker.cmdline)
+    db_url = settings.database_url.get_secret_value() or EmbeddedPostgres(settings.data_dir).live_url()
+    checkpoints = read_checkpoints(db_url) if db_url else None
+    if bootstrap is None or checkpoints is None:
+        out.event("LOST: unknown — the earlier run's broker or checkpoints could not be read; stopping it", False)
+        return
+    committed = {tp: offset for tp, (offset, _) in checkpoints.items()}
+    watermarks = HighWatermarks(watermark_consumer_config(bootstrap) | {"logger": log})
+    try:
+        highs = read_log_ends(watermarks, settings, committed, timeout_s=10.0)
+    finally:
+        watermarks.close()
+    report_loss(
+        out.event,
+        highs,
+        committed,
+        log_ends="the earlier run's broker's log ends",
+        unknown="the earlier run's broker did not answer; stopping it",
+    )
+
+
+def _record_started(run_dir: RunDir, record: RunRecord, table: ProcTable, role: str, pid: int) -> None:
+    """Record a process the moment it exists: a SIGKILL of this run right after must leave nothing unknown."""
+    stop_signal = signal.SIGINT if role == Role.POSTGRES else signal.SIGTERM
+    record.processes = [p for p in record.processes if p.role != role] + [observe(role, pid, table, stop_signal)]
+    run_dir.write(record)
+
+
+def _record_sessions(run_dir: RunDir, record: RunRecord, sessions: list[int]) -> None:
+    record.ray_sessions = sessions
+    run_dir.write(record)
 
 
 def _run_locked(settings: Settings, run_dir: RunDir, out: Terminal) -> int:
     table = ProcTable()
     signals = StopSignals()
-    _stop_leftovers(run_dir, table, out)
+    if not _stop_leftovers(run_dir, table, out, settings):
+        return EXIT_LEFTOVERS_SURVIVE
     record = RunRecord(supervisor_pid=os.getpid())
     run_dir.write(record)
     out.console.print(f"[bold]eventpipe[/] starting in {settings.data_dir} …")
-    stack = LocalStack(settings)
+    stack = LocalStack(settings, functools.partial(_record_started, run_dir, record, table))
     supervisor: Supervisor | None = None
     code = 0
     try:
         resolved = stack.__enter__()
-        if stack.broker is not None:
-            record.processes.append(_recorded(Role.BROKER, stack.broker.pid, table))
-        if stack.postgres is not None:
-            record.processes.append(_recorded(Role.POSTGRES, stack.postgres.pid, table, signal.SIGINT))
-        run_dir.write(record)
         url = resolved.database_url.get_secret_value()
         applied = migrate(url)
         out.item("PostgreSQL", url, f"({len(applied)} migrations applied now)" if applied else "(schema up to date)")
@@ -191,7 +257,14 @@ def _run_locked(settings: Settings, run_dir: RunDir, out: Terminal) -> int:
         head: RayHead | JoinedRay = (
             JoinedRay(resolved.ray_address)
             if resolved.ray_address
-            else RayHead(resolved.data_dir, env, resolved.dashboard_port, table, ray_temp_dir(resolved.data_dir))
+            else RayHead(
+                resolved.data_dir,
+                env,
+                resolved.dashboard_port,
+                table,
+                ray_temp_dir(resolved.data_dir),
+                functools.partial(_record_sessions, run_dir, record),
+            )
         )
         deployer = Deployer(env, resolved.data_dir.resolve() / "logs" / "deploy.log")
         supervisor = Supervisor(
@@ -267,31 +340,44 @@ def _stop_all(
     table: ProcTable,
     out: Terminal,
 ) -> None:
+    # Each step runs even when the one before it failed: the final sweep by the record must always run.
     t0 = time.monotonic()
-    with out.console.status("stopping: API, then draining partition owners, then Ray…"):
-        if supervisor is not None:
-            supervisor.stop_ray(drain=True)
-            supervisor.close()
-    t1 = time.monotonic()
-    with out.console.status("stopping the broker and PostgreSQL…"):
-        stack.__exit__(None, None, None)
-    t2 = time.monotonic()
-    left = still_ours(record, table)
+    try:
+        with out.console.status("stopping: API, then draining partition owners, then Ray…"):
+            if supervisor is not None:
+                try:
+                    supervisor.stop_ray(drain=True)
+                finally:
+                    supervisor.close()
+    finally:
+        t1 = time.monotonic()
+        try:
+            with out.console.status("stopping the broker and PostgreSQL…"):
+                stack.__exit__(None, None, None)
+        finally:
+            t2 = time.monotonic()
+            _sweep(
+                run_dir,
+                record,
+                table,
+                out,
+                f"pipeline and Ray in {t1 - t0:.1f}s, broker and PostgreSQL in {t2 - t1:.1f}s",
+            )
+
+
+def _sweep(run_dir: RunDir, record: RunRecord, table: ProcTable, out: Terminal, took: str) -> None:
+    """Stop whatever the record still names (what an earlier step failed to stop); the record is kept if any stays."""
+    left = still_ours(record, table, run_dir.path.parent)
     if left:
         stop_processes(left, table, grace_s=5.0)
-        left = [p for p in left if table.cmdline(p.pid) == p.cmdline]
+        left = [p for p in left if is_running(p, table)]
     if left:
         out.item("Stopped", f"but {len(left)} processes would not stop: {describe(left)}", ok=False)
         run_dir.write(record)
         return
     run_dir.record_path.unlink(missing_ok=True)
-    took = f"pipeline and Ray in {t1 - t0:.1f}s, broker and PostgreSQL in {t2 - t1:.1f}s"
     out.item("Stopped", took, "(nothing left running)")
     out.console.print(f"  data kept in {_shown(run_dir.path.parent)}")
-
-
-def _recorded(role: str, pid: int, table: ProcTable, stop_signal: int = signal.SIGTERM) -> RecordedProcess:
-    return RecordedProcess(role, pid, table.cmdline(pid) or (), stop_signal)
 
 
 def _restart_postgres(stack: LocalStack, table: ProcTable, dead: RecordedProcess) -> RecordedProcess:
@@ -299,4 +385,4 @@ def _restart_postgres(stack: LocalStack, table: ProcTable, dead: RecordedProcess
         raise RuntimeError("no embedded PostgreSQL to restart")
     stack.postgres.forget_dead_postmaster(dead.pid)
     stack.postgres.start()
-    return _recorded(Role.POSTGRES, stack.postgres.pid, table, signal.SIGINT)
+    return observe(Role.POSTGRES, stack.postgres.pid, table, signal.SIGINT)

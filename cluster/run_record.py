@@ -1,7 +1,8 @@
 """What `eventpipe run` started, kept under the data dir: one lock (one run per data dir) and one record of every
-process (pid and command line), so a later start can stop exactly the leftovers of a run that died.
+process (pid, start time and command line), so a later start can stop exactly the leftovers of a run that died.
 
-It never signals a process whose pid and command line are not both the recorded ones: pids are reused.
+It never signals a process whose pid, start time and command line are not all the recorded ones: pids are reused,
+and a Ray worker's title (`ray::IDLE`) is the same in every Ray on the host.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Protocol
 
 RUN_DIR = "run"
 LOCK_FILE = "lock"
 RECORD_FILE = "processes.json"
+# Every process of the run's Ray carries it (run_command.ray_env): it tells our Ray from another one on the host.
+DATA_DIR_VAR = "EVENTPIPE_DATA_DIR"
 
 
 class Role:
@@ -38,6 +41,8 @@ class RecordedProcess:
     cmdline: tuple[str, ...]
     # PostgreSQL shuts down fast on SIGINT (SIGTERM waits for every client); everything else stops on SIGTERM.
     stop_signal: int = signal.SIGTERM
+    # Clock ticks since boot (/proc/<pid>/stat field 22): a reused pid has a later one. None in an old record.
+    start_time: int | None = None
 
     @property
     def name(self) -> str:
@@ -72,6 +77,18 @@ class ProcessTable(Protocol):
         """Pids of the live processes of session `sid`."""
         ...
 
+    def start_time(self, pid: int) -> int | None:
+        """When the process started (clock ticks since boot), None when no such process."""
+        ...
+
+    def parent(self, pid: int) -> int | None:
+        """The parent's pid, None when no such process."""
+        ...
+
+    def env_var(self, pid: int, name: str) -> str | None:
+        """The value of `name` in the process's initial environment, None when unset or unreadable."""
+        ...
+
 
 class ProcTable:
     """ProcessTable read from Linux's /proc."""
@@ -100,23 +117,97 @@ class ProcTable:
                 members.append(int(entry))
         return members
 
+    def start_time(self, pid: int) -> int | None:
+        return self._stat_field(pid, 22)
 
-def still_ours(record: RunRecord, table: ProcessTable) -> list[RecordedProcess]:
-    """The recorded processes that still run the recorded command line (a reused pid runs something else), plus any
-    live process of a recorded Ray session that the record missed (started after its last update).
+    def parent(self, pid: int) -> int | None:
+        return self._stat_field(pid, 4)
 
-    A Ray session's id cannot be reused while one of its processes lives (Linux allocates no pid in use as a sid), so
-    a member of it is a process Ray started for that run.
+    @staticmethod
+    def _stat_field(pid: int, number: int) -> int | None:
+        """Field `number` of /proc/<pid>/stat as proc(5) counts them (1 = pid, 4 = ppid, 22 = starttime)."""
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        # after the command name (which may hold spaces and parentheses): field 3 (state) is at index 0
+        fields = stat.rpartition(")")[2].split()
+        return int(fields[number - 3]) if len(fields) > number - 3 else None
+
+    def env_var(self, pid: int, name: str) -> str | None:
+        try:
+            raw = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            return None  # gone, or another user's
+        prefix = name.encode() + b"="
+        for entry in raw.split(b"\0"):
+            if entry.startswith(prefix):
+                return entry[len(prefix) :].decode(errors="replace")
+        return None
+
+
+def observe(
+    role: str,
+    pid: int,
+    table: ProcessTable,
+    stop_signal: int = signal.SIGTERM,
+    wait_s: float = 2.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RecordedProcess:
+    """The record of a live process: its command line and start time as they are now. A child that Popen just
+    returned is past exec but shows no command line for a moment (the kernel sets it up after closing the pipe
+    Popen waits on): wait up to wait_s for it, as a record with an empty one would never match again."""
+    cmdline = table.cmdline(pid)
+    for _ in range(int(wait_s / 0.005)):
+        if cmdline is not None or table.start_time(pid) is None:
+            break
+        sleep(0.005)
+        cmdline = table.cmdline(pid)
+    return RecordedProcess(role, pid, cmdline or (), stop_signal, table.start_time(pid))
+
+
+def is_running(p: RecordedProcess, table: ProcessTable) -> bool:
+    """Whether the recorded process still runs: same pid, command line and (when recorded) start time."""
+    if table.cmdline(p.pid) != p.cmdline:
+        return False
+    return p.start_time is None or table.start_time(p.pid) == p.start_time
+
+
+def _runs_for(pid: int, table: ProcessTable, data_dir: Path) -> bool:
+    return table.env_var(pid, DATA_DIR_VAR) == str(Path(data_dir).resolve())
+
+
+def session_processes(sid: int, table: ProcessTable, data_dir: Path) -> list[RecordedProcess]:
+    """The live members of Ray session `sid` started for the run in `data_dir`: those that carry its DATA_DIR_VAR (a
+    session id is a pid, reusable by anyone once its session is empty) and the children of those. A child counts
+    on its own because a long process title (setproctitle) overwrites the environment /proc shows: Ray's
+    dashboard modules (`ray-dashboard-NodeHead-0 (...)`) show none."""
+    members = [pid for pid in table.session_members(sid) if table.cmdline(pid) is not None]
+    ours = {pid for pid in members if _runs_for(pid, table, data_dir)}
+    grew = True
+    while grew:
+        adopted = {pid for pid in members if pid not in ours and table.parent(pid) in ours}
+        ours |= adopted
+        grew = bool(adopted)
+    return [observe(Role.RAY, pid, table) for pid in members if pid in ours]
+
+
+def still_ours(record: RunRecord, table: ProcessTable, data_dir: Path) -> list[RecordedProcess]:
+    """The recorded processes that still run (same pid, start time and command line: a reused pid is another
+    process), plus any live member of a recorded Ray session that carries this run's data dir in its environment
+    (started after the record's last update). A recorded process without a start time (an older record) is ours
+    only when its command line matches and it carries the data dir too.
     """
     found: dict[int, RecordedProcess] = {}
     for p in record.processes:
-        if table.cmdline(p.pid) == p.cmdline:
-            found[p.pid] = p
+        if p.start_time is not None:
+            if is_running(p, table):
+                found[p.pid] = p
+        elif table.cmdline(p.pid) == p.cmdline and _runs_for(p.pid, table, data_dir):
+            found[p.pid] = replace(p, start_time=table.start_time(p.pid))
     for sid in record.ray_sessions:
-        for pid in table.session_members(sid):
-            cmdline = table.cmdline(pid)
-            if pid not in found and cmdline is not None:
-                found[pid] = RecordedProcess(Role.RAY, pid, cmdline)
+        for p in session_processes(sid, table, data_dir):
+            found.setdefault(p.pid, p)
     return sorted(found.values(), key=lambda p: (p.role, p.pid))
 
 
@@ -137,19 +228,19 @@ def stop_processes(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> list[RecordedProcess]:
-    """Send each process its stop signal, then SIGKILL those still running (same pid and command line) after
-    grace_s. Returns the processes that had to be killed."""
-    pending = [p for p in processes if table.cmdline(p.pid) == p.cmdline]
+    """Send each process its stop signal, then SIGKILL those still running (see is_running) after grace_s. Returns
+    the processes that had to be killed."""
+    pending = [p for p in processes if is_running(p, table)]
     for p in pending:
         _signal(p.pid, p.stop_signal)
     deadline = clock() + grace_s
     while pending and clock() < deadline:
         sleep(0.1)
-        pending = [p for p in pending if table.cmdline(p.pid) == p.cmdline]
+        pending = [p for p in pending if is_running(p, table)]
     for p in pending:
         _signal(p.pid, signal.SIGKILL)
     deadline = clock() + 5.0
-    while clock() < deadline and any(table.cmdline(p.pid) == p.cmdline for p in pending):
+    while clock() < deadline and any(is_running(p, table) for p in pending):
         sleep(0.05)
     return pending
 
@@ -210,7 +301,13 @@ class RunDir:
         except (OSError, ValueError):
             return RunRecord()  # a torn or foreign file records nothing we could trust
         processes = [
-            RecordedProcess(p["role"], int(p["pid"]), tuple(p["cmdline"]), int(p.get("stop_signal", signal.SIGTERM)))
+            RecordedProcess(
+                p["role"],
+                int(p["pid"]),
+                tuple(p["cmdline"]),
+                int(p.get("stop_signal", signal.SIGTERM)),
+                None if p.get("start_time") is None else int(p["start_time"]),  # absent in an older record
+            )
             for p in data.get("processes", [])
         ]
         return RunRecord(

@@ -25,7 +25,7 @@ from cluster.local import EmbeddedBroker
 from cluster.observability.lag import HighWatermarks, Partition, watermark_consumer_config
 from cluster.ray_head import JoinedRay, RayHead
 from cluster.restart_policy import RestartBudget, RestartPolicy, lost_with_the_log
-from cluster.run_record import ProcessTable, RecordedProcess, Role, RunDir, RunRecord
+from cluster.run_record import ProcessTable, RecordedProcess, Role, RunDir, RunRecord, observe
 from cluster.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,12 @@ class Deployer:
         lines = done.stdout.decode(errors="replace").strip().splitlines()
         if done.returncode != 0 or not lines:
             raise DeployError(f"`deploy {action}` failed ({done.returncode}); see {self.log_path}")
-        result: dict[str, Any] = json.loads(lines[-1])
+        try:
+            result: dict[str, Any] = json.loads(lines[-1])
+        except ValueError:
+            raise DeployError(f"`deploy {action}` ended without its JSON result; see {self.log_path}") from None
+        if not isinstance(result, dict):
+            raise DeployError(f"`deploy {action}` ended without its JSON result; see {self.log_path}")
         return result
 
     def up(self) -> Deployed:
@@ -122,12 +127,12 @@ class Supervisor:
         # When a failure happened (wall clock) and the committed offsets then: the first advance is "resumed".
         self._waiting_commit: tuple[float, dict[Partition, int]] | None = None
         self.deployed: Deployed | None = None
+        self._stop_requested: Callable[[], bool] = lambda: False
 
     # -- start and stop --------------------------------------------------------------------------------------
     def start_ray_and_pipeline(self) -> Deployed:
         self.ray.start()
         self.deployer.env["EVENTPIPE_RAY_ADDRESS"] = self.record.ray_address = self.ray.address
-        self.record.ray_sessions = sorted({*self.record.ray_sessions, *([self.ray.sid] if self.ray.sid else [])})
         self._write_record()
         self.deployed = self.deployer.up()
         self._write_record()
@@ -150,7 +155,9 @@ class Supervisor:
 
     # -- the loop --------------------------------------------------------------------------------------------
     def watch(self, stop_requested: Callable[[], bool]) -> None:
-        """Until a stop is requested; raises Unrecoverable when a component cannot be brought back."""
+        """Until a stop is requested; raises Unrecoverable when a component cannot be brought back. A stop requested
+        while something is being restarted ends the restarts before their next attempt."""
+        self._stop_requested = stop_requested
         while not stop_requested():
             now = self._clock()
             self._check_postgres(now)
@@ -183,7 +190,8 @@ class Supervisor:
         while True:
             if budget.exhausted:
                 raise Unrecoverable(f"{cause}; {budget.failures} restarts in a row failed")
-            time.sleep(budget.backoff_s())
+            if not self._wait_before_attempt(budget):
+                return
             try:
                 self.ray.stop()  # what is left of it: raylet, workers, HAProxy
                 deployed = self.start_ray_and_pipeline()
@@ -216,18 +224,18 @@ class Supervisor:
         while True:
             if budget.exhausted:
                 raise Unrecoverable(f"the embedded broker died; {budget.failures} restarts in a row failed")
-            time.sleep(budget.backoff_s())
+            if not self._wait_before_attempt(budget):
+                return
             try:
                 broker.stop()
                 broker.start()
+                self._record_broker(broker)
             except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                 budget.failed()
                 self._failed_restart("broker restart", budget, exc)
                 continue
             break
         budget.restarted(self._clock())
-        self.record.processes = [p for p in self.record.processes if p.role != Role.BROKER]
-        self.record.processes.append(RecordedProcess(Role.BROKER, broker.pid, self.table.cmdline(broker.pid) or ()))
         self._highs = {}
         self.say(f"the broker is back on {broker.bootstrap}", True)
         self._restart_ray(now, "the embedded broker died", log_replaced=True)
@@ -245,7 +253,8 @@ class Supervisor:
         while True:
             if budget.exhausted:
                 raise Unrecoverable(f"the embedded PostgreSQL died; {budget.failures} restarts in a row failed")
-            time.sleep(budget.backoff_s())
+            if not self._wait_before_attempt(budget):
+                return
             try:
                 self.postgres = self._restart_postgres(pg)
             except (RuntimeError, OSError, psycopg.Error, subprocess.SubprocessError) as exc:
@@ -259,6 +268,13 @@ class Supervisor:
         self.say("PostgreSQL is back; the pipeline reconnects by itself", True)
         self._waiting_commit = (time.time() - (self._clock() - now), self._committed())
 
+    def _wait_before_attempt(self, budget: RestartBudget) -> bool:
+        """Wait out the backoff before a restart attempt; False (no attempt) once a stop is requested."""
+        if self._stop_requested():
+            return False
+        time.sleep(budget.backoff_s())
+        return not self._stop_requested()
+
     # -- what the terminal is told ---------------------------------------------------------------------------
     def _failed_restart(self, what: str, budget: RestartBudget, exc: Exception) -> None:
         """One line on the terminal (the error's first line); the whole error, log tails included, in the log."""
@@ -267,25 +283,13 @@ class Supervisor:
         self.say(f"{what} {budget.failures} of {self._policy.max_failures} failed: {first}", False)
 
     def _report_loss(self) -> None:
-        committed = self._committed()
-        lost = lost_with_the_log(self._highs, committed)
-        total = sum(r.count for r in lost)
-        if not self._highs:
-            self.say("LOST: unknown — the broker died before its log ends were ever read", False)
-        elif total == 0:
-            self.say(
-                f"no loss found: the broker's last reported log ends (read every {WATERMARKS_EVERY_S:g}s) were all"
-                " committed",
-                True,
-            )
-        else:
-            where = "; ".join(str(r) for r in lost)
-            self.say(
-                f"LOST: at least {total} acknowledged events were still only in the broker's memory log and are gone"
-                f" ({where}); their clients were told 202",
-                False,
-            )
-        log.warning("broker died", extra={"lost_events": total, "lost": [str(r) for r in lost]})
+        report_loss(
+            self.say,
+            self._highs,
+            self._committed(),
+            log_ends=f"the broker's last reported log ends (read every {WATERMARKS_EVERY_S:g}s)",
+            unknown="the broker died before its log ends were ever read",
+        )
 
     def _report_first_commit(self) -> None:
         if self._waiting_commit is None:
@@ -301,15 +305,7 @@ class Supervisor:
     # -- bookkeeping -----------------------------------------------------------------------------------------
     def _checkpoints(self) -> dict[Partition, tuple[int, float]]:
         """Committed next offset and the time of its commit (epoch seconds), per partition; empty when unreadable."""
-        try:
-            with psycopg.connect(self._db_url, autocommit=True, connect_timeout=5) as conn:
-                rows = conn.execute(
-                    "SELECT topic, partition, next_offset, extract(epoch FROM updated_at) FROM partition_checkpoints"
-                ).fetchall()
-        except psycopg.Error as exc:
-            log.warning("checkpoints not readable: %s", exc)
-            return {}
-        return {(str(t), int(p)): (int(o), float(at)) for t, p, o, at in rows}
+        return read_checkpoints(self._db_url) or {}
 
     def _committed(self) -> dict[Partition, int]:
         return {tp: offset for tp, (offset, _) in self._checkpoints().items()}
@@ -321,13 +317,61 @@ class Supervisor:
         if self._watermarks is None:
             # librdkafka logs through `log` (to the log files), not to the terminal's stderr
             self._watermarks = HighWatermarks(watermark_consumer_config(broker.bootstrap) | {"logger": log})
-        committed = self._committed()
-        owned = [(t, p) for t in self.settings.owned_topics() for p in range(self.settings.partitions)]
-        positions = {tp: committed.get(tp, 0) for tp in owned}
-        for tp, high in self._watermarks.read(positions, timeout_s=1.0).items():
+        for tp, high in read_log_ends(self._watermarks, self.settings, self._committed(), timeout_s=1.0).items():
             self._highs[tp] = max(high, self._highs.get(tp, 0))
+
+    def _record_broker(self, broker: EmbeddedBroker) -> None:
+        self.record.processes = [p for p in self.record.processes if p.role != Role.BROKER]
+        self.record.processes.append(observe(Role.BROKER, broker.pid, self.table))
+        self._write_record()
 
     def _write_record(self) -> None:
         fixed = [p for p in self.record.processes if p.role != Role.RAY]
         self.record.processes = fixed + self.ray.processes()
+        self.record.ray_sessions = list(self.ray.sessions)
         self.run_dir.write(self.record)
+
+
+# -- what a memory-only broker takes with it (also read by a start that finds an earlier run's broker) -------------
+def read_checkpoints(db_url: str) -> dict[Partition, tuple[int, float]] | None:
+    """Committed next offset and the time of its commit (epoch seconds), per partition; None when unreadable."""
+    try:
+        with psycopg.connect(db_url, autocommit=True, connect_timeout=5) as conn:
+            rows = conn.execute(
+                "SELECT topic, partition, next_offset, extract(epoch FROM updated_at) FROM partition_checkpoints"
+            ).fetchall()
+    except psycopg.Error as exc:
+        log.warning("checkpoints not readable: %s", exc)
+        return None
+    return {(str(t), int(p)): (int(o), float(at)) for t, p, o, at in rows}
+
+
+def read_log_ends(
+    watermarks: HighWatermarks, settings: Settings, committed: dict[Partition, int], timeout_s: float
+) -> dict[Partition, int]:
+    """The broker's high watermark of every owned partition that answered within timeout_s."""
+    owned = [(t, p) for t in settings.owned_topics() for p in range(settings.partitions)]
+    return watermarks.read({tp: committed.get(tp, 0) for tp in owned}, timeout_s=timeout_s)
+
+
+def report_loss(
+    say: Say, highs: dict[Partition, int], committed: dict[Partition, int], log_ends: str, unknown: str
+) -> int:
+    """Say how many acknowledged events a memory-only broker's log held above the committed checkpoints (the `LOST:`
+    line), or that none did (`log_ends`: which reading of its log ends that is), or that nobody knows (`unknown`:
+    why). Returns the count."""
+    lost = lost_with_the_log(highs, committed)
+    total = sum(r.count for r in lost)
+    if not highs:
+        say(f"LOST: unknown — {unknown}", False)
+    elif total == 0:
+        say(f"no loss found: {log_ends} were all committed", True)
+    else:
+        where = "; ".join(str(r) for r in lost)
+        say(
+            f"LOST: at least {total} acknowledged events were still only in the broker's memory log and are gone"
+            f" ({where}); their clients were told 202",
+            False,
+        )
+    log.warning("broker died", extra={"lost_events": total, "lost": [str(r) for r in lost]})
+    return total

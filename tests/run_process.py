@@ -19,7 +19,7 @@ import psycopg
 from pydantic import SecretStr
 
 from cluster.local import free_port
-from cluster.run_record import ProcTable, RunDir, RunRecord, still_ours, stop_processes
+from cluster.run_record import ProcTable, RunDir, RunRecord, session_processes, still_ours, stop_processes
 from cluster.settings import Settings
 from tests.pipeline import wait_until
 
@@ -132,7 +132,7 @@ class EventpipeRun:
             self.proc.kill()
             self.proc.wait()
         table = ProcTable()
-        stop_processes(still_ours(self.record(), table), table, grace_s=2.0)
+        stop_processes(still_ours(self.record(), table, self.data_dir), table, grace_s=2.0)
 
 
 @dataclass(frozen=True)
@@ -175,31 +175,31 @@ class RunPipeline:
             return cur.fetchall() if cur.description else []
 
 
-def kill_ray_like_ray_stop_force(record: RunRecord) -> int:
+def kill_ray_like_ray_stop_force(record: RunRecord, data_dir: Path) -> int:
     """SIGKILL every process of the run's Ray, as `ray stop --force` does (it SIGKILLs Ray's processes by name on
     the whole host; test sessions share the host, so only this run's Ray session is hit). Returns how many."""
     table = ProcTable()
     killed = 0
     for sid in record.ray_sessions:
-        for pid in table.session_members(sid):
+        for p in session_processes(sid, table, data_dir):
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(p.pid, signal.SIGKILL)
                 killed += 1
             except ProcessLookupError:
                 pass
     return killed
 
 
-def signal_actors(record: RunRecord, title: str, sig: int) -> list[int]:
+def signal_actors(record: RunRecord, data_dir: Path, title: str, sig: int) -> list[int]:
     """Send `sig` to every process of the run's Ray whose title is `ray::<title>` (idle) or `ray::<title>.<method>`."""
     table = ProcTable()
     hit = []
     for sid in record.ray_sessions:
-        for pid in table.session_members(sid):
-            cmdline = table.cmdline(pid) or ("",)
-            if cmdline[0] == f"ray::{title}" or cmdline[0].startswith(f"ray::{title}."):
-                os.kill(pid, sig)
-                hit.append(pid)
+        for p in session_processes(sid, table, data_dir):
+            first = p.cmdline[0] if p.cmdline else ""
+            if first == f"ray::{title}" or first.startswith(f"ray::{title}."):
+                os.kill(p.pid, sig)
+                hit.append(p.pid)
     return hit
 
 
@@ -207,6 +207,7 @@ def broker_pid(record: RunRecord) -> int:
     return next(p.pid for p in record.processes if p.role == "broker")
 
 
-def alive(record: RunRecord) -> list[str]:
-    """The recorded processes still running (same pid and command line), and the members of its Ray sessions."""
-    return [f"{p.role} {p.pid} {p.name}" for p in still_ours(record, ProcTable())]
+def alive(record: RunRecord, data_dir: Path) -> list[str]:
+    """The recorded processes still running (same pid, start time and command line), and the members of its Ray
+    sessions that carry its data dir."""
+    return [f"{p.role} {p.pid} {p.name}" for p in still_ours(record, ProcTable(), data_dir)]

@@ -2,7 +2,8 @@
 a second run in the same data dir refuses; Ray killed the way `ray stop --force` kills it, mid-load, is restarted
 with the pipeline and nothing acknowledged is lost or doubled; the embedded broker killed while events wait in its
 memory log: the loss is counted exactly and reported, and processing resumes; the command SIGKILLed leaves processes
-that the next start stops; after a clean stop no process the run started remains.
+that the next start stops, after counting what the orphaned pipeline acknowledged but never committed; after a clean
+stop no process the run started remains.
 
 One run of the whole story (starting a run costs about a minute on two cores), in order.
 """
@@ -39,6 +40,7 @@ from tests.run_process import (
 
 RESTART_TIMEOUT_S = 240.0
 LOST_EVENTS = 120
+ORPHAN_EVENTS = 40
 STOP_TIMEOUT_S = 180.0
 # Clients retry for 60 s; a Ray restart with the pipeline takes 20-40 s on two shared cores, so most events get in.
 EXPECT = Expect(min_acked=0.5)
@@ -112,7 +114,7 @@ def test_run_refuses_a_second_start_survives_ray_dying_and_leaves_no_orphans(
         with scenario.workload(rate=50, retry_no_route=True) as load:
             steady(2.0)
             with scenario.fault("Ray killed like `ray stop --force`; the supervisor restarts it"):
-                killed = kill_ray_like_ray_stop_force(first.record())
+                killed = kill_ray_like_ray_stop_force(first.record(), data_dir)
                 scenario.note(f"{killed} Ray processes SIGKILLed")
                 first.wait_for(r"Ray died \(", 10)
                 scenario.note("the supervisor said Ray died")
@@ -130,7 +132,7 @@ def test_run_refuses_a_second_start_survives_ray_dying_and_leaves_no_orphans(
 
     # when the partition owners are frozen, events are acknowledged (so only in the broker's memory log), the
     # supervisor reads the log ends, and the broker dies
-    frozen = signal_actors(first.record(), "PartitionOwner", signal.SIGSTOP)
+    frozen = signal_actors(first.record(), data_dir, "PartitionOwner", signal.SIGSTOP)
     assert len(frozen) == 8, frozen
     lost_ids = send_batch(pipeline.base_url, f"{scenario.prefix}-lost", LOST_EVENTS)
     steady(2.5)  # the supervisor reads the broker's log ends every 2 s
@@ -155,7 +157,11 @@ def test_run_refuses_a_second_start_survives_ray_dying_and_leaves_no_orphans(
     recorded = first.record()
     first.signal(signal.SIGKILL)
     first.wait_exit(10)
-    assert alive(recorded), "SIGKILL of the supervisor stopped its children: nothing to prove"
+    assert alive(recorded, data_dir), "SIGKILL of the supervisor stopped its children: nothing to prove"
+    # ...its API still acknowledges events into its broker's memory log, while its owners (frozen here) commit none
+    frozen = signal_actors(recorded, data_dir, "PartitionOwner", signal.SIGSTOP)
+    assert len(frozen) == 8, frozen
+    orphan_ids = send_batch(pipeline.base_url, f"{scenario.prefix}-orphan", ORPHAN_EVENTS)
 
     # ...and the next start stops exactly those, says so in one line, and starts cleanly
     again = EventpipeRun(data_dir, env, "again").start()
@@ -163,7 +169,15 @@ def test_run_refuses_a_second_start_survives_ray_dying_and_leaves_no_orphans(
     stopped = again.wait_for(r"Leftovers\s+stopped (\d+) processes of an earlier run \(pid (\d+)\)", 120)
     assert int(stopped.group(2)) == first.pid
     again.wait_ready()
-    assert alive(recorded) == []
+    assert alive(recorded, data_dir) == []
+    # and every event the orphaned API acknowledged is either committed or counted in the LOST line, never silent
+    loss = re.search(r"LOST: at least (\d+) acknowledged events|no loss found", again.output)
+    assert loss is not None, again.output
+    lost_count = int(loss.group(1) or 0)
+    later = RunPipeline.of(again.banner(), data_dir)
+    [(committed,)] = later.query("SELECT count(*) FROM events WHERE id = ANY(%s)", orphan_ids)
+    # (the frozen owners are thawed to be stopped and may commit a few on the way out: either way is fine)
+    assert committed + lost_count == ORPHAN_EVENTS, again.output
 
     # when it is stopped with SIGTERM, it stops everything it started, says so, and exits 0
     running = again.record()
@@ -171,5 +185,5 @@ def test_run_refuses_a_second_start_survives_ray_dying_and_leaves_no_orphans(
     again.signal(signal.SIGTERM)
     assert again.wait_exit(STOP_TIMEOUT_S) == 0, again.output
     assert re.search(r"Stopped .*nothing left running", again.output), again.output
-    assert alive(running) == []
+    assert alive(running, data_dir) == []
     wait_until(lambda: not (data_dir / "run" / "processes.json").exists(), 5, "the record removed")
