@@ -70,9 +70,10 @@ def _port_is_free(port: int) -> bool:
         return True
 
 
-def _can_connect(port: int) -> bool:
+def can_connect(port: int, timeout_s: float = 0.2) -> bool:
+    """Whether something accepts a TCP connection on 127.0.0.1:`port` now."""
     try:
-        with socket.create_connection((LOCALHOST, port), timeout=0.2):
+        with socket.create_connection((LOCALHOST, port), timeout=timeout_s):
             return True
     except OSError:
         return False
@@ -168,7 +169,7 @@ class EmbeddedBroker:
         if proc is None:
             raise RuntimeError("broker process missing")
         # TCP first, so librdkafka does not log a stream of "connection refused" while the broker boots.
-        while not _can_connect(self.port):
+        while not can_connect(self.port):
             self._check_alive_before(deadline, proc)
         admin = AdminClient({"bootstrap.servers": self.bootstrap, "socket.timeout.ms": 2000})
         while True:

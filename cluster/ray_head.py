@@ -11,7 +11,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,23 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cluster.local import LOCALHOST, can_connect, free_port
 from cluster.run_record import ProcessTable, RecordedProcess, session_processes, stop_processes
-
-LOCALHOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOCALHOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def can_connect(port: int, timeout_s: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((LOCALHOST, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
 
 
 def auth_env(token_path: Path) -> dict[str, str]:
@@ -181,7 +165,7 @@ class RayHead:
         for what, p in (("GCS", self._gcs), ("raylet", self._raylet)):
             if p is None or self._table.cmdline(p.pid) != p.cmdline:
                 return f"the Ray {what} is gone"
-        if self.ports is None or not can_connect(self.ports.gcs):
+        if self.ports is None or not can_connect(self.ports.gcs, timeout_s=0.5):
             return "the Ray GCS does not accept connections"
         return None
 

@@ -15,6 +15,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -25,7 +26,7 @@ RECORD_FILE = "processes.json"
 DATA_DIR_VAR = "EVENTPIPE_DATA_DIR"
 
 
-class Role:
+class Role(StrEnum):
     """Which part of the stack a recorded process belongs to (one name per part, used in messages)."""
 
     BROKER = "broker"

@@ -19,7 +19,7 @@ import psycopg
 from pydantic import SecretStr
 
 from cluster.local import free_port
-from cluster.run_record import ProcTable, RunDir, RunRecord, session_processes, still_ours, stop_processes
+from cluster.run_record import ProcTable, Role, RunDir, RunRecord, session_processes, still_ours, stop_processes
 from cluster.settings import Settings
 from tests.pipeline import wait_until
 
@@ -31,7 +31,8 @@ def run_env(data_dir: Path, http_port: int, metrics_port: int, dashboard_port: i
     """The environment of a run that shares the host with test sessions and other runs: its own ports everywhere
     (Serve's HAProxy stats/metrics/fallback ports and replica port range included), and no database or broker
     from the caller's environment (the run starts its embedded ones)."""
-    block = 40 + os.getpid() % 10  # replica port blocks above those of tests/pipeline.py's sessions (0-49)
+    # Replica ports of their own: tests/pipeline.py's sessions take 10,000-29,999; these stay below the ephemeral range
+    block = os.getpid() % 10
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EVENTPIPE_", "RAY_", "DATABASE_URL"))}
     env.update(
         {
@@ -41,10 +42,10 @@ def run_env(data_dir: Path, http_port: int, metrics_port: int, dashboard_port: i
             "EVENTPIPE_DASHBOARD_PORT": str(dashboard_port),
             "EVENTPIPE_PARTITIONS": "2",
             "EVENTPIPE_BREAKER_RESET_TIMEOUT_S": "2",
-            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(20_000 + block * 200),
-            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(20_000 + block * 200 + 199),
-            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(10_000 + block * 200),
-            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(10_000 + block * 200 + 199),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(30_000 + block * 100),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(30_000 + block * 100 + 99),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(31_000 + block * 100),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(31_000 + block * 100 + 99),
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
             "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
             "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
@@ -204,7 +205,7 @@ def signal_actors(record: RunRecord, data_dir: Path, title: str, sig: int) -> li
 
 
 def broker_pid(record: RunRecord) -> int:
-    return next(p.pid for p in record.processes if p.role == "broker")
+    return next(p.pid for p in record.processes if p.role == Role.BROKER)
 
 
 def alive(record: RunRecord, data_dir: Path) -> list[str]:
