@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -29,6 +29,7 @@ from cluster.run_record import ProcessTable, RecordedProcess, Role, RunDir, RunR
 from cluster.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TICK_S = 0.5
 RECORD_EVERY_S = 5.0
@@ -185,25 +186,18 @@ class Supervisor:
     def _restart_ray(self, died_at: float, cause: str, log_replaced: bool = False) -> None:
         """Restart Ray and the pipeline; with `log_replaced` the owners claim their partitions at offset 0 of the
         new log (the leader sees a new broker cluster id), so any offset above 0 afterwards is a new commit."""
-        budget = self._budgets[Role.RAY]
         baseline = {} if log_replaced else self._committed()
-        while True:
-            if budget.exhausted:
-                raise Unrecoverable(f"{cause}; {budget.failures} restarts in a row failed")
-            if not self._wait_before_attempt(budget):
-                return
-            try:
-                self.ray.stop()  # what is left of it: raylet, workers, HAProxy
-                deployed = self.start_ray_and_pipeline()
-            except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
-                budget.failed()
-                self._failed_restart("restart", budget, exc)
-                continue
-            took = self._clock() - died_at
-            budget.restarted(self._clock())
-            self.say(f"Ray and the pipeline are back in {took:.1f}s ({deployed.owners} partition owners)", True)
-            self._waiting_commit = (time.time() - (self._clock() - died_at), baseline)
+
+        def attempt() -> Deployed:
+            self.ray.stop()  # what is left of it: raylet, workers, HAProxy
+            return self.start_ray_and_pipeline()
+
+        deployed = self._restart(Role.RAY, cause, "restart", attempt, (ValueError,))
+        if deployed is None:
             return
+        took = self._clock() - died_at
+        self.say(f"Ray and the pipeline are back in {took:.1f}s ({deployed.owners} partition owners)", True)
+        self._waiting_commit = (time.time() - (self._clock() - died_at), baseline)
 
     def _check_broker(self, now: float) -> None:
         broker = self.broker
@@ -221,21 +215,15 @@ class Supervisor:
         # Nothing commits once Ray is stopped: the checkpoints read then are final for the old log.
         self.ray.stop()
         self._report_loss()
-        while True:
-            if budget.exhausted:
-                raise Unrecoverable(f"the embedded broker died; {budget.failures} restarts in a row failed")
-            if not self._wait_before_attempt(budget):
-                return
-            try:
-                broker.stop()
-                broker.start()
-                self._record_broker(broker)
-            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-                budget.failed()
-                self._failed_restart("broker restart", budget, exc)
-                continue
-            break
-        budget.restarted(self._clock())
+
+        def attempt() -> bool:
+            broker.stop()
+            broker.start()
+            self._record_broker(broker)
+            return True
+
+        if self._restart(Role.BROKER, "the embedded broker died", "broker restart", attempt) is None:
+            return
         self._highs = {}
         self.say(f"the broker is back on {broker.bootstrap}", True)
         self._restart_ray(now, "the embedded broker died", log_replaced=True)
@@ -250,23 +238,42 @@ class Supervisor:
             return
         budget.died(now)
         self.say("the embedded PostgreSQL died: restarting it (its data and WAL are kept)", False)
-        while True:
-            if budget.exhausted:
-                raise Unrecoverable(f"the embedded PostgreSQL died; {budget.failures} restarts in a row failed")
-            if not self._wait_before_attempt(budget):
-                return
-            try:
-                self.postgres = self._restart_postgres(pg)
-            except (RuntimeError, OSError, psycopg.Error, subprocess.SubprocessError) as exc:
-                budget.failed()
-                self._failed_restart("PostgreSQL restart", budget, exc)
-                continue
-            break
-        budget.restarted(self._clock())
+        restart = self._restart_postgres
+        restarted = self._restart(
+            Role.POSTGRES, "the embedded PostgreSQL died", "PostgreSQL restart", lambda: restart(pg), (psycopg.Error,)
+        )
+        if restarted is None:
+            return
+        self.postgres = restarted
         self.record.processes = [p for p in self.record.processes if p.role != Role.POSTGRES] + [self.postgres]
         self._write_record()
         self.say("PostgreSQL is back; the pipeline reconnects by itself", True)
         self._waiting_commit = (time.time() - (self._clock() - now), self._committed())
+
+    def _restart(
+        self,
+        role: Role,
+        cause: str,
+        what: str,
+        attempt: Callable[[], T],
+        errors: tuple[type[Exception], ...] = (),
+    ) -> T | None:
+        """Try `attempt` under `role`'s restart budget until it works (its result), a stop is requested (None), or
+        the budget is spent (Unrecoverable, naming `cause`). Each failure is said on the terminal as `what`."""
+        budget = self._budgets[role]
+        while True:
+            if budget.exhausted:
+                raise Unrecoverable(f"{cause}; {budget.failures} restarts in a row failed")
+            if not self._wait_before_attempt(budget):
+                return None
+            try:
+                result = attempt()
+            except (RuntimeError, OSError, subprocess.SubprocessError, *errors) as exc:
+                budget.failed()
+                self._failed_restart(what, budget, exc)
+                continue
+            budget.restarted(self._clock())
+            return result
 
     def _wait_before_attempt(self, budget: RestartBudget) -> bool:
         """Wait out the backoff before a restart attempt; False (no attempt) once a stop is requested."""
