@@ -158,26 +158,28 @@ def test_run_refuses_a_second_start_survives_ray_dying_and_leaves_no_orphans(
     first.signal(signal.SIGKILL)
     first.wait_exit(10)
     assert alive(recorded, data_dir), "SIGKILL of the supervisor stopped its children: nothing to prove"
-    # ...its API still acknowledges events into its broker's memory log, while its owners (frozen here) commit none
+    # ...its API still acknowledges events into its broker's memory log, while its owners (paused here) commit none
     frozen = signal_actors(recorded, data_dir, "PartitionOwner", signal.SIGSTOP)
     assert len(frozen) == 8, frozen
     orphan_ids = send_batch(pipeline.base_url, f"{scenario.prefix}-orphan", ORPHAN_EVENTS)
+    signal_actors(recorded, data_dir, "PartitionOwner", signal.SIGCONT)
 
-    # ...and the next start stops exactly those, says so in one line, and starts cleanly
+    # ...and the next start drains that pipeline, stops exactly those processes, says so, and starts cleanly
     again = EventpipeRun(data_dir, env, "again").start()
     runs.append(again)
-    stopped = again.wait_for(r"Leftovers\s+stopped (\d+) processes of an earlier run \(pid (\d+)\)", 120)
+    stopped = again.wait_for(r"Leftovers\s+stopped (\d+) processes of an earlier run \(pid (\d+)\)", 180)
     assert int(stopped.group(2)) == first.pid
     again.wait_ready()
     assert alive(recorded, data_dir) == []
-    # and every event the orphaned API acknowledged is either committed or counted in the LOST line, never silent
+    # and every event the orphaned API acknowledged is processed, or counted in the LOST line: never silently gone
     loss = re.search(r"LOST: at least (\d+) acknowledged events|no loss found", again.output)
     assert loss is not None, again.output
     lost_count = int(loss.group(1) or 0)
     later = RunPipeline.of(again.banner(), data_dir)
     [(committed,)] = later.query("SELECT count(*) FROM events WHERE id = ANY(%s)", orphan_ids)
-    # (the frozen owners are thawed to be stopped and may commit a few on the way out: either way is fine)
     assert committed + lost_count == ORPHAN_EVENTS, again.output
+    assert "pipeline drained" in again.output, again.output
+    assert committed == ORPHAN_EVENTS, again.output  # drained before it was stopped: nothing lost
 
     # when it is stopped with SIGTERM, it stops everything it started, says so, and exits 0
     running = again.record()
