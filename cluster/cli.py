@@ -26,7 +26,8 @@ from cluster.adapters.retention import RetainedTable, RetentionPolicy, Retention
 from cluster.observability.logs import setup_logging
 from cluster.observability.redact import mask_credentials
 from cluster.observability.terminal import printable, terminal_text
-from cluster.run_command import RAY_CORE_ENV, Terminal, serve_ingress_env
+from cluster.ray_config import RAY_CORE_ENV, serve_ingress_env
+from cluster.run_command import Terminal
 from cluster.settings import Settings, secrets_in_environment
 
 console = Console()
@@ -55,15 +56,6 @@ def start_ray(settings: Settings, *, dashboard: bool = True) -> None:
             dashboard_port=settings.dashboard_port,
             log_to_driver=False,
         )
-
-
-def start_serve(settings: Settings) -> None:
-    from ray import serve
-
-    from serve_app.app import build_app
-
-    serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
-    serve.run(build_app(settings), name="eventpipe", route_prefix="/", blocking=False)
 
 
 def cmd_run(settings: Settings) -> int:

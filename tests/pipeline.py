@@ -24,8 +24,9 @@ from ray import serve
 
 from actors.lifecycle import metrics_url, start_pipeline
 from cluster.adapters.migrations import migrate
-from cluster.cli import start_ray, start_serve
+from cluster.cli import start_ray
 from cluster.local import free_port
+from cluster.ray_config import start_serve
 from cluster.settings import Settings
 from tests.fakes.enrichment_service import FakeEnrichmentService
 
