@@ -302,11 +302,15 @@ class Supervisor:
         if self._waiting_commit is None:
             return
         since, baseline = self._waiting_commit
-        advanced = [at for tp, (offset, at) in self._checkpoints().items() if offset > baseline.get(tp, 0)]
+        # a partition committed since the failure (a row left by an earlier partition count is older) and ahead of
+        # where it was then
+        advanced = [
+            at for tp, (offset, at) in self._checkpoints().items() if at >= since and offset > baseline.get(tp, 0)
+        ]
         if not advanced:
             return
         self._waiting_commit = None
-        # the earliest last-commit time of the partitions that advanced: at most the first commit's time
+        # the earliest last-commit time of the partitions that advanced: an upper bound of the first commit's time
         self.say(f"processing resumed: first commit {min(advanced) - since:.1f}s after the failure", True)
 
     # -- bookkeeping -----------------------------------------------------------------------------------------
