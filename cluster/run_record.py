@@ -104,19 +104,8 @@ class ProcTable:
         return tuple(part.decode(errors="replace") for part in raw.rstrip(b"\0").split(b"\0"))
 
     def session_members(self, sid: int) -> list[int]:
-        members = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            # fields after the command name (which may hold spaces and parentheses): state ppid pgrp session ...
-            fields = stat.rpartition(")")[2].split()
-            if len(fields) > 3 and int(fields[3]) == sid:
-                members.append(int(entry))
-        return members
+        pids = (int(entry) for entry in os.listdir("/proc") if entry.isdigit())
+        return [pid for pid in pids if self._stat_field(pid, 6) == sid]
 
     def start_time(self, pid: int) -> int | None:
         return self._stat_field(pid, 22)
@@ -126,7 +115,8 @@ class ProcTable:
 
     @staticmethod
     def _stat_field(pid: int, number: int) -> int | None:
-        """Field `number` of /proc/<pid>/stat as proc(5) counts them (1 = pid, 4 = ppid, 22 = starttime)."""
+        """Field `number` of /proc/<pid>/stat as proc(5) counts them (1 = pid, 4 = ppid, 6 = session, 22 =
+        starttime)."""
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
