@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import ORJSONResponse, Response
 from ray import serve
 
@@ -35,7 +36,19 @@ from serve_app.edge import receive
 from serve_app.http_metrics import RequestMetrics
 from serve_app.incidents import Incidents
 from serve_app.ingest import Ingestor, Reply, RequestMeta
-from serve_app.openapi import batch_body_schema, single_body_schema
+from serve_app.openapi import (
+    INGEST_ERRORS,
+    LIST_ERRORS,
+    OPEN_ERRORS,
+    READ_ERRORS,
+    AcceptedEvent,
+    BatchAccepted,
+    batch_body_schema,
+    error_responses,
+    install,
+    readiness_responses,
+    single_body_schema,
+)
 from serve_app.readiness import CachedReadiness
 from serve_app.reads import Reads
 
@@ -47,6 +60,7 @@ app = FastAPI(
     "acknowledged them; processing status, audit trail and read models are served from PostgreSQL.",
     default_response_class=ORJSONResponse,
 )
+install(app)  # the event models join the document's components; FastAPI's own 422 model leaves it
 app.add_middleware(RequestMetrics)  # http_requests_total{route,method,status}
 _INCIDENTS = Incidents(log)  # error ids of this replica's 5xx answers (a log helper, not a client)
 _READY_TTL_S = 1.0
@@ -60,6 +74,16 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
     error_id = _INCIDENTS.report(f"unexpected error answering {where}", exc, level=logging.ERROR)
     body = {"error": "internal_error", "reason": "the request failed unexpectedly; retry later", "error_id": error_id}
     return ORJSONResponse(body, status_code=500)
+
+
+@app.exception_handler(RequestValidationError)
+async def invalid_parameters(request: Request, exc: RequestValidationError) -> Response:
+    """A path or query parameter out of its documented range: 422 in the API's own error body, not FastAPI's."""
+    errors = [
+        {"loc": ".".join(map(str, e.get("loc", ()))), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        for e in exc.errors()
+    ]
+    return _answer(replies.error(422, "validation_failed", "a parameter is out of its documented range", errors=errors))
 
 
 def _reply(reply: Reply, meta: RequestMeta) -> Response:
@@ -201,35 +225,65 @@ class ApiGateway:
         finally:
             lease.release()
 
-    @app.post("/events", status_code=202, openapi_extra=single_body_schema(), summary="Ingest one event")
+    @app.post(
+        "/events",
+        status_code=202,
+        openapi_extra=single_body_schema(),
+        responses=error_responses(*INGEST_ERRORS, ok=AcceptedEvent, ok_status=202),
+        summary="Ingest one event",
+    )
     async def post_event(self, request: Request) -> Response:
         return await self._ingest(request, self._ingestor.single_limit, self._ingestor.single)
 
-    @app.post("/events/batch", status_code=202, openapi_extra=batch_body_schema(), summary="Ingest a batch of events")
+    @app.post(
+        "/events/batch",
+        status_code=202,
+        openapi_extra=batch_body_schema(),
+        responses=error_responses(*INGEST_ERRORS, ok=BatchAccepted, ok_status=202),
+        summary="Ingest a batch of events",
+    )
     async def post_batch(self, request: Request) -> Response:
         return await self._ingest(request, self._ingestor.batch_limit, self._ingestor.batch)
 
-    @app.get("/events/{event_id}", summary="An event's processing status, timestamps, position and result")
+    @app.get(
+        "/events/{event_id}",
+        responses=error_responses(*READ_ERRORS),
+        summary="An event's processing status, timestamps, position and result",
+    )
     async def get_event(self, event_id: str) -> Response:
         return _answer(await self._reads.event(event_id))
 
-    @app.get("/events/{event_id}/audit", summary="Every state transition of an event")
+    @app.get(
+        "/events/{event_id}/audit",
+        responses=error_responses(*READ_ERRORS),
+        summary="Every state transition of an event",
+    )
     async def get_audit(self, event_id: str) -> Response:
         return _answer(await self._reads.audit(event_id))
 
-    @app.get("/users/{user_id}/summary", summary="Running totals and action counts of a user")
+    @app.get(
+        "/users/{user_id}/summary",
+        responses=error_responses(*READ_ERRORS),
+        summary="Running totals and action counts of a user",
+    )
     async def get_user(self, user_id: str) -> Response:
         return _answer(await self._reads.user(user_id))
 
-    @app.get("/devices/{device_id}/summary", summary="Reading statistics of a device, in SI units")
+    @app.get(
+        "/devices/{device_id}/summary",
+        responses=error_responses(*READ_ERRORS),
+        summary="Reading statistics of a device, in SI units",
+    )
     async def get_device(self, device_id: str) -> Response:
         return _answer(await self._reads.device(device_id))
 
-    @app.get("/dead-letters", summary="Dead letters, oldest first, paged by id")
+    @app.get(
+        "/dead-letters", responses=error_responses(*LIST_ERRORS), summary="Dead letters, oldest first, paged by id"
+    )
     async def get_dead_letters(self, after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> Response:
         return _answer(await self._reads.dead_letters(after, limit))
 
-    @app.get("/schemas", summary="JSON Schema of every event type and version")
+    @app.get("/schemas", responses=error_responses(*OPEN_ERRORS), summary="JSON Schema of every event type and version")
     async def get_schemas(self) -> dict[str, Any]:
         return {"types": self._registry.json_schemas()}
 
@@ -237,7 +291,11 @@ class ApiGateway:
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Readiness: the broker or the spool can take events (degraded when not both)")
+    @app.get(
+        "/readyz",
+        responses=readiness_responses(),
+        summary="Readiness: the broker or the spool can take events (degraded when not both)",
+    )
     async def readyz(self) -> Response:
         status, body = await self._readiness.get()
         return ORJSONResponse(body, status_code=status)
