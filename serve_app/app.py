@@ -109,6 +109,7 @@ def _meta(request: Request, deadline: float) -> RequestMeta:
         content_length=declared_length(h.get("content-length")),
         deadline=deadline,
         trace_parent=forced_parent(h.get(TRACEPARENT)),
+        content_encoding=h.get("content-encoding"),
     )
 
 
