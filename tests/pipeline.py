@@ -173,3 +173,9 @@ def kcat(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     shim = tmp_path_factory.mktemp("kcat-lib")
     (shim / "librdkafka.so.1").symlink_to(candidates[0])
     return ["env", f"LD_LIBRARY_PATH={shim}", binary]
+
+
+@pytest.fixture(scope="session")
+def api_headers() -> dict[str, str]:
+    """Headers every API request of a test carries: none yet; once API keys exist, a key with every scope."""
+    return {}
