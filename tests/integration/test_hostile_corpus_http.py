@@ -11,6 +11,9 @@ bodies over the limit, per-event record bounds, hostile read paths, physical bou
 from __future__ import annotations
 
 import gzip
+import select
+import socket
+import time
 import unicodedata
 import zlib
 from datetime import UTC, datetime
@@ -20,12 +23,14 @@ import httpx
 import orjson
 import pytest
 
+from tests.integration.test_hostile_http import _connect
 from tests.pipeline import Pipeline, unique_prefix, wait_until
 
 pytestmark = pytest.mark.integration
 
 NOW = datetime.now(UTC).isoformat()
 _CHUNK = 64 * 1024
+PACE_S = 0.005  # between two chunks of a large body
 
 
 def _action(event_id: str, **fields: Any) -> dict[str, Any]:
@@ -337,3 +342,83 @@ def test_each_hostile_request_gets_its_4xx_and_nothing_is_stored(pipeline: Pipel
     stored = _stored(pipeline, prefix)
     assert stored == {"events": 1}, stored
     print(f"\nhostile corpus: {len(cases)} requests refused as expected")
+
+
+# -- raw HTTP: bodies refused before they are read whole, header floods, slow bodies -----------------------------
+
+
+def _answer(sock: socket.socket, timeout_s: float) -> tuple[int | None, bytes]:
+    """The status and head of the answer, or None when the server closed or reset the connection without one."""
+    sock.settimeout(timeout_s)
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    if not data.startswith(b"HTTP/"):
+        return None, data
+    return int(data.split(b" ", 2)[1]), data.partition(b"\r\n\r\n")[0]
+
+
+def _head(path: str, length: int | None, extra: list[str] | None = None) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: eventpipe", "Content-Type: application/json", *(extra or [])]
+    lines.append(f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize("size", [10 * 1024 * 1024, 100 * 1024 * 1024], ids=["10MB", "100MB"])
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+def test_a_huge_body_is_refused_413_before_the_client_has_sent_it(pipeline: Pipeline, size: int, declared: bool):
+    # given a client that starts sending a body far over max_body_bytes, declared or chunked
+    piece = b" " * _CHUNK
+    frame = piece if declared else f"{_CHUNK:x}\r\n".encode() + piece + b"\r\n"
+    sent = 0
+    started = time.monotonic()
+    with _connect(pipeline) as sock:
+        sock.sendall(_head("/events/batch", size if declared else None))
+        # when it keeps sending (paced at ~13 MB/s, so socket buffers do not swallow megabytes unseen) until an
+        # answer is waiting, or the server stops taking bytes
+        while sent < size and not select.select([sock], [], [], PACE_S)[0]:
+            try:
+                sock.sendall(frame)
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                break
+            sent += _CHUNK
+        status, head = _answer(sock, 10)
+    # then the answer is 413, and it came while most of the body was still unsent: the server did not read it
+    took = time.monotonic() - started
+    print(f"\n{size} bytes, {'declared' if declared else 'chunked'}: {status} after {sent} bytes sent, {took:.2f}s")
+    assert status == 413, head
+    assert sent < size // 2, f"{sent} of {size} bytes sent before the answer"
+    assert took < 60
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [f"X-Flood-{n}: {n}" for n in range(10_000)],
+        ["X-Big: " + "a" * (64 * 1024)],
+        ["X-Big: " + "a" * (1024 * 1024)],
+        ["Idempotency-Key: " + "k" * (1024 * 1024)],
+    ],
+    ids=["10000-headers", "64KiB-value", "1MiB-value", "1MiB-idempotency-key"],
+)
+def test_a_header_flood_is_answered_4xx_or_cut_never_5xx_or_a_hang(pipeline: Pipeline, extra: list[str]):
+    body = orjson.dumps(_action(unique_prefix("flood")))
+    started = time.monotonic()
+    with _connect(pipeline) as sock:
+        try:
+            sock.sendall(_head("/events", len(body), extra) + body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server stopped reading the headers: its answer, if any, is waiting
+        status, head = _answer(sock, 15)
+    took = time.monotonic() - started
+    print(f"\n{len(extra)} header(s), {sum(map(len, extra))} bytes: {status or 'cut'} after {took:.2f}s")
+    assert took < 15
+    assert status is None or 400 <= status < 500, head[:300]
+    # and the API still answers everyone else
+    assert httpx.get(f"{pipeline.base_url}/healthz", timeout=10).status_code == 200
