@@ -422,3 +422,52 @@ def test_a_header_flood_is_answered_4xx_or_cut_never_5xx_or_a_hang(pipeline: Pip
     assert status is None or 400 <= status < 500, head[:300]
     # and the API still answers everyone else
     assert httpx.get(f"{pipeline.base_url}/healthz", timeout=10).status_code == 200
+
+
+SLOW_CLIENTS = 300  # more than the replica's max_ongoing_requests (256): held workers would starve everyone else
+
+
+def test_slow_bodies_are_cut_off_within_the_request_bound_and_hold_no_worker(
+    pipeline: Pipeline, api_headers: dict[str, str]
+):
+    # given 300 clients that each declare a 1000-byte body and send it one byte a second
+    bound = pipeline.settings.request_timeout_s
+    prefix = unique_prefix("slow")
+    slow = [_connect(pipeline) for _ in range(SLOW_CLIENTS)]
+    for sock in slow:
+        sock.sendall(_head("/events", 1000))
+    started = time.monotonic()
+    ended: dict[socket.socket, tuple[int | None, float]] = {}
+    latencies: list[float] = []
+    with httpx.Client(base_url=pipeline.base_url, timeout=30, headers=api_headers) as client:
+        next_drip = started
+        while len(ended) < len(slow) and time.monotonic() - started < bound + 20:
+            if time.monotonic() >= next_drip:
+                next_drip += 1.0
+                for sock in slow:
+                    if sock not in ended:
+                        try:
+                            sock.send(b" ")
+                        except OSError:
+                            ended[sock] = (None, time.monotonic() - started)  # cut by the server
+                # when another client sends an event meanwhile, once a second
+                sent = time.monotonic()
+                r = client.post("/events", json=_action(f"{prefix}-{len(latencies)}"))
+                latencies.append(time.monotonic() - sent)
+                assert r.status_code == 202, r.text
+            pending = [sock for sock in slow if sock not in ended]
+            for sock in select.select(pending, [], [], 0.2)[0] if pending else []:
+                status, _ = _answer(sock, 2)
+                ended[sock] = (status, time.monotonic() - started)
+    for sock in slow:
+        sock.close()
+    # then every slow client was answered 408 or cut, within the request bound (and a margin for 2 busy cores)
+    statuses = sorted({str(status) for status, _ in ended.values()})
+    last = max((at for _, at in ended.values()), default=float("inf"))
+    print(f"\nslow bodies: {len(ended)}/{SLOW_CLIENTS} ended ({statuses}) by {last:.1f}s (bound {bound:g}s); "
+          f"{len(latencies)} other requests, slowest {max(latencies):.2f}s")  # fmt: skip
+    assert len(ended) == SLOW_CLIENTS
+    assert all(status in (408, None) for status, _ in ended.values()), statuses
+    assert last <= bound + 10
+    # and the other client's events were all answered promptly: no worker was held by the slow ones
+    assert len(latencies) >= bound / 2 and max(latencies) < 5.0, latencies
