@@ -77,7 +77,7 @@ def test_each_record_writes_one_row_and_the_view_shows_every_transition(db: str)
             b"{}",
         )
         batch = dataclasses.replace(
-            first, owner_id="owner-a", next_offset=3, dead=(poisoned,), in_batch_duplicates=(("ev-ok", 2),)
+            first, owner_id="owner-a", next_offset=3, dead=(poisoned,), in_batch_duplicates=(("ev-ok", 2, "default"),)
         )
         # when it commits, and a later batch carries the first event again (a re-send)
         assert store.commit(batch).new_events == 2
