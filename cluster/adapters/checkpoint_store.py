@@ -197,7 +197,7 @@ gaps AS (
       FROM doc CROSS JOIN LATERAL {_rows("gaps")} AS g
      WHERE EXISTS (SELECT 1 FROM advanced)
     RETURNING 1
-)
+),
 known AS (  -- the events the store already had: (tenant, id), returned as two arrays in one order
     SELECT i.ten, i.id FROM incoming i WHERE NOT EXISTS (SELECT 1 FROM fresh f WHERE f.tenant = i.ten AND f.id = i.id)
 )
