@@ -143,7 +143,8 @@ class Envelope:
             if type(obj["payload"]) is not dict:
                 raise ValueError("payload must be an object")
             tenant = get("tenant", DEFAULT_TENANT)  # records written before tenants existed have none
-            if type(tenant) is not str or not valid_tenant(tenant):
+            # The default tenant's name skips the pattern (0.3 µs a record on the owner's hot path).
+            if tenant != DEFAULT_TENANT and (type(tenant) is not str or not valid_tenant(tenant)):
                 raise ValueError(f"tenant {str(tenant)[:80]!r} is not a tenant name")
             return cls(
                 _required(get("id"), "id"),
