@@ -44,8 +44,13 @@ class TenantsUnavailable(Exception):
 
 
 class KnownTenants:
-    """The tenants table, cached: reloaded when older than `max_age_s`, or when a batch names one it does not hold,
-    but never more often than every `min_refresh_s` (a flood of bad headers costs one query per interval)."""
+    """The tenants table, cached: reloaded when older than `max_age_s`, and when a batch names one it does not hold.
+    Each kind of reload happens at most once every `min_refresh_s`: a flood of bad headers costs one query per
+    interval, and a periodic reload never delays the reload a new tenant's first record asks for.
+
+    A tenant created less than `min_refresh_s` after a reload caused by another unknown name may still be judged
+    unknown for that long: its records in that window are dead-lettered (create a tenant before producing for it).
+    """
 
     def __init__(
         self,
@@ -61,7 +66,8 @@ class KnownTenants:
         self._min_refresh_s = min_refresh_s
         self._names: frozenset[str] = frozenset({DEFAULT_TENANT})
         self._loaded_at: float | None = None
-        self._tried_at: float | None = None
+        self._miss_reload_at: float | None = None  # when a missing name last caused a reload (tried)
+        self._age_reload_at: float | None = None  # when the age of the set last caused one (tried)
         self.loads = 0  # how many times the loader ran (status, tests)
 
     def __contains__(self, name: object) -> bool:
@@ -69,21 +75,27 @@ class KnownTenants:
         return name in self._names
 
     def prepare(self, names: Iterable[str]) -> None:
-        """Make the cache fit to judge `names`: reload when stale, or when one is missing (rate-bounded). Raises
-        TenantsUnavailable when a missing name cannot be judged because the load failed."""
+        """Make the cache fit to judge `names`: reload when one is missing, or when the set is stale (each at most
+        once per `min_refresh_s`). Raises TenantsUnavailable when a missing name cannot be judged because the
+        tenants were never loaded or their reload failed."""
         names = [n for n in names if n != DEFAULT_TENANT]  # always known: nothing to load for it
         if not names:
             return  # a batch without tenant headers (or of an API topic) never costs a query
         now = self._clock()
-        missing = any(n not in self._names and valid_tenant(n) for n in names)
-        stale = self._loaded_at is None or now - self._loaded_at >= self._max_age_s
-        if not (missing or stale):
-            return
-        if self._tried_at is not None and now - self._tried_at < self._min_refresh_s:
-            if self._loaded_at is None and missing:
-                raise TenantsUnavailable("the known tenants were never loaded")
-            return  # rate-bounded: judged by the set we have
-        self._tried_at = now
+        if any(n not in self._names and valid_tenant(n) for n in names):
+            if self._miss_reload_at is not None and now - self._miss_reload_at < self._min_refresh_s:
+                if self._loaded_at is None:
+                    raise TenantsUnavailable("the known tenants were never loaded")
+                return  # rate-bounded: judged by the set we have
+            self._miss_reload_at = now
+            self._reload(now, missing=True)
+        elif self._loaded_at is None or now - self._loaded_at >= self._max_age_s:
+            if self._age_reload_at is not None and now - self._age_reload_at < self._min_refresh_s:
+                return  # a database that fails is not asked again at once
+            self._age_reload_at = now
+            self._reload(now, missing=False)
+
+    def _reload(self, now: float, *, missing: bool) -> None:
         try:
             self.loads += 1
             self._names = frozenset(self._load()) | {DEFAULT_TENANT}
@@ -91,4 +103,4 @@ class KnownTenants:
         except Exception as exc:
             if missing:
                 raise TenantsUnavailable(f"the known tenants could not be loaded: {type(exc).__name__}: {exc}") from exc
-            # Every name of the batch is known: the stale set judges it; the next batch tries again.
+            # Every name of the batch is known: the stale set judges it; a later batch tries again.

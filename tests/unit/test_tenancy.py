@@ -224,3 +224,17 @@ def test_the_claimed_tenants_of_a_batch_are_its_raw_records_headers(user_action_
     names = claimed_tenants([raw(0, event, b"shop-eu"), raw(1, event), api], INGEST)
 
     assert names == {"shop-eu"}
+
+
+def test_a_periodic_reload_just_before_does_not_delay_the_reload_a_new_tenant_asks_for():
+    table, clock = Tenants("shop-eu"), Clock()
+    known = KnownTenants(table, clock, max_age_s=5.0, min_refresh_s=1.0)
+    known.prepare(["shop-eu"])
+    clock.now += 5.0
+    known.prepare(["shop-eu"])  # stale: reloaded
+    table.names.add("shop-us")
+    clock.now += 0.1
+
+    known.prepare(["shop-us"])
+
+    assert "shop-us" in known and known.loads == 3
