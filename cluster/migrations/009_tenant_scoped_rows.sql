@@ -10,34 +10,37 @@
 -- row (a multixact per concurrent commit, all on one hot row). The tenant is checked where it enters instead: the
 -- API takes it from an authenticated key, a raw ingest record's header is checked against the tenants table by its
 -- partition owner (unknown: dead letter), and Envelope.decode refuses a name that does not match TENANT_PATTERN.
+--
+-- Safe to run again: columns and indexes are added only when absent; a primary key already on (tenant, ...) is
+-- rebuilt as it was.
 
-ALTER TABLE events ADD COLUMN tenant text NOT NULL DEFAULT 'default';
+ALTER TABLE events ADD COLUMN IF NOT EXISTS tenant text NOT NULL DEFAULT 'default';
 ALTER TABLE events DROP CONSTRAINT events_pkey, ADD CONSTRAINT events_pkey PRIMARY KEY (tenant, id);
 
-ALTER TABLE results ADD COLUMN tenant text NOT NULL DEFAULT 'default';
+ALTER TABLE results ADD COLUMN IF NOT EXISTS tenant text NOT NULL DEFAULT 'default';
 ALTER TABLE results DROP CONSTRAINT results_pkey, ADD CONSTRAINT results_pkey PRIMARY KEY (tenant, event_id);
 
-ALTER TABLE dedup_keys ADD COLUMN tenant text NOT NULL DEFAULT 'default';
+ALTER TABLE dedup_keys ADD COLUMN IF NOT EXISTS tenant text NOT NULL DEFAULT 'default';
 ALTER TABLE dedup_keys DROP CONSTRAINT dedup_keys_pkey, ADD CONSTRAINT dedup_keys_pkey PRIMARY KEY (tenant, event_id);
 
 -- audit_trail has no key (ADR 0012); reads find an event's rows through audit_trail_event_idx (event_id) and filter
 -- the tenant from those few rows.
-ALTER TABLE audit_trail ADD COLUMN tenant text NOT NULL DEFAULT 'default';
+ALTER TABLE audit_trail ADD COLUMN IF NOT EXISTS tenant text NOT NULL DEFAULT 'default';
 
 -- A dead letter's tenant is NULL when its record named none we know (raw bytes, an unknown `tenant` header): no
 -- tenant may read it. Legacy rows are 'default'; new rows always say theirs (no default, so none is forgotten).
-ALTER TABLE dead_letters ADD COLUMN tenant text DEFAULT 'default';
+ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS tenant text DEFAULT 'default';
 ALTER TABLE dead_letters ALTER COLUMN tenant DROP DEFAULT;
-CREATE INDEX dead_letters_tenant_idx ON dead_letters (tenant, id);  -- GET /dead-letters pages one tenant's by id
+CREATE INDEX IF NOT EXISTS dead_letters_tenant_idx ON dead_letters (tenant, id);  -- GET /dead-letters pages one tenant's by id
 
-ALTER TABLE user_totals ADD COLUMN tenant text NOT NULL DEFAULT 'default';
+ALTER TABLE user_totals ADD COLUMN IF NOT EXISTS tenant text NOT NULL DEFAULT 'default';
 ALTER TABLE user_totals DROP CONSTRAINT user_totals_pkey, ADD CONSTRAINT user_totals_pkey PRIMARY KEY (tenant, user_id);
 
-ALTER TABLE device_stats ADD COLUMN tenant text NOT NULL DEFAULT 'default';
+ALTER TABLE device_stats ADD COLUMN IF NOT EXISTS tenant text NOT NULL DEFAULT 'default';
 ALTER TABLE device_stats
     DROP CONSTRAINT device_stats_pkey, ADD CONSTRAINT device_stats_pkey PRIMARY KEY (tenant, device_id, si_unit);
 
-ALTER TABLE user_action_counts ADD COLUMN tenant text NOT NULL DEFAULT 'default';
+ALTER TABLE user_action_counts ADD COLUMN IF NOT EXISTS tenant text NOT NULL DEFAULT 'default';
 ALTER TABLE user_action_counts
     DROP CONSTRAINT user_action_counts_pkey, ADD CONSTRAINT user_action_counts_pkey PRIMARY KEY (tenant, user_id, action);
 
