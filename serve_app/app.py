@@ -27,6 +27,7 @@ from cluster.observability.event_spans import IngestSpans
 from cluster.observability.logs import bind_correlation, setup_logging
 from cluster.observability.tracing import TRACEPARENT, Tracing, forced_parent
 from cluster.settings import Settings
+from pipelines.access import DEFAULT_TENANT
 from pipelines.registry import default_registry
 from serve_app import replies
 from serve_app.admission import HandoverPolicy, InflightGate
@@ -91,6 +92,12 @@ def _reply(reply: Reply, meta: RequestMeta) -> Response:
     return ORJSONResponse(reply.body, status_code=reply.status, headers=headers)
 
 
+def _tenant(request: Request) -> str:
+    """The tenant this request acts for: the one accessor every route asks (ingest scopes ids by it, reads filter by
+    it). Until API keys exist every request is the default tenant's; auth replaces this body by the Principal's."""
+    return DEFAULT_TENANT
+
+
 def _meta(request: Request, deadline: float) -> RequestMeta:
     """The request's metadata; its X-Correlation-ID (1-128 characters), else a new one, is bound to its log lines. A
     `traceparent` with the sampled flag makes its events' traces continue the client's (others are ignored).
@@ -106,6 +113,7 @@ def _meta(request: Request, deadline: float) -> RequestMeta:
         h.get("content-type"),
         h.get("idempotency-key"),
         correlation_id,
+        tenant=_tenant(request),
         content_length=declared_length(h.get("content-length")),
         deadline=deadline,
         trace_parent=forced_parent(h.get(TRACEPARENT)),
@@ -251,38 +259,40 @@ class ApiGateway:
         responses=error_responses(*READ_ERRORS),
         summary="An event's processing status, timestamps, position and result",
     )
-    async def get_event(self, event_id: str) -> Response:
-        return _answer(await self._reads.event(event_id))
+    async def get_event(self, request: Request, event_id: str) -> Response:
+        return _answer(await self._reads.event(_tenant(request), event_id))
 
     @app.get(
         "/events/{event_id}/audit",
         responses=error_responses(*READ_ERRORS),
         summary="Every state transition of an event",
     )
-    async def get_audit(self, event_id: str) -> Response:
-        return _answer(await self._reads.audit(event_id))
+    async def get_audit(self, request: Request, event_id: str) -> Response:
+        return _answer(await self._reads.audit(_tenant(request), event_id))
 
     @app.get(
         "/users/{user_id}/summary",
         responses=error_responses(*READ_ERRORS),
         summary="Running totals and action counts of a user",
     )
-    async def get_user(self, user_id: str) -> Response:
-        return _answer(await self._reads.user(user_id))
+    async def get_user(self, request: Request, user_id: str) -> Response:
+        return _answer(await self._reads.user(_tenant(request), user_id))
 
     @app.get(
         "/devices/{device_id}/summary",
         responses=error_responses(*READ_ERRORS),
         summary="Reading statistics of a device, in SI units",
     )
-    async def get_device(self, device_id: str) -> Response:
-        return _answer(await self._reads.device(device_id))
+    async def get_device(self, request: Request, device_id: str) -> Response:
+        return _answer(await self._reads.device(_tenant(request), device_id))
 
     @app.get(
         "/dead-letters", responses=error_responses(*LIST_ERRORS), summary="Dead letters, oldest first, paged by id"
     )
-    async def get_dead_letters(self, after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> Response:
-        return _answer(await self._reads.dead_letters(after, limit))
+    async def get_dead_letters(
+        self, request: Request, after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)
+    ) -> Response:
+        return _answer(await self._reads.dead_letters(_tenant(request), after, limit))
 
     @app.get("/schemas", responses=error_responses(*OPEN_ERRORS), summary="JSON Schema of every event type and version")
     async def get_schemas(self) -> dict[str, Any]:

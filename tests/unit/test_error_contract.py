@@ -21,6 +21,7 @@ import orjson
 import pytest
 
 from cluster.adapters.read_store import ReadStore
+from pipelines.access import DEFAULT_TENANT
 from pipelines.jsontext import ambiguity
 from pipelines.registry import default_registry
 from serve_app.admission import InflightGate
@@ -106,7 +107,7 @@ def _database_unavailable(url: str) -> Reply:
             return store
 
         try:
-            return await Reads(opened, INCIDENTS, timeout_s=0.2).event("some-event")
+            return await Reads(opened, INCIDENTS, timeout_s=0.2).event(DEFAULT_TENANT, "some-event")
         finally:
             await store.close()
 
