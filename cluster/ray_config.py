@@ -56,11 +56,13 @@ def haproxy_env(data_dir: Path) -> dict[str, str]:
 # writes the file, then starts or reloads HAProxy with `-f` it; each start and reload goes through here):
 # - Ray's template binds the stats (`bind *:PORT`) and Prometheus (`bind :PORT`) frontends to every interface
 #   whatever the HTTP host: with a loopback API they move to its host ({binds} is that sed expression, or nothing).
-# - Ray sets no `timeout http-request` (HAProxy then allows `timeout client`, 3600 s) and forwards a request as soon
-#   as its headers are in: a client trickling its body holds a replica slot (max_ongoing_requests) for the whole
-#   request_timeout_s; 256 such clients starved every other request. With `option http-buffer-request` HAProxy
-#   keeps the body (up to tune.bufsize, 16 KiB) until it is complete, so slow clients wait in HAProxy (event-driven,
-#   thousands of connections) and get its 408 after `timeout http-request`, never reaching a replica.
+# - Ray sets no `timeout http-request` (HAProxy then allows `timeout client`, 3600 s, for a request's headers), and
+#   forwards a request as soon as its headers are in: a client trickling its body holds a replica slot
+#   (max_ongoing_requests) for the whole request_timeout_s, and 256 such clients starved every other request.
+#   HAProxy now waits for the body itself (event-driven: thousands of connections cost little) and answers 408 after
+#   `timeout http-request`, for the requests whose body the API would read: POSTs with a JSON Content-Type, no
+#   Content-Encoding, and a body declared up to tune.bufsize (16 KiB) or chunked. The others still reach the replica
+#   at once, so it keeps refusing them from their headers alone (413 declared too large, 415) before any body byte.
 _HAPROXY_WRAPPER = r"""#!/bin/sh
 # Written by eventpipe (cluster/ray_config.py): see _HAPROXY_WRAPPER there.
 cfg=
@@ -69,9 +71,18 @@ for arg in "$@"; do
   [ "$prev" = "-f" ] && cfg=$arg
   prev=$arg
 done
+D='/^defaults$/a\    '
+F='/^frontend http_frontend$/a\    '
 if [ -n "$cfg" ] && [ -f "$cfg" ] && ! grep -q '^    # eventpipe:' "$cfg"; then
-  sed -i -E {binds}-e '/^defaults$/a\    # eventpipe: headers and body within the bound, buffered here' \
-    -e '/^defaults$/a\    timeout http-request {timeout}s' -e '/^defaults$/a\    option http-buffer-request' "$cfg"
+  sed -i -E {binds}\
+    -e "${{D}}# eventpipe: headers within the request bound (Ray sets none: timeout client applies)" \
+    -e "${{D}}timeout http-request {timeout}s" \
+    -e "${{F}}# eventpipe: slow bodies wait here, not in a replica" \
+    -e "${{F}}acl ep_json req.hdr(content-type) -m beg -i application/json application/cloudevents+json text/json" \
+    -e "${{F}}acl ep_large req.hdr_val(content-length) gt 16384" \
+    -e "${{F}}acl ep_encoded req.hdr(content-encoding) -m found" \
+    -e "${{F}}http-request wait-for-body time {timeout}s if METH_POST ep_json !ep_large !ep_encoded" \
+    "$cfg"
 fi
 exec {binary} "$@"
 """

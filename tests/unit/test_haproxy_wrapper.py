@@ -1,6 +1,6 @@
 """Specification of the wrapper Serve starts HAProxy through (cluster/ray_config.py): on a config as Ray's template
-writes it, every-interface binds move to the loopback API host, `timeout http-request` and `option http-buffer-request`
-are set once, and the real HAProxy accepts the result (`haproxy -c`, which checks without binding).
+writes it, every-interface binds move to the loopback API host, `timeout http-request` and a wait for small JSON
+bodies are set once, and the real HAProxy accepts the result (`haproxy -c`, which checks without binding).
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def test_every_interface_binds_move_to_loopback_and_slow_clients_are_bounded(wra
     text = config.read_text()
     binds = [line.split()[1] for line in text.splitlines() if line.strip().startswith("bind ")]
     assert binds == ["127.0.0.1:9101", "127.0.0.1:8000", "127.0.0.1:8404"]
-    assert text.count("timeout http-request 13s") == 1 and text.count("option http-buffer-request") == 1
+    assert text.count("timeout http-request 13s") == 1
+    assert text.count("http-request wait-for-body time 13s if METH_POST ep_json !ep_large !ep_encoded") == 1
 
 
 def test_a_second_start_on_the_same_config_changes_nothing(wrapper: str, tmp_path: Path):
