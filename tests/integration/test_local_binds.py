@@ -11,6 +11,8 @@ one socket per process, never dropped silently.
 from __future__ import annotations
 
 import ipaddress
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -130,3 +132,19 @@ def test_the_stack_on_loopback_processes_events(run: EventpipeRun) -> None:
         return row is not None and row[0] == "processed"
 
     wait_until(processed, 60, "the event processed")
+
+
+def test_eventpipe_status_reaches_the_loopback_ray_from_a_plain_shell(run: EventpipeRun) -> None:
+    # given the run's Ray on 127.0.0.1 (single-machine mode), and a shell without the run's Ray environment
+    env = {k: v for k, v in run.env.items() if not k.startswith("RAY_")}
+    # when `eventpipe status` asks its leader, then it prints the partition owners
+    done = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "status"],
+        env=env,
+        cwd=run.data_dir.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "partition" in done.stdout, done.stdout[-2000:]
