@@ -26,7 +26,7 @@ from cluster.adapters.retention import RetainedTable, RetentionPolicy, Retention
 from cluster.observability.logs import setup_logging
 from cluster.observability.redact import mask_credentials
 from cluster.observability.terminal import printable, terminal_text
-from cluster.ray_config import RAY_CORE_ENV, haproxy_wrapper_env, serve_ingress_env
+from cluster.ray_config import RAY_CORE_ENV, client_env, haproxy_wrapper_env, serve_ingress_env
 from cluster.run_command import Terminal
 from cluster.settings import Settings, secrets_in_environment
 
@@ -94,6 +94,7 @@ def _status_address(settings: Settings) -> str:
     token_path = settings.data_dir.resolve() / "ray" / "auth_token"
     if recorded and token_path.exists() and not settings.ray_address:
         os.environ.update(auth_env(token_path))
+        os.environ.update(client_env(recorded))  # a loopback head: ray.init must not rewrite 127.0.0.1
         return recorded
     return settings.ray_address or "auto"
 

@@ -95,6 +95,9 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+LOOPBACK_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
 def loopback_env(settings: Settings) -> dict[str, str]:
     """The environment that keeps a Ray head started here on loopback when the API is (`http_host` 127.0.0.1, the
     default); empty for a joined cluster or an API on every interface.
@@ -108,7 +111,13 @@ def loopback_env(settings: Settings) -> dict[str, str]:
     """
     if settings.ray_address or not is_loopback(settings.http_host):
         return {}
-    return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    return dict(LOOPBACK_RAY_ENV)
+
+
+def client_env(ray_address: str) -> dict[str, str]:
+    """What a process joining the Ray at `ray_address` needs: for a loopback head, the same single-machine mode, or
+    `ray.init` rewrites 127.0.0.1 to the host's address (resolve_ip_for_localhost), where nothing listens."""
+    return dict(LOOPBACK_RAY_ENV) if is_loopback(ray_address.rpartition(":")[0]) else {}
 
 
 def haproxy_wrapper_env(settings: Settings) -> dict[str, str]:
