@@ -26,6 +26,10 @@ class Measure(StrEnum):
     EVENTS = "events"  # events in ingested requests (a 1,000-event batch costs 1,000)
 
 
+class LimiterUnavailable(Exception):
+    """The limiter could not be asked (down, restarting, too slow): the replica decides alone for a while."""
+
+
 @dataclass(frozen=True, slots=True)
 class Quota:
     """A bucket's shape: `per_minute` tokens refilled evenly over 60 s, at most `burst` of them free at once."""

@@ -9,6 +9,7 @@ import random
 
 import pytest
 
+from cluster.observability.labels import OTHER, BoundedLabels
 from pipelines.rate_lease import EXPIRY_MARGIN_S, FallbackBucket, LeasedQuota
 from pipelines.rate_limit import BURST_SHARE, Ledger, Measure, Quota, event_quota, request_quota
 from tests.ratelimit_sim import KEY, Sim, max_in_window
@@ -215,3 +216,10 @@ def test_idle_full_buckets_are_forgotten() -> None:
     ledger.release(KEY, Measure.REQUESTS, grant.lease_id, grant.tokens - 1, now=1.0)
     assert ledger.sweep(now=1.0 + 60 / quota.per_minute) == 1
     assert len(ledger) == 0
+
+
+def test_key_labels_are_bounded_to_the_first_names_then_other() -> None:
+    labels = BoundedLabels(max_values=3)
+    names = [f"key-{i}" for i in range(5)]
+    assert [labels(n) for n in names] == [*names[:3], OTHER, OTHER]
+    assert labels(names[0]) == names[0]  # a known name keeps its series
