@@ -52,6 +52,10 @@ class RateLimiter:
         for lease_id, unused in returns:
             self._ledger.release(key, measure, lease_id, unused, now)
 
+    def sharing(self, key: str, measure: Measure) -> int:
+        """Replicas that asked for this key's bucket lately (for tests and the status page)."""
+        return self._ledger.sharing(key, measure, time.monotonic())
+
     def stats(self) -> dict[str, Any]:
         return {"buckets": len(self._ledger), "calls": self._calls}
 

@@ -187,6 +187,14 @@ class Ledger:
             del self._buckets[bucket_key]
         return len(idle)
 
+    def sharing(self, key: str, measure: Measure, now: float) -> int:
+        """How many replicas asked for this bucket within two lease lifetimes (0: none, or no such bucket)."""
+        bucket = self._buckets.get((key, measure))
+        if bucket is None:
+            return 0
+        self._active(bucket, now)  # forgets the replicas that stopped asking
+        return len(bucket.seen)
+
     def __len__(self) -> int:
         return len(self._buckets)
 

@@ -9,10 +9,10 @@ import random
 
 import pytest
 
+from benchmarks.ratelimit_sim import KEY, Sim, max_in_window
 from cluster.observability.labels import OTHER, BoundedLabels
 from pipelines.rate_lease import EXPIRY_MARGIN_S, FallbackBucket, LeasedQuota
 from pipelines.rate_limit import BURST_SHARE, Ledger, Measure, Quota, event_quota, request_quota
-from tests.ratelimit_sim import KEY, Sim, max_in_window
 
 
 def test_the_burst_is_five_percent_of_the_limit_so_a_window_admits_at_most_limit_times_1_05() -> None:
@@ -223,3 +223,13 @@ def test_key_labels_are_bounded_to_the_first_names_then_other() -> None:
     names = [f"key-{i}" for i in range(5)]
     assert [labels(n) for n in names] == [*names[:3], OTHER, OTHER]
     assert labels(names[0]) == names[0]  # a known name keeps its series
+
+
+def test_the_ledger_knows_how_many_replicas_share_a_key() -> None:
+    ledger = Ledger(lease_ttl_s=5.0)
+    quota = request_quota(1000)
+    for replica in ("a", "b"):
+        ledger.acquire(KEY, Measure.REQUESTS, quota, replica, 1, now=0.0)
+    assert ledger.sharing(KEY, Measure.REQUESTS, now=1.0) == 2
+    assert ledger.sharing(KEY, Measure.REQUESTS, now=11.0) == 0  # neither asked within two lease lifetimes
+    assert ledger.sharing("unknown", Measure.REQUESTS, now=1.0) == 0

@@ -50,7 +50,8 @@ class Sim:
             grant = self._acquire(replica, replica.quota.need(cost), now)
             replica.quota.granted(grant, now, now + self.rtt_s)
             result = replica.quota.take(cost, now + self.rtt_s)
-            assert result is not None
+            if result is None:
+                raise RuntimeError("a granted or refused fetch must let the request be decided")
             now += self.rtt_s
         if result.allowed:
             self.admitted.extend([now] * cost)
