@@ -90,6 +90,11 @@ class LeasedQuota:
         spent, self._spent = list(self._spent.items()), {}
         return spent
 
+    def busy(self, cost: int, now: float) -> Decision:
+        """Refused: concurrent requests spent what was fetched for this one; retry after the time `cost` takes to
+        refill."""
+        return decision(self.quota, False, self.held + self._free, cost / self.quota.rate)
+
     def need(self, cost: int) -> int:
         """Tokens to ask for so that a request of `cost` can be decided."""
         return max(1, cost - self.held)

@@ -26,6 +26,7 @@ from pipelines.rate_limit import Grant, LimiterUnavailable, Measure, Quota, even
 log = logging.getLogger(__name__)
 
 _SWEEP_EVERY_S = 1.0  # give back leases near their expiry, forget idle keys
+_FETCHES_PER_REQUEST = 3  # a request no fetch covered after this many (others spent them first) is refused
 
 
 class Limiter(Protocol):
@@ -98,19 +99,18 @@ class RateLimits:
             return self._alone(key, quota, cost, now)
         local = self._quota(key, quota)
         decision = local.take(cost, now)
-        if decision is None:
+        for _ in range(_FETCHES_PER_REQUEST):
+            if decision is not None:
+                break
+            # A fetch in flight (a prefetch, or another request's), else the round trip of the key's first request
             fetch = self._fetches.get(key) or self._fetch(key, local, local.need(cost))
-            await asyncio.shield(fetch)  # a prefetch in flight, else the one round trip of this key's first request
+            await asyncio.shield(fetch)
             now = self._clock()
             if now < self._fallback_until:
                 return self._alone(key, quota, cost, now)
             decision = local.take(cost, now)
-            if decision is None:  # a prefetch for less than this request needs: ask for exactly what is missing
-                await asyncio.shield(self._fetch(key, local, local.need(cost)))
-                now = self._clock()
-                decision = local.take(cost, now) if now >= self._fallback_until else None
-                if decision is None:
-                    return self._alone(key, quota, cost, now)
+        if decision is None:  # concurrent requests spent every block fetched for this one: a busy key, try again
+            return local.busy(cost, now)
         if local.wants_refill(now):
             self._fetch(key, local, 1)
         return decision

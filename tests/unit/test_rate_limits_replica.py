@@ -207,3 +207,19 @@ def test_leases_near_expiry_are_given_back() -> None:
         assert grant.free + grant.tokens >= request_quota(6000).burst - 1  # all but the one spent token came back
 
     asyncio.run(run())
+
+
+def test_a_crowd_of_concurrent_requests_is_admitted_within_the_burst_without_a_call_each() -> None:
+    async def run() -> None:
+        clock = Clock()
+        limiter = MemoryLimiter(clock, 5.0)
+        limiter.delay_s = 0.005
+        rl = limits(clock, limiter)
+        who = principal(name="crowd", per_minute=120)  # burst 6
+        decisions = await asyncio.gather(*(rl.request(who) for _ in range(50)))
+        await rl.close()
+        assert sum(d.allowed for d in decisions) <= request_quota(120).burst
+        assert all(d.retry_after_s > 0 for d in decisions if not d.allowed)
+        assert limiter.calls <= 10  # the crowd shares fetches; refusals are then decided locally
+
+    asyncio.run(run())
