@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import tempfile
 import time
 from collections.abc import Sequence
 
@@ -116,11 +117,14 @@ def accuracy(per_minute: int, replicas: int, seed: int) -> tuple[float, float]:
 
 
 def ray_limiter(settings: Settings) -> Limiter:
+    """A Ray of this process's own (never another one on the host: address="local", a private temp dir)."""
     import ray
 
     from actors.rate_limiter import LimiterClient
 
-    ray.init(num_cpus=1, include_dashboard=False, namespace=settings.ray_namespace, log_to_driver=False)
+    temp_dir = tempfile.mkdtemp(prefix="ep-rlb-")
+    ray.init(address="local", num_cpus=1, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False,
+             namespace=settings.ray_namespace)  # fmt: skip
     return LimiterClient(settings)
 
 
