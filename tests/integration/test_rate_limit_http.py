@@ -133,6 +133,9 @@ def test_two_replicas_together_admit_no_more_than_the_keys_bound(
     assert ray.get(limiter.sharing.remote(key, Measure.REQUESTS), timeout=30) == REPLICAS
     assert not tally.other, tally.other[:3]
     bound = quota.burst + quota.rate * elapsed
+    ratio = len(tally.admitted) / (quota.rate * elapsed)
+    admitted, refused = len(tally.admitted), len(tally.refused)
+    print(f"\nadmitted {admitted}, refused {refused} in {elapsed:.1f}s; bound {bound:.1f}; {ratio=:.3f}")
     assert len(tally.admitted) <= bound, (len(tally.admitted), bound, elapsed)
     assert len(tally.admitted) >= 0.9 * quota.rate * elapsed  # the key gets its limit, it is not starved
     assert len(tally.refused) > 10 * len(tally.admitted)  # the load really was far above the limit
