@@ -64,6 +64,7 @@ class RateLimits:
         self._fetches: dict[BucketKey, asyncio.Task[None]] = {}
         self._fallback: dict[BucketKey, FallbackBucket] = {}
         self._fallback_until = 0.0
+        self._outage_since: float | None = None  # when the limiter stopped answering, None while it answers
         self._sweeper: asyncio.Task[None] | None = None
         self._labels = BoundedLabels()
 
@@ -144,6 +145,9 @@ class RateLimits:
                 self._timeout_s,
             )
             local.granted(grant, sent_at, self._clock())
+            if self._outage_since is not None:
+                log.warning("rate limiter reachable again after %.1fs alone", self._clock() - self._outage_since)
+                self._outage_since = None
         except (LimiterUnavailable, TimeoutError) as exc:
             self._unreachable(exc)
         finally:
@@ -151,10 +155,11 @@ class RateLimits:
 
     def _unreachable(self, exc: BaseException) -> None:
         now = self._clock()
-        if now >= self._fallback_until:
+        if self._outage_since is None:  # once per outage, however long it lasts
+            self._outage_since = now
             log.warning(
                 "rate limiter unreachable (%s): this replica decides alone, with its share of each key's limit, "
-                "for %gs",
+                "asking again every %gs",
                 type(exc).__name__,
                 self._fallback_for_s,
             )

@@ -158,7 +158,7 @@ def test_a_slow_limiter_counts_as_unreachable() -> None:
     asyncio.run(run())
 
 
-def test_the_limiter_is_asked_again_after_a_lease_lifetime_alone() -> None:
+def test_the_limiter_is_asked_again_after_a_lease_lifetime_alone(caplog: pytest.LogCaptureFixture) -> None:
     async def run() -> None:
         clock = Clock()
         limiter = MemoryLimiter(clock, 5.0)
@@ -166,13 +166,19 @@ def test_the_limiter_is_asked_again_after_a_lease_lifetime_alone() -> None:
         rl = limits(clock, limiter)
         who = principal()
         await rl.request(who)
+        clock.now += 5.1
+        await rl.request(who)  # still down: asked again, not logged again
         limiter.down = False
         clock.now += 5.1
         await rl.request(who)
         await rl.close()
-        assert limiter.calls == 2
+        assert limiter.calls == 3
 
-    asyncio.run(run())
+    with caplog.at_level(logging.WARNING, logger="serve_app.rate_limits"):
+        asyncio.run(run())
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "unreachable" in m]) == 1
+    assert len([m for m in messages if "reachable again" in m]) == 1
 
 
 def test_events_are_limited_only_for_keys_with_an_events_limit() -> None:
