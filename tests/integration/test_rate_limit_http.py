@@ -158,3 +158,44 @@ def test_two_replicas_together_admit_no_more_than_the_keys_bound(
         "the admitted events stored",
     )
     assert pipeline.scalar("SELECT count(*) FROM events WHERE id = ANY(%s)", refused_ids) == 0
+
+
+def test_a_limiter_restart_mid_run_costs_at_most_a_few_bursts_and_no_error(
+    pipeline: Pipeline, limited_api: tuple[str, str]
+) -> None:
+    # given clients hammering the key, when the limiter actor dies mid-run (Ray restarts it, knowing nothing)
+    base_url, namespace = limited_api
+    quota = request_quota(LIMIT_PER_MINUTE)
+    ttl_s = pipeline.settings.rate_limit_lease_ttl_s
+    tally = Tally()
+    run_s = 20.0
+    started = time.monotonic()
+    clients = [
+        threading.Thread(target=_hammer, args=(base_url, unique_prefix("rl-restart"), started + run_s, tally))
+        for _ in range(CLIENTS)
+    ]
+    for c in clients:
+        c.start()
+    time.sleep(run_s / 4)
+    ray.kill(ray.get_actor(names.RATE_LIMITER, namespace=namespace), no_restart=False)
+    for c in clients:
+        c.join()
+    elapsed = time.monotonic() - started
+
+    # then every answer was a 202 or a 429 (the replicas decided alone while it was away)
+    assert not tally.other, tally.other[:3]
+    # and together they admitted at most: the old leases (a burst), the replicas' fallback buckets (a burst and their
+    # shares of the rate, for a lease lifetime at most overlapping the new limiter's), the new limiter's full bucket
+    bound = 3 * quota.burst + quota.rate * (elapsed + ttl_s)
+    admitted = len(tally.admitted)
+    print(f"\nadmitted {admitted} in {elapsed:.1f}s across a limiter restart; bound {bound:.1f}")
+    assert admitted <= bound, (admitted, bound)
+    assert admitted >= 0.8 * quota.rate * elapsed  # the key kept getting its limit through the restart
+    # and the restarted limiter serves both replicas again
+    key = development_principal(pipeline.settings).key_id
+    limiter = ray.get_actor(names.RATE_LIMITER, namespace=namespace)
+    wait_until(
+        lambda: ray.get(limiter.sharing.remote(key, Measure.REQUESTS), timeout=30) >= 1,
+        30,
+        "a replica leasing from the restarted limiter",
+    )
