@@ -205,6 +205,19 @@ class Settings(BaseSettings):
     # them to the broker; 0 turns the handover off (spool mode then ends only when a look finds the spool empty).
     spool_handover_max_wait_s: float = Field(1.5, ge=0)
 
+    # -- Rate limit (issue 11; ADR and pipelines/rate_limit.py) ---------------------------------------------------
+    # A key's requests per minute when it names none (the development key's too). Enforced cluster-wide: any 60 s
+    # window admits at most this x 1.05 for one key, over every API replica together.
+    rate_limit_requests_per_minute: int = Field(1000, ge=1)
+    # A key's events per minute when it names none; None: only requests are limited. A batch of N events costs N.
+    rate_limit_events_per_minute: int | None = Field(None, ge=1)
+    # Lifetime of a block of tokens the limiter actor leases to a replica. Longer: fewer calls when a key is idle,
+    # but a dead replica's unspent block (at most half its share of the 5 % burst) is lost to the key for longer.
+    rate_limit_lease_ttl_s: float = Field(5.0, ge=1.0)
+    # How long a request waits for the limiter when its replica holds no tokens for the key; past it, or when the
+    # actor is down or restarting, the replica decides alone (its share of the limit) for one lease lifetime.
+    rate_limit_fetch_timeout_s: float = Field(0.25, gt=0)
+
     @model_validator(mode="after")
     def _events_fit_broker_records(self) -> Settings:
         room = self.kafka_message_max_bytes - RECORD_HEADROOM_BYTES

@@ -7,6 +7,8 @@ it carries advice and an error id, and the log line with that id carries the cau
 """
 
 import asyncio
+import dataclasses
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -17,6 +19,7 @@ from fastapi.responses import ORJSONResponse, Response
 from ray import serve
 
 from actors.metrics_hub import start_metrics_push
+from actors.rate_limiter import LimiterClient
 from cluster.adapters.kafka_config import producer_config
 from cluster.adapters.kafka_producer import KafkaPublisher
 from cluster.adapters.read_store import ReadStore
@@ -26,7 +29,9 @@ from cluster.observability.event_spans import IngestSpans
 from cluster.observability.logs import bind_correlation, setup_logging
 from cluster.observability.tracing import TRACEPARENT, Tracing, forced_parent
 from cluster.settings import Settings
-from pipelines.access import DEFAULT_TENANT
+from pipelines.access import DEFAULT_TENANT, Principal, Scope
+from pipelines.rate_lease import Decision
+from pipelines.rate_limit import Measure
 from pipelines.registry import default_registry
 from serve_app import replies
 from serve_app.admission import HandoverPolicy, InflightGate
@@ -37,6 +42,7 @@ from serve_app.http_metrics import RequestMetrics
 from serve_app.incidents import Incidents
 from serve_app.ingest import Ingestor, Reply, RequestMeta
 from serve_app.openapi import batch_body_schema, single_body_schema
+from serve_app.rate_limits import RateLimits
 from serve_app.readiness import CachedReadiness
 from serve_app.reads import Reads
 
@@ -63,8 +69,10 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
     return ORJSONResponse(body, status_code=500)
 
 
-def _reply(reply: Reply, meta: RequestMeta) -> Response:
-    headers = {**(reply.headers or {}), "X-Correlation-ID": meta.correlation_id or ""}
+def _reply(reply: Reply, meta: RequestMeta, decision: Decision | None = None) -> Response:
+    """The answer, with the request's rate-limit headers when it was admitted (a refusal's own headers win)."""
+    limit_headers = replies.rate_limit_headers(decision) if decision is not None else {}
+    headers = {**limit_headers, **(reply.headers or {}), "X-Correlation-ID": meta.correlation_id or ""}
     return ORJSONResponse(reply.body, status_code=reply.status, headers=headers)
 
 
@@ -72,6 +80,18 @@ def _tenant(request: Request) -> str:
     """The tenant this request acts for: the one accessor every route asks (ingest scopes ids by it, reads filter by
     it). Until API keys exist every request is the default tenant's; auth replaces this body by the Principal's."""
     return DEFAULT_TENANT
+
+
+def development_principal(settings: Settings) -> Principal:
+    """The one caller until API keys exist: every scope, the default tenant, the default limits."""
+    return Principal(
+        key_id="development",
+        name="development",
+        tenant=DEFAULT_TENANT,
+        scopes=frozenset(Scope),
+        requests_per_minute=settings.rate_limit_requests_per_minute,
+        events_per_minute=settings.rate_limit_events_per_minute,
+    )
 
 
 def _meta(request: Request, deadline: float) -> RequestMeta:
@@ -159,6 +179,8 @@ class ApiGateway:
         self._reads_open = False
         self._reads = Reads(self._store, _INCIDENTS, settings.read_timeout_s)
         self._readiness = CachedReadiness(self._compute_readiness, ttl_s=_READY_TTL_S)
+        self._limits = RateLimits(settings, LimiterClient(settings))
+        self._development = development_principal(settings)
         self._startup: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
 
@@ -174,6 +196,25 @@ class ApiGateway:
         await self._spool.open()
         await self._watch.refresh()
         self._watch_task = asyncio.create_task(self._watch.run(), name="spool-watch")
+
+    def _principal(self, request: Request) -> Principal:
+        """Who is asking: the ONE place a request's Principal comes from (API keys will resolve it here)."""
+        return self._development
+
+    async def _admit_events(self, principal: Principal, count: int) -> Reply | None:
+        decision = await self._limits.events(principal, count)
+        if decision is None or decision.allowed:
+            return None
+        return replies.rate_limited(decision, Measure.EVENTS)
+
+    async def _limited(self, request: Request, answer: Callable[[], Awaitable[Reply]]) -> Response:
+        """A read: the key's request limit first (429, nothing read), then the answer, with the RateLimit headers."""
+        decision = await self._limits.request(self._principal(request))
+        if not decision.allowed:
+            return _answer(replies.rate_limited(decision, Measure.REQUESTS))
+        reply = await answer()
+        headers = {**replies.rate_limit_headers(decision), **(reply.headers or {})}
+        return ORJSONResponse(reply.body, status_code=reply.status, headers=headers)
 
     async def _store(self) -> ReadStore:
         if not self._reads_open:
@@ -197,15 +238,20 @@ class ApiGateway:
             meta = _meta(request, deadline)
         except BadContentLength as exc:
             return _reply(replies.error(400, "bad_content_length", str(exc)), RequestMeta(None, None, None))
+        principal = self._principal(request)
+        decision = await self._limits.request(principal)  # headers alone: before a byte of the body is read
+        if not decision.allowed:
+            return _reply(replies.rate_limited(decision, Measure.REQUESTS), meta)
+        meta = dataclasses.replace(meta, admit_events=functools.partial(self._admit_events, principal))
         problem = self._ingestor.precheck(meta, limit)
         if problem is not None:
-            return _reply(problem, meta)
+            return _reply(problem, meta, decision)
         lease = BodyLease(self._body_budget)
         try:
             body = await receive(request.stream(), meta, limit, lease, self._started, _INCIDENTS)
             if isinstance(body, Reply):
-                return _reply(body, meta)
-            return _reply(await handle(body, meta), meta)
+                return _reply(body, meta, decision)
+            return _reply(await handle(body, meta), meta, decision)
         finally:
             lease.release()
 
@@ -219,29 +265,32 @@ class ApiGateway:
 
     @app.get("/events/{event_id}", summary="An event's processing status, timestamps, position and result")
     async def get_event(self, request: Request, event_id: str) -> Response:
-        return _answer(await self._reads.event(_tenant(request), event_id))
+        return await self._limited(request, lambda: self._reads.event(_tenant(request), event_id))
 
     @app.get("/events/{event_id}/audit", summary="Every state transition of an event")
     async def get_audit(self, request: Request, event_id: str) -> Response:
-        return _answer(await self._reads.audit(_tenant(request), event_id))
+        return await self._limited(request, lambda: self._reads.audit(_tenant(request), event_id))
 
     @app.get("/users/{user_id}/summary", summary="Running totals and action counts of a user")
     async def get_user(self, request: Request, user_id: str) -> Response:
-        return _answer(await self._reads.user(_tenant(request), user_id))
+        return await self._limited(request, lambda: self._reads.user(_tenant(request), user_id))
 
     @app.get("/devices/{device_id}/summary", summary="Reading statistics of a device, in SI units")
     async def get_device(self, request: Request, device_id: str) -> Response:
-        return _answer(await self._reads.device(_tenant(request), device_id))
+        return await self._limited(request, lambda: self._reads.device(_tenant(request), device_id))
 
     @app.get("/dead-letters", summary="Dead letters, oldest first, paged by id")
     async def get_dead_letters(
         self, request: Request, after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)
     ) -> Response:
-        return _answer(await self._reads.dead_letters(_tenant(request), after, limit))
+        return await self._limited(request, lambda: self._reads.dead_letters(_tenant(request), after, limit))
 
     @app.get("/schemas", summary="JSON Schema of every event type and version")
-    async def get_schemas(self) -> dict[str, Any]:
-        return {"types": self._registry.json_schemas()}
+    async def get_schemas(self, request: Request) -> Response:
+        return await self._limited(request, self._schemas)
+
+    async def _schemas(self) -> Reply:
+        return Reply(200, {"types": self._registry.json_schemas()})
 
     @app.get("/healthz", summary="Liveness")
     async def healthz(self) -> dict[str, str]:

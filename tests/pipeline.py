@@ -63,6 +63,9 @@ class Pipeline:
         return url
 
 
+UNLIMITED_PER_MINUTE = 1_000_000_000  # a per-key request limit no test workload reaches
+
+
 def wait_until(condition: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.2) -> Any:
     """Poll a condition with a deadline; fail with `what` if it never holds."""
     deadline = time.monotonic() + timeout_s
@@ -139,6 +142,9 @@ def pipeline(infra_settings: Settings, pg_url: str, enrichment_service: FakeEnri
             "database_url": SecretStr(url),
             # A commit failing this long makes an owner `stalled` (production: 30 s): test_stuck_partition.py
             "owner_stalled_after_s": 3.0,
+            # The development key's requests are not limited here: tests send thousands per minute through it. The
+            # rate limit is tested by its own Serve app and limit (tests/integration/test_rate_limit_http.py).
+            "rate_limit_requests_per_minute": UNLIMITED_PER_MINUTE,
         }
     )
     migrate(settings.database_url.get_secret_value())

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from cluster.local import free_port
 from cluster.run_record import ProcTable, Role, RunDir, RunRecord, session_processes, still_ours, stop_processes
 from cluster.settings import Settings
-from tests.pipeline import wait_until
+from tests.pipeline import UNLIMITED_PER_MINUTE, wait_until
 
 READY_LINE = "eventpipe is running."
 START_TIMEOUT_S = 300.0
@@ -42,6 +42,9 @@ def run_env(data_dir: Path, http_port: int, metrics_port: int, dashboard_port: i
             "EVENTPIPE_DASHBOARD_PORT": str(dashboard_port),
             "EVENTPIPE_PARTITIONS": "2",
             "EVENTPIPE_BREAKER_RESET_TIMEOUT_S": "2",
+            # The chaos workloads send far more than a key's 1,000 requests/min through the development key; the rate
+            # limit itself is tested with its own limit (tests/integration/test_rate_limit_http.py).
+            "EVENTPIPE_RATE_LIMIT_REQUESTS_PER_MINUTE": str(UNLIMITED_PER_MINUTE),
             "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(30_000 + block * 100),
             "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(30_000 + block * 100 + 99),
             "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(31_000 + block * 100),
