@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     # 2 s: each push costs the pusher a registry snapshot and the hub a merge (measured: idle hub 2.9 -> 2.3 % of a
     # core with 4 owners); Prometheus scrapes every 15 s by default, the status page refreshes every 2 s.
     metrics_push_interval_s: float = Field(2.0, gt=0)
+    # API keys (issue 11): every route but /healthz, /readyz, /docs and /openapi.json needs one. Each replica holds
+    # the active keys in memory and reloads them every auth_refresh_s (a revoke reaches every replica within it, and
+    # last-used times are written on the same timer); no database query per request. auth_enabled false: every
+    # request acts for the default tenant with all scopes, and the API and `eventpipe run` log a WARNING at start.
+    auth_enabled: bool = True
+    auth_refresh_s: float = Field(2.0, gt=0)
     max_batch_events: int = Field(1000, ge=1)
     max_body_bytes: int = Field(1_048_576 * 4, ge=1024)
     max_event_bytes: int = Field(262_144, ge=256)

@@ -1,9 +1,11 @@
 """The Ray Serve application: one ingress deployment serving ingestion, the read API, schemas and health.
 
 Clients (Kafka producer, kafka breaker, spool and read pools) are built once per replica in the constructor; routes
-only translate HTTP. Limits come before work: media type and declared size are judged before the body is read, the
-body is read under a byte cap, and a request's whole handling is bounded in time. No 5xx body carries exception text:
-it carries advice and an error id, and the log line with that id carries the cause.
+only translate HTTP. Every route but health, readiness and the OpenAPI document first authenticates its API key from
+the headers (serve_app/auth.py: keys held in memory, no query per request). Limits come before work: media type and
+declared size are judged before the body is read, the body is read under a byte cap, and a request's whole handling
+is bounded in time. No 5xx body carries exception text: it carries advice and an error id, and the log line with that
+id carries the cause.
 """
 
 import asyncio
@@ -19,6 +21,7 @@ from ray import serve
 from actors.metrics_hub import start_metrics_push
 from cluster.adapters.kafka_config import producer_config
 from cluster.adapters.kafka_producer import KafkaPublisher
+from cluster.adapters.key_store import KeyStore
 from cluster.adapters.read_store import ReadStore
 from cluster.adapters.spool import AsyncSpool
 from cluster.observability.breakers import breaker
@@ -26,21 +29,31 @@ from cluster.observability.event_spans import IngestSpans
 from cluster.observability.logs import bind_correlation, setup_logging
 from cluster.observability.tracing import TRACEPARENT, Tracing, forced_parent
 from cluster.settings import Settings
+from pipelines.access import Principal, Scope
 from pipelines.registry import default_registry
 from serve_app import replies
 from serve_app.admission import HandoverPolicy, InflightGate
+from serve_app.auth import Authenticator
 from serve_app.body import BadContentLength, BodyLease, declared_length
 from serve_app.delivery import Delivery, SpoolWatch
 from serve_app.edge import receive
 from serve_app.http_metrics import RequestMetrics
 from serve_app.incidents import Incidents
 from serve_app.ingest import Ingestor, Reply, RequestMeta
-from serve_app.openapi import batch_body_schema, single_body_schema
+from serve_app.openapi import batch_body_schema, protected, single_body_schema, with_security_schemes
 from serve_app.readiness import CachedReadiness
 from serve_app.reads import Reads
 
 log = logging.getLogger(__name__)
-app = FastAPI(
+
+
+class _Api(FastAPI):
+    def openapi(self) -> dict[str, Any]:
+        """The generated document with the API key's security schemes (routes name them in `protected()`)."""
+        return with_security_schemes(super().openapi())
+
+
+app = _Api(
     title="eventpipe",
     version="0.1.0",
     description="Exactly-once event ingestion and processing. Events are acknowledged (202) only after the broker "
@@ -67,6 +80,12 @@ def _reply(reply: Reply, meta: RequestMeta) -> Response:
     return ORJSONResponse(reply.body, status_code=reply.status, headers=headers)
 
 
+def _principal(request: Request) -> Principal:
+    """The authenticated principal of a request that passed ApiGateway._authorize (tenant, scopes, limits)."""
+    principal: Principal = request.state.principal
+    return principal
+
+
 def _meta(request: Request, deadline: float) -> RequestMeta:
     """The request's metadata; its X-Correlation-ID (1-128 characters), else a new one, is bound to its log lines. A
     `traceparent` with the sampled flag makes its events' traces continue the client's (others are ignored).
@@ -82,6 +101,7 @@ def _meta(request: Request, deadline: float) -> RequestMeta:
         h.get("content-type"),
         h.get("idempotency-key"),
         correlation_id,
+        scope=_principal(request).tenant,
         content_length=declared_length(h.get("content-length")),
         deadline=deadline,
         trace_parent=forced_parent(h.get(TRACEPARENT)),
@@ -107,6 +127,12 @@ class ApiGateway:
         self._tracing = Tracing.start(settings, "api")
         start_metrics_push(settings, "api")
         self._settings = settings
+        database_url = settings.database_url.get_secret_value()
+        if not settings.auth_enabled:
+            log.warning("API keys are off (auth_enabled=false): every request acts for the default tenant, all scopes")
+        store = KeyStore(database_url) if settings.auth_enabled else None
+        self._auth = Authenticator(store, settings.auth_refresh_s, _INCIDENTS)
+        self._auth.load()  # the keys before the first request; a failure is retried on the refresh timer
         self._registry = default_registry(
             settings.base_currency,
             settings.risk_amount_threshold,
@@ -121,7 +147,6 @@ class ApiGateway:
                 message_max_bytes=settings.kafka_message_max_bytes,
             )
         )
-        database_url = settings.database_url.get_secret_value()
         self._spool = AsyncSpool(database_url) if settings.spool_enabled else None
         self._watch = SpoolWatch(self._spool) if self._spool is not None else None
         self._delivery = Delivery(
@@ -179,11 +204,23 @@ class ApiGateway:
         if task is not None and task.done():
             raise RuntimeError(f"the spool watch stopped: {task.exception() if not task.cancelled() else 'cancelled'}")
 
+    def _authorize(self, request: Request, scope: Scope) -> Response | None:
+        """The 401/403 to answer when the request's API key does not hold `scope`; else None, and the principal is
+        kept for `_principal(request)`. Headers only: nothing of the body has been read."""
+        outcome = self._auth.decide(request.headers, scope)
+        if isinstance(outcome, Reply):
+            return _answer(outcome)
+        request.state.principal = outcome
+        return None
+
     async def _ingest(
         self, request: Request, limit: int, handle: Callable[[bytes, RequestMeta], Awaitable[Reply]]
     ) -> Response:
-        """Headers judged first, then the replica's start (503), the byte budget (429) and the body under `limit` bytes
-        (413, 408), all of it within the request's time bound."""
+        """Headers judged first (API key, then media type and size), then the replica's start (503), the byte budget
+        (429) and the body under `limit` bytes (413, 408), all of it within the request's time bound."""
+        refused = self._authorize(request, Scope.INGEST)
+        if refused is not None:
+            return refused
         deadline = asyncio.get_running_loop().time() + self._settings.request_timeout_s
         try:
             meta = _meta(request, deadline)
@@ -201,37 +238,52 @@ class ApiGateway:
         finally:
             lease.release()
 
-    @app.post("/events", status_code=202, openapi_extra=single_body_schema(), summary="Ingest one event")
+    @app.post("/events", status_code=202, openapi_extra=protected(single_body_schema()), summary="Ingest one event")
     async def post_event(self, request: Request) -> Response:
         return await self._ingest(request, self._ingestor.single_limit, self._ingestor.single)
 
-    @app.post("/events/batch", status_code=202, openapi_extra=batch_body_schema(), summary="Ingest a batch of events")
+    @app.post(
+        "/events/batch",
+        status_code=202,
+        openapi_extra=protected(batch_body_schema()),
+        summary="Ingest a batch of events",
+    )
     async def post_batch(self, request: Request) -> Response:
         return await self._ingest(request, self._ingestor.batch_limit, self._ingestor.batch)
 
-    @app.get("/events/{event_id}", summary="An event's processing status, timestamps, position and result")
-    async def get_event(self, event_id: str) -> Response:
-        return _answer(await self._reads.event(event_id))
+    @app.get(
+        "/events/{event_id}",
+        summary="An event's processing status, timestamps, position and result",
+        openapi_extra=protected(),
+    )
+    async def get_event(self, request: Request, event_id: str) -> Response:
+        return self._authorize(request, Scope.READ) or _answer(await self._reads.event(event_id))
 
-    @app.get("/events/{event_id}/audit", summary="Every state transition of an event")
-    async def get_audit(self, event_id: str) -> Response:
-        return _answer(await self._reads.audit(event_id))
+    @app.get("/events/{event_id}/audit", summary="Every state transition of an event", openapi_extra=protected())
+    async def get_audit(self, request: Request, event_id: str) -> Response:
+        return self._authorize(request, Scope.READ) or _answer(await self._reads.audit(event_id))
 
-    @app.get("/users/{user_id}/summary", summary="Running totals and action counts of a user")
-    async def get_user(self, user_id: str) -> Response:
-        return _answer(await self._reads.user(user_id))
+    @app.get(
+        "/users/{user_id}/summary", summary="Running totals and action counts of a user", openapi_extra=protected()
+    )
+    async def get_user(self, request: Request, user_id: str) -> Response:
+        return self._authorize(request, Scope.READ) or _answer(await self._reads.user(user_id))
 
-    @app.get("/devices/{device_id}/summary", summary="Reading statistics of a device, in SI units")
-    async def get_device(self, device_id: str) -> Response:
-        return _answer(await self._reads.device(device_id))
+    @app.get(
+        "/devices/{device_id}/summary", summary="Reading statistics of a device, in SI units", openapi_extra=protected()
+    )
+    async def get_device(self, request: Request, device_id: str) -> Response:
+        return self._authorize(request, Scope.READ) or _answer(await self._reads.device(device_id))
 
-    @app.get("/dead-letters", summary="Dead letters, oldest first, paged by id")
-    async def get_dead_letters(self, after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> Response:
-        return _answer(await self._reads.dead_letters(after, limit))
+    @app.get("/dead-letters", summary="Dead letters, oldest first, paged by id", openapi_extra=protected())
+    async def get_dead_letters(
+        self, request: Request, after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)
+    ) -> Response:
+        return self._authorize(request, Scope.READ) or _answer(await self._reads.dead_letters(after, limit))
 
-    @app.get("/schemas", summary="JSON Schema of every event type and version")
-    async def get_schemas(self) -> dict[str, Any]:
-        return {"types": self._registry.json_schemas()}
+    @app.get("/schemas", summary="JSON Schema of every event type and version", openapi_extra=protected())
+    async def get_schemas(self, request: Request) -> Response:
+        return self._authorize(request, Scope.READ) or ORJSONResponse({"types": self._registry.json_schemas()})
 
     @app.get("/healthz", summary="Liveness")
     async def healthz(self) -> dict[str, str]:

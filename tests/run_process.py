@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from cluster.local import free_port
 from cluster.run_record import ProcTable, Role, RunDir, RunRecord, session_processes, still_ours, stop_processes
 from cluster.settings import Settings
-from tests.pipeline import wait_until
+from tests.pipeline import auth_headers, wait_until
 
 READY_LINE = "eventpipe is running."
 START_TIMEOUT_S = 300.0
@@ -123,9 +123,10 @@ class EventpipeRun:
         db = re.search(r"PostgreSQL\s+(postgresql://\S+)", text)
         kafka = re.search(r"Kafka\s+(\S+)", text)
         api = re.search(r"HTTP API\s+(http://\S+)", text)
-        if not (db and kafka and api):
-            raise AssertionError(f"no PostgreSQL, Kafka and API addresses in the banner:\n{text}")
-        return Banner(db.group(1), kafka.group(1), api.group(1))
+        key = re.search(r"^API key: (evp_\S+)$", text, re.MULTILINE)
+        if not (db and kafka and api and key):
+            raise AssertionError(f"no PostgreSQL, Kafka and API addresses and API key in the banner:\n{text}")
+        return Banner(db.group(1), kafka.group(1), api.group(1), key.group(1))
 
     def cleanup(self) -> None:
         """After a test, however it ended: kill the supervisor, then every process its record still names."""
@@ -141,6 +142,7 @@ class Banner:
     database_url: str
     kafka_bootstrap: str
     base_url: str
+    api_key: str
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,11 @@ class RunPipeline:
     settings: Settings
     base_url: str
     direct_db_url: str
+    api_key: str  # the run's development key, from its banner
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return auth_headers(self.api_key)
 
     @classmethod
     def of(cls, banner: Banner, data_dir: Path) -> RunPipeline:
@@ -161,7 +168,7 @@ class RunPipeline:
             data_dir=data_dir,
             partitions=2,
         )
-        return cls(settings, banner.base_url, banner.database_url)
+        return cls(settings, banner.base_url, banner.database_url, banner.api_key)
 
     @property
     def db_url(self) -> str:

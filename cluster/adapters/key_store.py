@@ -27,6 +27,11 @@ _LIST = f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, name"
 _REVOKE = f"""
 UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE name = %s RETURNING {_COLUMNS}
 """
+# A key replaced under its name (the development key after its file or database was lost): revoked, and renamed
+# `<name>-<key id>` so the name is free again and the history stays.
+_RETIRE = """
+UPDATE api_keys SET name = name || '-' || key_id, revoked_at = coalesce(revoked_at, now()) WHERE name = %s
+"""
 _ACTIVE = f"SELECT key_hash, {_COLUMNS} FROM api_keys WHERE revoked_at IS NULL"
 _IS_ACTIVE = "SELECT 1 FROM api_keys WHERE key_id = %s AND key_hash = %s AND revoked_at IS NULL"
 # Use is recorded in batches (a replica's refresh timer), never per request; an older time never overwrites a newer.
@@ -137,6 +142,11 @@ class KeyStore:
         if row is None:
             raise UnknownKeyName(f"no key is named {name!r}")
         return KeyRecord.from_row(row)
+
+    def retire(self, name: str) -> bool:
+        """Revoke the key named `name` and free its name (renamed `<name>-<key id>`); False when none has it."""
+        with self._lock:
+            return self._connection().execute(_RETIRE, (name,)).rowcount > 0
 
     def active(self) -> list[ActiveKey]:
         """Every key not revoked, as a replica's key ring holds them."""
