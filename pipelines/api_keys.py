@@ -141,13 +141,15 @@ class KeyRing:
 
 def credential(authorization: str | None, x_api_key: str | None) -> str | None:
     """The key a request presents: `Authorization: Bearer <key>` (scheme case-insensitive), else `X-API-Key`.
-    A header present but not a bearer token counts as a credential given (it is judged, and refused, as a key)."""
+    An Authorization of another scheme (Basic, or a bare key) with no X-API-Key is a credential given that is never
+    valid (""): refused as invalid, not as missing."""
     if authorization is not None:
         scheme, _, token = authorization.strip().partition(" ")
-        return token.strip() if scheme.lower() == "bearer" else authorization
+        if scheme.lower() == "bearer":
+            return token.strip()
     if x_api_key is not None:
         return x_api_key.strip()
-    return None
+    return "" if authorization is not None else None
 
 
 def parse_scopes(text: str) -> frozenset[Scope]:

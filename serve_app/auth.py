@@ -91,13 +91,17 @@ class Authenticator:
         return outcome
 
     def _ensure_running(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self.run(), name="api-key-refresh")
+        """The refresh timer runs on the loop that serves requests: started by the first request (a constructor's
+        loop may not be the one requests run on), started again if it ended or its loop is not this one."""
+        loop = asyncio.get_running_loop()
+        task = self._task
+        if self._store is not None and (task is None or task.done() or task.get_loop() is not loop):
+            self._task = loop.create_task(self.run(), name="api-key-refresh")
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self._refresh_s)
             await self.refresh()
+            await asyncio.sleep(self._refresh_s)
 
     async def refresh(self) -> None:
         """Write the last-used times gathered since the last round, then reload the keys (in a thread: the store's

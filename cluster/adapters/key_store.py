@@ -96,7 +96,9 @@ class KeyStore:
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(self._url, autocommit=True, connect_timeout=self._timeout)
+            # a statement bound too: a replica's reload must never hang its refresh timer on a wedged connection
+            options = f"-c statement_timeout={self._timeout * 1000}"
+            self._conn = psycopg.connect(self._url, autocommit=True, connect_timeout=self._timeout, options=options)
         return self._conn
 
     def close(self) -> None:

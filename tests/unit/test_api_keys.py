@@ -112,7 +112,9 @@ def test_a_key_with_a_known_id_but_another_secret_is_refused() -> None:
     [
         ("Bearer abc", None, "abc"),
         ("bearer  abc ", None, "abc"),
-        ("Basic abc", None, "Basic abc"),
+        ("Basic abc", None, ""),
+        ("abc", None, ""),
+        ("Basic abc", "key", "key"),
         (None, " abc", "abc"),
         ("Bearer abc", "other", "abc"),
         (None, None, None),
