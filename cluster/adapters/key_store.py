@@ -130,7 +130,8 @@ class KeyStore:
                 if exc.diag.constraint_name == "api_keys_name_key":
                     raise KeyNameTaken(f"a key named {name!r} exists (revoked keys keep their names)") from None
                 raise
-        assert row is not None  # noqa: S101 - INSERT … RETURNING returns its row
+        if row is None:
+            raise RuntimeError("INSERT … RETURNING returned no row")
         return issued, KeyRecord.from_row(row)
 
     def list(self) -> list[KeyRecord]:

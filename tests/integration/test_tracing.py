@@ -169,7 +169,7 @@ def test_a_sampled_client_traceparent_is_the_parent_of_the_events_traces(pipelin
     # given a client that sends a sampled W3C traceparent with a single event and with a batch
     prefix = unique_prefix("forced")
     trace_id, span_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
-    headers = {"traceparent": f"00-{trace_id}-{span_id}-01"}
+    headers = {**pipeline.headers, "traceparent": f"00-{trace_id}-{span_id}-01"}
     single, first, second = f"{prefix}:1", f"{prefix}:2", f"{prefix}:3"
 
     # when both requests are sent
