@@ -26,6 +26,7 @@ from cluster.adapters.enrichment_client import EnrichmentClient
 from cluster.adapters.kafka_config import consumer_config, producer_config
 from cluster.adapters.kafka_source import PartitionSource
 from cluster.adapters.owner_commit import OwnerCommitter
+from cluster.adapters.tenant_directory import TenantDirectory
 from cluster.observability import metrics as catalogue  # a module: Ray pickles methods by value
 from cluster.observability.event_spans import ProcessingSpans
 from cluster.observability.logs import setup_logging
@@ -47,6 +48,7 @@ from pipelines.policies.gaps import GapPolicy
 from pipelines.policies.retry import RetryPolicy
 from pipelines.policies.stall import StallPolicy
 from pipelines.registry import default_registry
+from pipelines.tenants import KnownTenants
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -66,12 +68,16 @@ class PartitionOwner:
             event_time_max_ahead_s=settings.event_time_max_ahead_s + settings.event_time_owner_grace_s,
         )
         self._types = frozenset(registry.types)
+        self._tenant_directory = TenantDirectory(settings.database_url.get_secret_value())
+        # Raw ingest records name their tenant in a header: judged against this cache, refreshed before a batch.
+        tenants = KnownTenants(self._tenant_directory.names, time.monotonic)
         processor = PartitionProcessor(
             registry,
             settings.ingest_topic,
             RetryPolicy(settings.retry_attempts, settings.retry_base_s, settings.retry_max_s),
             max_record_bytes=settings.max_event_bytes,
             on_outcome=self._observe,
+            known_tenants=tenants,
         )
         self._topic, self._partition = topic, partition
         self._owner_id = f"{topic}:{partition}:{uuid.uuid4().hex[:8]}"
@@ -91,6 +97,7 @@ class PartitionOwner:
             clock=time,
             stop=self._stop,
             enrichment=enrichment,
+            tenants=tenants,
         )
         track_uncommitted_age(catalogue.METRICS, topic, partition, self._loop.uncommitted_age)
         start_metrics_push(settings, "owner")
@@ -107,6 +114,8 @@ class PartitionOwner:
         self._stop.set()
         self._thread.join(timeout_s)
         self._loop.mark_stopped()
+        if not self._thread.is_alive():
+            self._tenant_directory.close()  # the loop's thread is the only other user of its connection
         return self.status()
 
     # -- the loop's collaborators (called on the loop's thread) ---------------------------------

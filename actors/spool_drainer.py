@@ -27,6 +27,7 @@ from cluster.observability.logs import setup_logging
 from cluster.observability.tracing import Tracing
 from cluster.settings import Settings
 from cluster.spool_triage import settle
+from pipelines.envelope import tenant_of
 from pipelines.errors import DeadLetterKind
 from pipelines.outcome import Outcome
 
@@ -133,7 +134,9 @@ class SpoolDrainer:
         settlement, blocked = settle(rows, outcomes, self._settings.spool_max_attempts)
         if settlement.dead:
             self._announce_dead_letters(rows, settlement.dead)
-        self._store.settle(settlement)
+        by_seq = {row.seq: row for row in rows}
+        # A spooled record is an API envelope: its dead letter belongs to the tenant it names (read only for these).
+        self._store.settle(settlement, {seq: tenant_of(by_seq[seq].record[2]) for seq, _ in settlement.dead})
         self._drained += len(settlement.acked)
         self._batches += 1 if settlement.acked else 0
         if settlement.dead:

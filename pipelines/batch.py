@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from pipelines.access import DEFAULT_TENANT
 from pipelines.effects import Effect
 from pipelines.errors import DeadLetterKind
 from pipelines.outcome import Outcome
@@ -51,6 +52,7 @@ class ProcessedEvent:
     idempotency_key: str | None = None
     trace_context: str | None = None
     entity_field: str | None = None  # the event field `entity_key` was read from (pipelines.entity)
+    tenant: str = DEFAULT_TENANT  # an event's identity is (tenant, event_id)
 
 
 @dataclass(slots=True)
@@ -75,6 +77,7 @@ class DeadLetter:
     parent_ids: tuple[str, ...] = ()
     idempotency_key: str | None = None
     entity_field: str | None = None
+    tenant: str | None = None  # None only when the record names no tenant we know (raw bytes, unknown header)
 
 
 @dataclass(slots=True)
@@ -85,6 +88,7 @@ class InBatchDuplicate:
 
     event_id: str
     offset: int
+    tenant: str = DEFAULT_TENANT
 
 
 # What one record of a batch became: exactly one of these per record, in offset order.
@@ -104,7 +108,7 @@ class CommitBatch:
     consumed_at: float
     processed: tuple[ProcessedEvent, ...] = ()
     dead: tuple[DeadLetter, ...] = ()
-    in_batch_duplicates: tuple[tuple[str, int], ...] = field(default=())  # (event id, offset) seen twice
+    in_batch_duplicates: tuple[tuple[str, int, str], ...] = field(default=())  # (event id, offset, tenant) seen twice
     skipped: tuple[int, int] | None = None  # [from, to) offsets that stayed absent past the gap grace period
 
     @property
@@ -124,7 +128,8 @@ class CommitOutcome:
     dead_letters: int = 0
     current_epoch: int | None = None
     duration_s: float = 0.0
-    duplicate_ids: tuple[str, ...] = ()  # ids the store already knew (not counting in-batch duplicates)
+    # (tenant, event id) of the events the store already knew (not counting in-batch duplicates)
+    duplicate_ids: tuple[tuple[str, str], ...] = ()
     # Set when PostgreSQL refused the batch for a data reason (SQLSTATE class 22, 23 or 54): the database's reason.
     # Nothing was written; the same batch would be refused again, so the owner must split it, never retry it as is.
     rejected: str | None = None
@@ -145,14 +150,14 @@ def assemble(
     """The CommitBatch of a contiguous run of record outcomes, covering offsets [expected_offset, next_offset)."""
     processed: list[ProcessedEvent] = []
     dead: list[DeadLetter] = []
-    duplicates: list[tuple[str, int]] = []
+    duplicates: list[tuple[str, int, str]] = []
     for outcome in outcomes:
         if isinstance(outcome, ProcessedEvent):
             processed.append(outcome)
         elif isinstance(outcome, DeadLetter):
             dead.append(outcome)
         else:
-            duplicates.append((outcome.event_id, outcome.offset))
+            duplicates.append((outcome.event_id, outcome.offset, outcome.tenant))
     return CommitBatch(
         topic=topic,
         partition=partition,
@@ -187,11 +192,18 @@ def dead_instead(event: ProcessedEvent, kind: DeadLetterKind, reason: str, paylo
         parent_ids=event.parent_ids,
         idempotency_key=event.idempotency_key,
         entity_field=event.entity_field,
+        tenant=event.tenant,
     )
 
 
 def bare_dead_letter(
-    offset: int, kind: DeadLetterKind, reason: str, payload: bytes | None, received_at: float, attempts: int = 1
+    offset: int,
+    kind: DeadLetterKind,
+    reason: str,
+    payload: bytes | None,
+    received_at: float,
+    attempts: int = 1,
+    tenant: str | None = None,
 ) -> DeadLetter:
     """The smallest dead letter of a record: position, reason and raw bytes, no event row. Building it cannot fail
     for any input, so it is the last resort when everything richer about a record raised or was refused."""
@@ -202,6 +214,7 @@ def bare_dead_letter(
         attempts=attempts,
         payload=payload,
         received_at=received_at,
+        tenant=tenant,
     )
 
 

@@ -10,12 +10,13 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 
 import orjson
 
 from pipelines import ids
+from pipelines.access import DEFAULT_TENANT, valid_tenant
 from pipelines.batch import (
     CommitBatch,
     DeadLetter,
@@ -36,6 +37,7 @@ from pipelines.outcome import Outcome
 from pipelines.policies.retry import RetryExhausted, RetryPolicy, call_with_retry
 from pipelines.registry import Registry
 from pipelines.schemas import EventBase
+from pipelines.tenants import claimed_tenant
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,9 @@ class PartitionProcessor:
     # Told each record's outcome, the seconds spent on it (decode, validate, handler with retries) and what it counts
     # as (a record whose event id an earlier record of the batch carries is a duplicate): metrics, traces.
     on_outcome: Callable[[ProcessedEvent | DeadLetter, float, Outcome], None] | None = None
+    # The tenants a raw ingest record's `tenant` header may name (the owner's cache of the tenants table, prepared
+    # before the batch): a lookup, never I/O. Any other name dead-letters the record.
+    known_tenants: Container[str] = frozenset({DEFAULT_TENANT})
 
     def process(
         self,
@@ -123,14 +128,15 @@ class PartitionProcessor:
         its failures are logged, once per batch, and change no outcome.
         """
         out: list[RecordOutcome] = []
-        seen: set[str] = set()
+        seen: set[tuple[str | None, str]] = set()  # an event's identity is (tenant, id)
         hook_failures, first_failure = 0, ""
         clock, on_outcome = self.clock, self.on_outcome
         for record in records:
             started = clock()
             outcome = self._guarded(record, consumed_at)
             event_id = outcome.event_id
-            duplicate = event_id is not None and event_id in seen
+            identity = (outcome.tenant, event_id) if event_id is not None else None
+            duplicate = identity is not None and identity in seen
             if on_outcome is not None:
                 try:
                     on_outcome(outcome, clock() - started, Outcome.DUPLICATE if duplicate else outcome.outcome)
@@ -138,10 +144,10 @@ class PartitionProcessor:
                     hook_failures += 1
                     first_failure = first_failure or f"offset {record.offset}: {_describe(exc)}"
             if duplicate:
-                out.append(InBatchDuplicate(event_id, record.offset))  # type: ignore[arg-type]
+                out.append(InBatchDuplicate(event_id, record.offset, outcome.tenant))  # type: ignore[arg-type]
                 continue
-            if event_id is not None:
-                seen.add(event_id)
+            if identity is not None:
+                seen.add(identity)
             out.append(outcome)
         if hook_failures:
             log.error("on_outcome failed on %d of %d records (first at %s)", hook_failures, len(records), first_failure)
@@ -170,7 +176,7 @@ class PartitionProcessor:
             raise InvalidEvent(f"record of {len(record.value)} bytes exceeds the {self.max_record_bytes}-byte limit")
         return record.value
 
-    def _bare_event(self, record: SourceRecord, consumed_at: float) -> tuple[EventBase, _Decoded]:
+    def _bare_event(self, record: SourceRecord, consumed_at: float, tenant: str) -> tuple[EventBase, _Decoded]:
         """A record of the raw ingest topic holds a bare event, validated once: its envelope is made here, and an
         event without an id gets the one its log position gives (the handler sees it too, as for an API event)."""
         event = self.registry.parse_json(self._value(record))
@@ -178,14 +184,20 @@ class PartitionProcessor:
             event_id = ids.from_log_position(record.topic, record.partition, record.offset)
             event = event.model_copy(update={"id": event_id})  # a validated event: no second validation
         received_at = self._received_at(record, consumed_at)
-        envelope = Envelope.wrap(event, str(event.id), received_at, source="kafka")
+        envelope = Envelope.wrap(event, str(event.id), received_at, source="kafka", tenant=tenant)
         return event, _Decoded(envelope, _storable_or_none(envelope.payload))
 
     def _one(self, record: SourceRecord, consumed_at: float) -> ProcessedEvent | DeadLetter:
         decoded: _Decoded | None = None
+        tenant: str | None = None  # known once the record's tenant is: for a dead letter of its raw bytes
         try:
             if record.topic == self.ingest_topic:
-                event, decoded = self._bare_event(record, consumed_at)
+                claimed = claimed_tenant(record) if record.headers else DEFAULT_TENANT
+                if not (valid_tenant(claimed) and claimed in self.known_tenants):
+                    # Raw bytes kept, no tenant: nobody may read it as theirs.
+                    return self._bare(record, DeadLetterKind.INVALID, f"unknown tenant {claimed!r}", consumed_at)
+                tenant = claimed
+                event, decoded = self._bare_event(record, consumed_at, tenant)
             else:
                 # API envelopes: the event is validated from the decoded payload.
                 envelope = Envelope.decode(self._value(record))
@@ -219,15 +231,16 @@ class PartitionProcessor:
                 idempotency_key=envelope.idempotency_key,
                 trace_context=envelope.trace_context,
                 entity_field=entity[0],
+                tenant=envelope.tenant,
             )
         except InvalidEvent as exc:
-            return self._dead(record, decoded, DeadLetterKind.INVALID, exc.describe(), 1, consumed_at)
+            return self._dead(record, decoded, DeadLetterKind.INVALID, exc.describe(), 1, consumed_at, tenant)
         except PoisonEvent as exc:
-            return self._dead(record, decoded, DeadLetterKind.POISON, str(exc), 1, consumed_at)
+            return self._dead(record, decoded, DeadLetterKind.POISON, str(exc), 1, consumed_at, tenant)
         except RetryExhausted as exc:
-            return self._dead(record, decoded, DeadLetterKind.EXHAUSTED, str(exc), exc.attempts, consumed_at)
+            return self._dead(record, decoded, DeadLetterKind.EXHAUSTED, str(exc), exc.attempts, consumed_at, tenant)
         except Exception as exc:  # noqa: BLE001 - a handler bug must not stall the partition: classify and DLQ it
-            return self._dead(record, decoded, DeadLetterKind.HANDLER_ERROR, _describe(exc), 1, consumed_at)
+            return self._dead(record, decoded, DeadLetterKind.HANDLER_ERROR, _describe(exc), 1, consumed_at, tenant)
 
     def _bare(self, record: SourceRecord, kind: DeadLetterKind, reason: str, consumed_at: float) -> DeadLetter:
         return bare_dead_letter(record.offset, kind, reason, record.value, self._received_at(record, consumed_at))
@@ -240,10 +253,11 @@ class PartitionProcessor:
         reason: str,
         attempts: int,
         consumed_at: float,
+        tenant: str | None = None,
     ) -> DeadLetter:
         if decoded is None:
             return bare_dead_letter(
-                record.offset, kind, reason, record.value, self._received_at(record, consumed_at), attempts
+                record.offset, kind, reason, record.value, self._received_at(record, consumed_at), attempts, tenant
             )
         envelope, payload_json = decoded.envelope, decoded.payload_json
         entity = entity_of(envelope.payload)  # the event may not have validated: read from what the record holds
@@ -264,6 +278,7 @@ class PartitionProcessor:
             parent_ids=envelope.parent_ids,
             idempotency_key=envelope.idempotency_key,
             entity_field=entity[0] if entity is not None else None,
+            tenant=envelope.tenant,
         )
 
 

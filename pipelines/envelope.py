@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from pipelines.access import DEFAULT_TENANT, valid_tenant
 from pipelines.errors import InvalidEvent
 from pipelines.jsontext import has_nul
 from pipelines.schemas import EventBase
@@ -30,6 +31,7 @@ class Envelope:
     idempotency_key: str | None = None
     source: str = "api"
     trace_context: str | None = None
+    tenant: str = DEFAULT_TENANT  # who sent it: the API key's tenant, or the raw record's `tenant` header
 
     @classmethod
     def wrap(
@@ -43,6 +45,7 @@ class Envelope:
         source: str = "api",
         trace_context: str | None = None,
         payload: dict[str, Any] | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> Envelope:
         """The envelope of a validated event; the payload is the event as JSON-ready data unless given."""
         if payload is None:
@@ -60,6 +63,7 @@ class Envelope:
             idempotency_key=idempotency_key,
             source=source,
             trace_context=trace_context,
+            tenant=tenant,
         )
 
     @classmethod
@@ -70,6 +74,7 @@ class Envelope:
         *,
         correlation_id: str | None = None,
         idempotency_key: str | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> bytes:
         """The record for an event whose id is set, serialised once (pydantic's JSON, embedded as is)."""
         if event.id is None:
@@ -77,7 +82,13 @@ class Envelope:
         try:
             payload = event.model_dump_json().encode()
             envelope = cls.wrap(
-                event, event.id, received_at, correlation_id=correlation_id, idempotency_key=idempotency_key, payload={}
+                event,
+                event.id,
+                received_at,
+                correlation_id=correlation_id,
+                idempotency_key=idempotency_key,
+                payload={},
+                tenant=tenant,
             )
             record = envelope._dumps(orjson.Fragment(payload))
         except Exception as exc:  # noqa: BLE001 - whatever cannot be serialised is this event's fault: a 422, not a 500
@@ -103,6 +114,7 @@ class Envelope:
                 "idempotency_key": self.idempotency_key,
                 "source": self.source,
                 "trace_context": self.trace_context,
+                "tenant": self.tenant,
                 "payload": payload,
             }
         )
@@ -130,6 +142,10 @@ class Envelope:
                 raise ValueError("parent_ids must be a list of strings")
             if type(obj["payload"]) is not dict:
                 raise ValueError("payload must be an object")
+            tenant = get("tenant", DEFAULT_TENANT)  # records written before tenants existed have none
+            # The default tenant's name skips the pattern (0.3 µs a record on the owner's hot path).
+            if tenant != DEFAULT_TENANT and (type(tenant) is not str or not valid_tenant(tenant)):
+                raise ValueError(f"tenant {str(tenant)[:80]!r} is not a tenant name")
             return cls(
                 _required(get("id"), "id"),
                 _required(get("type"), "type"),
@@ -142,6 +158,7 @@ class Envelope:
                 _optional(get("idempotency_key"), "idempotency_key"),
                 _optional(get("source"), "source") or "api",
                 _optional(get("trace_context"), "trace_context"),
+                tenant,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidEvent(f"record is not an eventpipe envelope: {exc!r}") from None
@@ -159,3 +176,16 @@ def _optional(value: Any, name: str) -> str | None:
     if type(value) is not str or not value:
         raise ValueError(f"{name} must be a non-empty string")
     return value
+
+
+def tenant_of(record: bytes) -> str | None:
+    """The tenant an API record names (DEFAULT_TENANT for one written before tenants existed), or None when the bytes
+    are no envelope or name no valid tenant. Never raises: it serves dead letters of records that may be anything."""
+    try:
+        obj = orjson.loads(record)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    tenant = obj.get("tenant", DEFAULT_TENANT)
+    return tenant if type(tenant) is str and valid_tenant(tenant) else None

@@ -8,7 +8,12 @@ from __future__ import annotations
 import hashlib
 import uuid
 
+from pipelines.access import DEFAULT_TENANT
+
 _NAMESPACE = uuid.UUID("2b6f0cc9-0d5c-4c5f-8a55-0a6d3c4e7f11")
+# The idempotency scope every request had before tenants existed. It stays the default tenant's, so a client that
+# resends a request across the upgrade gets the ids it got before (and its events are not processed twice).
+LEGACY_DEFAULT_SCOPE = "anonymous"
 
 
 def name_based(namespace: uuid.UUID, name: str) -> str:
@@ -25,6 +30,12 @@ def from_idempotency_key(scope: str, key: str, index: int | None = None) -> str:
     """The same (scope, key, index) always gives the same id; index numbers the items of a batch."""
     suffix = "" if index is None else f"\x1f{index}"
     return name_based(_NAMESPACE, f"idem\x1f{scope}\x1f{key}{suffix}")
+
+
+def idempotency_scope(tenant: str) -> str:
+    """The scope of a tenant's idempotency-derived ids: two tenants using one Idempotency-Key get different ids. Other
+    tenants are prefixed: `:` is no tenant name's character, so none can take the default tenant's legacy scope."""
+    return LEGACY_DEFAULT_SCOPE if tenant == DEFAULT_TENANT else f"tenant:{tenant}"
 
 
 def from_log_position(topic: str, partition: int, offset: int) -> str:

@@ -23,6 +23,7 @@ from pipelines.owner_status import FINAL_OWNER_STATES, OwnerState, OwnerStatus, 
 from pipelines.policies.bisect import Abandoned, BatchBisector, Committed, Refusal
 from pipelines.policies.gaps import GapPolicy, GapState, split_at_gap
 from pipelines.policies.stall import StallPolicy, StallWatch
+from pipelines.tenants import claimed_tenants
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,12 @@ class Prefetcher(Protocol):
     def prefetch(self, merchant_ids: Collection[str]) -> None: ...
 
 
+class TenantCache(Protocol):
+    """pipelines.tenants.KnownTenants: made fit to judge a batch's claimed tenants before the engine looks them up."""
+
+    def prepare(self, names: Collection[str]) -> None: ...
+
+
 class Clock(Protocol):
     """`time` satisfies it: monotonic for intervals, wall time for what is reported."""
 
@@ -141,6 +148,7 @@ class OwnerLoop:
         clock: Clock,
         stop: StopSignal,
         enrichment: Prefetcher | None = None,
+        tenants: TenantCache | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._status = status
@@ -152,6 +160,7 @@ class OwnerLoop:
         self._clock = clock
         self._stop = stop
         self._enrichment = enrichment
+        self._tenants = tenants
         self._rng = rng or random.Random()
         self._stall = StallWatch(policy.stall)
         self._timings = StageTimings()
@@ -291,6 +300,9 @@ class OwnerLoop:
         if self._enrichment is not None:
             # One lookup of the batch's uncached merchants, so a slow service costs a batch one timeout at most.
             self._enrichment.prefetch(merchant_ids(records, self._policy.ingest_topic))
+        if self._tenants is not None:
+            # Raises TenantsUnavailable when a header cannot be judged (PostgreSQL down): the run starts over.
+            self._tenants.prepare(claimed_tenants(records, self._policy.ingest_topic))
         te = clock.monotonic()
         traced = self._hooks.spans.begin(records)
         outcomes = self._processor.outcomes(records, st.last_record_at)

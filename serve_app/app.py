@@ -86,6 +86,12 @@ def _principal(request: Request) -> Principal:
     return principal
 
 
+def _tenant(request: Request) -> str:
+    """The tenant this request acts for: the one accessor every route asks (ingest scopes ids by it, reads filter by
+    it): its API key's tenant (the default tenant's when auth is off)."""
+    return _principal(request).tenant
+
+
 def _meta(request: Request, deadline: float) -> RequestMeta:
     """The request's metadata; its X-Correlation-ID (1-128 characters), else a new one, is bound to its log lines. A
     `traceparent` with the sampled flag makes its events' traces continue the client's (others are ignored).
@@ -101,7 +107,7 @@ def _meta(request: Request, deadline: float) -> RequestMeta:
         h.get("content-type"),
         h.get("idempotency-key"),
         correlation_id,
-        scope=_principal(request).tenant,
+        tenant=_tenant(request),
         content_length=declared_length(h.get("content-length")),
         deadline=deadline,
         trace_parent=forced_parent(h.get(TRACEPARENT)),
@@ -257,29 +263,30 @@ class ApiGateway:
         openapi_extra=protected(),
     )
     async def get_event(self, request: Request, event_id: str) -> Response:
-        return self._authorize(request, Scope.READ) or _answer(await self._reads.event(event_id))
+        return self._authorize(request, Scope.READ) or _answer(await self._reads.event(_tenant(request), event_id))
 
     @app.get("/events/{event_id}/audit", summary="Every state transition of an event", openapi_extra=protected())
     async def get_audit(self, request: Request, event_id: str) -> Response:
-        return self._authorize(request, Scope.READ) or _answer(await self._reads.audit(event_id))
+        return self._authorize(request, Scope.READ) or _answer(await self._reads.audit(_tenant(request), event_id))
 
     @app.get(
         "/users/{user_id}/summary", summary="Running totals and action counts of a user", openapi_extra=protected()
     )
     async def get_user(self, request: Request, user_id: str) -> Response:
-        return self._authorize(request, Scope.READ) or _answer(await self._reads.user(user_id))
+        return self._authorize(request, Scope.READ) or _answer(await self._reads.user(_tenant(request), user_id))
 
     @app.get(
         "/devices/{device_id}/summary", summary="Reading statistics of a device, in SI units", openapi_extra=protected()
     )
     async def get_device(self, request: Request, device_id: str) -> Response:
-        return self._authorize(request, Scope.READ) or _answer(await self._reads.device(device_id))
+        return self._authorize(request, Scope.READ) or _answer(await self._reads.device(_tenant(request), device_id))
 
     @app.get("/dead-letters", summary="Dead letters, oldest first, paged by id", openapi_extra=protected())
     async def get_dead_letters(
         self, request: Request, after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)
     ) -> Response:
-        return self._authorize(request, Scope.READ) or _answer(await self._reads.dead_letters(after, limit))
+        refused = self._authorize(request, Scope.READ)
+        return refused or _answer(await self._reads.dead_letters(_tenant(request), after, limit))
 
     @app.get("/schemas", summary="JSON Schema of every event type and version", openapi_extra=protected())
     async def get_schemas(self, request: Request) -> Response:

@@ -24,6 +24,7 @@ from cluster.observability.recording import invalid_reason
 from cluster.observability.tracing import Tracing
 from cluster.settings import Settings
 from pipelines import ids
+from pipelines.access import DEFAULT_TENANT
 from pipelines.entity import entity_of
 from pipelines.envelope import Envelope
 from pipelines.errors import InvalidEvent
@@ -56,7 +57,7 @@ class RequestMeta:
     content_type: str | None
     idempotency_key: str | None
     correlation_id: str | None
-    scope: str = "anonymous"  # the API key's owner, once API keys exist
+    tenant: str = DEFAULT_TENANT  # the API key's tenant: its events, and the scope of their idempotency-derived ids
     content_length: int | None = None  # as declared by the client; None for a chunked body
     deadline: float | None = None  # event-loop time by which the request must be answered; None: from now
     trace_parent: SpanContext | None = None  # a sampled `traceparent` header: the request's events are traced
@@ -129,14 +130,15 @@ class Ingestor:
         """The event as sent, with its id fixed when it has none: idempotency-derived, or new."""
         if isinstance(raw, dict) and raw.get("id") is None:
             if meta.idempotency_key is not None:
-                return {**raw, "id": ids.from_idempotency_key(meta.scope, meta.idempotency_key, index)}
+                scope = ids.idempotency_scope(meta.tenant)
+                return {**raw, "id": ids.from_idempotency_key(scope, meta.idempotency_key, index)}
             return {**raw, "id": ids.new_id()}
         return raw
 
     def _prepare(self, event: EventBase, meta: RequestMeta, now: float, traced: IngestTrace) -> Prepared:
         """Serialise a validated event's record (its id is set) and bound it."""
         record = Envelope.encode_event(
-            event, now, correlation_id=meta.correlation_id, idempotency_key=meta.idempotency_key
+            event, now, correlation_id=meta.correlation_id, idempotency_key=meta.idempotency_key, tenant=meta.tenant
         )
         key = event.entity_key().encode()
         size = len(record) + len(key)  # headers come later: the traceparent fits the headroom under message.max.bytes

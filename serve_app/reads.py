@@ -1,4 +1,5 @@
-"""The read API's answers: an event's status and audit trail, a user's or device's summary, the dead letters.
+"""The read API's answers, for the caller's tenant: an event's status and audit trail, a user's or device's summary,
+the dead letters. Another tenant's event, audit, summary or dead letter is a 404, exactly as a missing one.
 
 Path ids are judged before any query (an id no event, user or device can have is a 404, never a driver error), and a
 database that does not answer in time is a 503 with an error id and Retry-After; it never puts driver text in a body.
@@ -61,27 +62,27 @@ class Reads:
             error_id = self._incidents.report(f"read API: the database did not answer ({what})", exc, cause="reads")
             return database_unavailable(error_id)
 
-    async def event(self, event_id: str) -> Reply:
+    async def event(self, tenant: str, event_id: str) -> Reply:
         if not valid_event_id(event_id):
             return impossible("event")
-        event = await self._query("event", lambda s: s.event(event_id))
+        event = await self._query("event", lambda s: s.event(tenant, event_id))
         if isinstance(event, Reply):
             return event
         return Reply(200, event) if event else not_found("event", event_id)
 
-    async def audit(self, event_id: str) -> Reply:
+    async def audit(self, tenant: str, event_id: str) -> Reply:
         if not valid_event_id(event_id):
             return impossible("event")
-        rows = await self._query("audit", lambda s: s.audit(event_id))
+        rows = await self._query("audit", lambda s: s.audit(tenant, event_id))
         if isinstance(rows, Reply):
             return rows
         return Reply(200, {"event_id": event_id, "transitions": rows}) if rows else not_found("event", event_id)
 
-    async def user(self, user_id: str) -> Reply:
-        return await self._summary("user", user_id, lambda s: s.user_summary(user_id))
+    async def user(self, tenant: str, user_id: str) -> Reply:
+        return await self._summary("user", user_id, lambda s: s.user_summary(tenant, user_id))
 
-    async def device(self, device_id: str) -> Reply:
-        return await self._summary("device", device_id, lambda s: s.device_summary(device_id))
+    async def device(self, tenant: str, device_id: str) -> Reply:
+        return await self._summary("device", device_id, lambda s: s.device_summary(tenant, device_id))
 
     async def _summary(
         self, what: str, key: str, query: Callable[[ReadStore], Awaitable[dict[str, Any] | None]]
@@ -93,6 +94,6 @@ class Reads:
             return summary
         return Reply(200, summary) if summary else not_found(what, key)
 
-    async def dead_letters(self, after: int, limit: int) -> Reply:
-        items = await self._query("dead letters", lambda s: s.dead_letters(after, limit))
+    async def dead_letters(self, tenant: str, after: int, limit: int) -> Reply:
+        items = await self._query("dead letters", lambda s: s.dead_letters(tenant, after, limit))
         return items if isinstance(items, Reply) else Reply(200, {"items": items})

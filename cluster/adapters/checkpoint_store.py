@@ -95,8 +95,9 @@ def _rows(key: str) -> str:
 
 # The whole commit in ONE statement, assembled once at import from constants (no value is ever part of it):
 # (1) compare-and-set on the partition row; only if it advanced: (2) dedup gate and event rows, insert-if-absent on
-# id; (3) results and read models for the new ids only; (4) audit rows, one per record with an id; (5) dead letters;
-# (6) offsets skipped as holes. Zero rows advanced means fenced, or a retry of a commit that already landed.
+# (tenant, id); (3) results and read models (per tenant) for the new events only; (4) audit rows, one per record with
+# an id; (5) dead letters; (6) offsets skipped as holes. Zero rows advanced means fenced, or a retry of a commit that
+# already landed. An event's identity is (tenant, id) in every join: two tenants may both send id "order-1".
 _COMMIT = f"""
 WITH doc AS (SELECT %(doc)s::jsonb AS d),
 advanced AS (
@@ -108,46 +109,47 @@ incoming AS (
     SELECT e.* FROM doc CROSS JOIN LATERAL {_rows("events")} AS e WHERE EXISTS (SELECT 1 FROM advanced)
 ),
 gate AS (
-    INSERT INTO dedup_keys (event_id, first_seen, expires_at)
-    SELECT id, now(), now() + make_interval(hours => %(ttl_hours)s) FROM incoming ORDER BY id
-    ON CONFLICT (event_id) DO NOTHING
-    RETURNING event_id
+    INSERT INTO dedup_keys (tenant, event_id, first_seen, expires_at)
+    SELECT ten, id, now(), now() + make_interval(hours => %(ttl_hours)s) FROM incoming ORDER BY ten, id
+    ON CONFLICT (tenant, event_id) DO NOTHING
+    RETURNING tenant, event_id
 ),
 fresh AS (
-    INSERT INTO events (id, type, schema_version, status, topic, partition, "offset", entity_key, correlation_id,
-                        causation_id, parent_ids, idempotency_key, trace_context, payload, received_at, consumed_at,
-                        attempts)
-    SELECT i.id, i.type, i.v, i.status, %(topic)s, %(partition)s, i.off, i.key, i.corr, i.caus,
+    INSERT INTO events (tenant, id, type, schema_version, status, topic, partition, "offset", entity_key,
+                        correlation_id, causation_id, parent_ids, idempotency_key, trace_context, payload, received_at,
+                        consumed_at, attempts)
+    SELECT i.ten, i.id, i.type, i.v, i.status, %(topic)s, %(partition)s, i.off, i.key, i.corr, i.caus,
            CASE WHEN i.parents = '[]' THEN '{{}}'::text[] ELSE ARRAY(SELECT jsonb_array_elements_text(i.parents)) END,
            i.idem, i.trace, i.payload, to_timestamp(i.recv), to_timestamp(%(consumed)s), i.att
-      FROM incoming i JOIN gate g ON g.event_id = i.id
-    ON CONFLICT (id) DO NOTHING  -- no ORDER BY: the gate took the ids' locks in order; only its winners come here
-    RETURNING id, status
+      FROM incoming i JOIN gate g ON g.tenant = i.ten AND g.event_id = i.id
+    ON CONFLICT (tenant, id) DO NOTHING  -- no ORDER BY: the gate took the keys' locks in order; only its winners come
+    RETURNING tenant, id, status
 ),
 new_results AS (
-    INSERT INTO results (event_id, type, result)
-    SELECT i.id, i.type, i.result FROM incoming i JOIN fresh f ON f.id = i.id WHERE f.status = 'processed'
+    INSERT INTO results (tenant, event_id, type, result)
+    SELECT i.ten, i.id, i.type, i.result FROM incoming i JOIN fresh f ON f.tenant = i.ten AND f.id = i.id
+     WHERE f.status = 'processed'
     RETURNING 1
 ),
 spend AS (
-    INSERT INTO user_totals AS t (user_id, base_currency, total_amount, tx_count, flagged_count)
-    SELECT s.u, min(s.c), sum(s.a), count(*), sum(s.f)
+    INSERT INTO user_totals AS t (tenant, user_id, base_currency, total_amount, tx_count, flagged_count)
+    SELECT s.t, s.u, min(s.c), sum(s.a), count(*), sum(s.f)
       FROM doc CROSS JOIN LATERAL {_rows("spend")} AS s
-      JOIN fresh ON fresh.id = s.e
-     GROUP BY s.u ORDER BY s.u
-    ON CONFLICT (user_id) DO UPDATE
+      JOIN fresh ON fresh.tenant = s.t AND fresh.id = s.e
+     GROUP BY s.t, s.u ORDER BY s.t, s.u
+    ON CONFLICT (tenant, user_id) DO UPDATE
        SET total_amount = t.total_amount + excluded.total_amount, tx_count = t.tx_count + excluded.tx_count,
            flagged_count = t.flagged_count + excluded.flagged_count, updated_at = now()
     RETURNING 1
 ),
 readings AS (
-    INSERT INTO device_stats AS t (device_id, si_unit, reading_count, reading_sum, reading_min, reading_max,
+    INSERT INTO device_stats AS t (tenant, device_id, si_unit, reading_count, reading_sum, reading_min, reading_max,
                                    out_of_range_count)
-    SELECT r.d, r.u, count(*), sum(r.v), min(r.v), max(r.v), sum(r.o)
+    SELECT r.t, r.d, r.u, count(*), sum(r.v), min(r.v), max(r.v), sum(r.o)
       FROM doc CROSS JOIN LATERAL {_rows("readings")} AS r
-      JOIN fresh ON fresh.id = r.e
-     GROUP BY r.d, r.u ORDER BY r.d, r.u
-    ON CONFLICT (device_id, si_unit) DO UPDATE
+      JOIN fresh ON fresh.tenant = r.t AND fresh.id = r.e
+     GROUP BY r.t, r.d, r.u ORDER BY r.t, r.d, r.u
+    ON CONFLICT (tenant, device_id, si_unit) DO UPDATE
        SET reading_count = t.reading_count + excluded.reading_count,
            reading_sum = t.reading_sum + excluded.reading_sum,
            reading_min = LEAST(t.reading_min, excluded.reading_min),
@@ -156,33 +158,34 @@ readings AS (
     RETURNING 1
 ),
 actions AS (
-    INSERT INTO user_action_counts AS t (user_id, action, count)
-    SELECT a.u, a.a, count(*)
+    INSERT INTO user_action_counts AS t (tenant, user_id, action, count)
+    SELECT a.t, a.u, a.a, count(*)
       FROM doc CROSS JOIN LATERAL {_rows("actions")} AS a
-      JOIN fresh ON fresh.id = a.e
-     GROUP BY a.u, a.a ORDER BY a.u, a.a
-    ON CONFLICT (user_id, action) DO UPDATE SET count = t.count + excluded.count
+      JOIN fresh ON fresh.tenant = a.t AND fresh.id = a.e
+     GROUP BY a.t, a.u, a.a ORDER BY a.t, a.u, a.a
+    ON CONFLICT (tenant, user_id, action) DO UPDATE SET count = t.count + excluded.count
     RETURNING 1
 ),
 audit AS (
     -- One row per record with an id (ADR 0012): its whole trail in this commit; the audit_log view expands it.
-    INSERT INTO audit_trail (event_id, outcome, actor, epoch, topic, partition, "offset", accepted_at, consumed_at,
-                             attempts, dead_kind, dead_reason)
-    SELECT i.id, coalesce(f.status, '{AUDIT_DUPLICATE}'), %(owner)s, %(epoch)s, %(topic)s, %(partition)s, i.off,
+    INSERT INTO audit_trail (tenant, event_id, outcome, actor, epoch, topic, partition, "offset", accepted_at,
+                             consumed_at, attempts, dead_kind, dead_reason)
+    SELECT i.ten, i.id, coalesce(f.status, '{AUDIT_DUPLICATE}'), %(owner)s, %(epoch)s, %(topic)s, %(partition)s,
+           i.off,
            CASE WHEN f.id IS NOT NULL THEN to_timestamp(i.recv) END, to_timestamp(%(consumed)s),
            CASE WHEN f.id IS NOT NULL THEN i.att END, CASE WHEN f.id IS NOT NULL THEN i.dk END,
            CASE WHEN f.id IS NOT NULL THEN i.dr END
-      FROM incoming i LEFT JOIN fresh f ON f.id = i.id
+      FROM incoming i LEFT JOIN fresh f ON f.tenant = i.ten AND f.id = i.id
     UNION ALL
-    SELECT x.e, '{AUDIT_DUPLICATE}', %(owner)s, %(epoch)s, %(topic)s, %(partition)s, x.off, NULL,
+    SELECT x.t, x.e, '{AUDIT_DUPLICATE}', %(owner)s, %(epoch)s, %(topic)s, %(partition)s, x.off, NULL,
            to_timestamp(%(consumed)s), NULL, NULL, NULL
       FROM doc CROSS JOIN LATERAL {_rows("dups")} AS x
      WHERE EXISTS (SELECT 1 FROM advanced)
     RETURNING 1
 ),
 dead AS (
-    INSERT INTO dead_letters (event_id, topic, partition, "offset", error_kind, reason, attempts, payload)
-    SELECT x.e, %(topic)s, %(partition)s, x.off, x.k, x.r, x.att, decode(x.p, 'base64')
+    INSERT INTO dead_letters (tenant, event_id, topic, partition, "offset", error_kind, reason, attempts, payload)
+    SELECT x.t, x.e, %(topic)s, %(partition)s, x.off, x.k, x.r, x.att, decode(x.p, 'base64')
       FROM doc CROSS JOIN LATERAL {_rows("dead")} AS x
      WHERE EXISTS (SELECT 1 FROM advanced)
     ON CONFLICT (topic, partition, "offset") DO NOTHING
@@ -194,10 +197,13 @@ gaps AS (
       FROM doc CROSS JOIN LATERAL {_rows("gaps")} AS g
      WHERE EXISTS (SELECT 1 FROM advanced)
     RETURNING 1
+),
+known AS (  -- the events the store already had: (tenant, id), returned as two arrays in one order
+    SELECT i.ten, i.id FROM incoming i WHERE NOT EXISTS (SELECT 1 FROM fresh f WHERE f.tenant = i.ten AND f.id = i.id)
 )
 SELECT (SELECT count(*) FROM advanced), (SELECT count(*) FROM fresh), (SELECT count(*) FROM incoming),
-       (SELECT coalesce(array_agg(i.id ORDER BY i.id), '{{}}') FROM incoming i
-         WHERE NOT EXISTS (SELECT 1 FROM fresh f WHERE f.id = i.id))
+       (SELECT coalesce(array_agg(k.ten ORDER BY k.ten, k.id), '{{}}') FROM known k),
+       (SELECT coalesce(array_agg(k.id ORDER BY k.ten, k.id), '{{}}') FROM known k)
 """
 # The statement's parameters in the order of PostgreSQL's $1..$9. It runs through a RawCursor with them in place:
 # psycopg converts a %(name)s statement this long (over 4 kB) afresh on every execute, not from its cache, which cost
@@ -310,7 +316,7 @@ class CheckpointStore:
         retried as it is; a data error (`is_data_error`) would fail the same batches again.
         """
         started = time.perf_counter()
-        counts: list[tuple[int, int, list[str]] | None] = []
+        counts: list[tuple[int, int, list[tuple[str, str]]] | None] = []
         with self._pool.connection() as conn:
             with conn.transaction():
                 for b in batches:
@@ -334,9 +340,9 @@ class CheckpointStore:
                     )
         return outcomes
 
-    def _apply(self, conn: psycopg.Connection, b: EncodedBatch) -> tuple[int, int, list[str]] | None:
-        """Run one batch's statement in a savepoint; (new events, incoming, ids already known) or None when it did
-        not advance."""
+    def _apply(self, conn: psycopg.Connection, b: EncodedBatch) -> tuple[int, int, list[tuple[str, str]]] | None:
+        """Run one batch's statement in a savepoint; (new events, incoming, (tenant, id) already known) or None when it
+        did not advance."""
         params = (  # in _COMMIT_PARAMS' order
             b.doc.decode(),
             b.next_offset,
@@ -356,7 +362,7 @@ class CheckpointStore:
             if advanced != 1:
                 # Nothing was written (every step is conditional on the advance); drop the savepoint anyway.
                 raise psycopg.Rollback(savepoint)
-        return (fresh, incoming, list(row[3])) if advanced == 1 else None
+        return (fresh, incoming, list(zip(row[3], row[4], strict=True))) if advanced == 1 else None
 
     def _explain_not_advanced(self, conn: psycopg.Connection, batch: EncodedBatch, started: float) -> CommitOutcome:
         row = conn.execute(_READ_CHECKPOINT, (batch.topic, batch.partition)).fetchone()

@@ -49,9 +49,11 @@ class RowSchema:
         return [dict(zip(self.names, row, strict=True)) for row in rows]
 
 
-# The document: {"events": [EVENT rows], "spend": [SPEND rows], ..., "gaps": [GAP rows]}. `e` is an event id.
+# The document: {"events": [EVENT rows], "spend": [SPEND rows], ..., "gaps": [GAP rows]}. `e` is an event id and `t`
+# (`ten` in EVENT) its tenant: an event's identity is the pair, in every list and every join of the statement.
 EVENT = RowSchema(
     (
+        ("ten", "text"),
         ("id", "text"),
         ("type", "text"),
         ("v", "int"),
@@ -71,11 +73,13 @@ EVENT = RowSchema(
         ("dr", "text"),
     )
 )
-SPEND = RowSchema((("e", "text"), ("u", "text"), ("c", "text"), ("a", "numeric"), ("f", "int")))
-READING = RowSchema((("e", "text"), ("d", "text"), ("u", "text"), ("v", "float8"), ("o", "int")))
-ACTION = RowSchema((("e", "text"), ("u", "text"), ("a", "text")))
-DEAD = RowSchema((("e", "text"), ("off", "bigint"), ("k", "text"), ("r", "text"), ("att", "int"), ("p", "text")))
-DUP = RowSchema((("e", "text"), ("off", "bigint")))
+SPEND = RowSchema((("t", "text"), ("e", "text"), ("u", "text"), ("c", "text"), ("a", "numeric"), ("f", "int")))
+READING = RowSchema((("t", "text"), ("e", "text"), ("d", "text"), ("u", "text"), ("v", "float8"), ("o", "int")))
+ACTION = RowSchema((("t", "text"), ("e", "text"), ("u", "text"), ("a", "text")))
+DEAD = RowSchema(
+    (("t", "text"), ("e", "text"), ("off", "bigint"), ("k", "text"), ("r", "text"), ("att", "int"), ("p", "text"))
+)
+DUP = RowSchema((("t", "text"), ("e", "text"), ("off", "bigint")))
 GAP = RowSchema((("from_off", "bigint"), ("to_off", "bigint")))
 DOCUMENT: dict[str, RowSchema] = {
     "events": EVENT,
@@ -120,6 +124,7 @@ def _event_row(
 ) -> list[object]:
     # In EVENT's order.
     return [
+        e.tenant,
         e.event_id,
         e.type,
         e.schema_version,
@@ -192,23 +197,27 @@ def _encode(batch: CommitBatch, trace_contexts: Mapping[int, str] | None) -> Enc
     readings: list[list[object]] = []
     actions: list[list[object]] = []
     for p in batch.processed:
+        t = p.tenant
         events.append(_event_row(Outcome.PROCESSED, p, p.result_json.encode(), None, None, traces.get(p.offset)))
         for effect in p.effects:  # rows in SPEND's, READING's and ACTION's order
             if isinstance(effect, UserSpend):
                 spend.append(
-                    [p.event_id, effect.user_id, effect.base_currency, str(effect.amount), int(effect.flagged)]
+                    [t, p.event_id, effect.user_id, effect.base_currency, str(effect.amount), int(effect.flagged)]
                 )
             elif isinstance(effect, DeviceReading):
-                readings.append([p.event_id, effect.device_id, effect.si_unit, effect.value, int(effect.out_of_range)])
+                readings.append(
+                    [t, p.event_id, effect.device_id, effect.si_unit, effect.value, int(effect.out_of_range)]
+                )
             elif isinstance(effect, ActionCount):
-                actions.append([p.event_id, effect.user_id, effect.action])
+                actions.append([t, p.event_id, effect.user_id, effect.action])
     dead: list[list[object]] = []
     for d in batch.dead:
         if d.event_id is not None:
             events.append(_event_row(Outcome.DEAD_LETTERED, d, None, d.error_kind, d.reason, traces.get(d.offset)))
         payload = base64.b64encode(d.payload).decode() if d.payload is not None else None
-        dead.append([d.event_id, d.offset, d.error_kind, d.reason, d.attempts, payload])  # DEAD's order
-    events.sort(key=lambda row: str(row[0]))  # by id: one lock order for dedup keys across concurrent commits
+        dead.append([d.tenant, d.event_id, d.offset, d.error_kind, d.reason, d.attempts, payload])  # DEAD's order
+    # By (tenant, id): one lock order for dedup keys across concurrent commits, the gate's ORDER BY.
+    events.sort(key=lambda row: (str(row[0]), str(row[1])))
     doc = orjson.dumps(
         {
             "events": events,
@@ -216,7 +225,7 @@ def _encode(batch: CommitBatch, trace_contexts: Mapping[int, str] | None) -> Enc
             "readings": readings,
             "actions": actions,
             "dead": dead,
-            "dups": [[e, off] for e, off in batch.in_batch_duplicates],
+            "dups": [[t, e, off] for e, off, t in batch.in_batch_duplicates],
             "gaps": [list(batch.skipped)] if batch.skipped else [],
         }
     )

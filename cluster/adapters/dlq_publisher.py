@@ -15,6 +15,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from cluster.adapters.kafka_config import DEFAULT_MESSAGE_MAX_BYTES
 from cluster.adapters.kafka_producer import PublishError, Record, idempotence_lost, is_size_error
 from pipelines.batch import CommitBatch, DeadLetter
+from pipelines.envelope import tenant_of
 from pipelines.errors import DeadLetterKind
 
 # Room a dead letter's value leaves under message.max.bytes for its key, headers (reason cut to 1 KiB, meta, source)
@@ -79,7 +80,8 @@ class DeadLetterPublisher:
             ("error_kind", dead.error_kind.encode()),
             ("reason", dead.reason.encode()[:1024]),
             ("source", f"{batch.topic}:{batch.partition}:{dead.offset}".encode()),
-            ("meta", orjson.dumps({"event_id": dead.event_id, "attempts": dead.attempts})),
+            # The tenant is null when the record named none we know (a reader must not hand it to any tenant).
+            ("meta", orjson.dumps({"event_id": dead.event_id, "attempts": dead.attempts, "tenant": dead.tenant})),
         ]
         payload = dead.payload if with_payload else None
         if payload is not None and len(payload) > self._max_value:
@@ -111,7 +113,10 @@ def spool_dead_letter(
         ("error_kind", DeadLetterKind.PUBLISH_REJECTED.value.encode()),
         ("reason", reason.encode()[:1024]),
         ("source", f"spool:{seq}".encode()),
-        ("meta", orjson.dumps({"event_id": event_id, "attempts": attempts, "topic": topic})),
+        (
+            "meta",
+            orjson.dumps({"event_id": event_id, "attempts": attempts, "topic": topic, "tenant": tenant_of(value)}),
+        ),
     ]
     if len(value) > max_value:
         headers.append(("truncated_from", str(len(value)).encode()))

@@ -1,6 +1,7 @@
-"""Read side: event status, audit trail, dead letters and the read models, from PostgreSQL.
+"""Read side: event status, audit trail, dead letters and the read models, from PostgreSQL, for one tenant at a time.
 
-Read-only queries with parameters; it never writes.
+Read-only queries with parameters; it never writes, and no query answers with another tenant's rows: every one
+filters on the tenant it is given (another tenant's event reads exactly as a missing one).
 """
 
 from __future__ import annotations
@@ -16,29 +17,33 @@ _EVENT = """
 SELECT e.id, e.type, e.schema_version, e.status, e.topic, e.partition, e."offset", e.entity_key,
        e.correlation_id, e.causation_id, e.parent_ids, e.idempotency_key, e.payload, e.received_at,
        e.consumed_at, e.committed_at, e.attempts, r.result
-  FROM events e LEFT JOIN results r ON r.event_id = e.id
- WHERE e.id = %s
+  FROM events e LEFT JOIN results r ON r.tenant = e.tenant AND r.event_id = e.id
+ WHERE e.tenant = %s AND e.id = %s
 """
-_AUDIT = "SELECT from_status, to_status, at, actor, detail FROM audit_log WHERE event_id = %s ORDER BY at, id"
-_DEAD_FOR_EVENT = "SELECT error_kind, reason, attempts, created_at FROM dead_letters WHERE event_id = %s ORDER BY id"
+_AUDIT = """
+SELECT from_status, to_status, at, actor, detail FROM audit_log WHERE tenant = %s AND event_id = %s ORDER BY at, id
+"""
+_DEAD_FOR_EVENT = """
+SELECT error_kind, reason, attempts, created_at FROM dead_letters WHERE tenant = %s AND event_id = %s ORDER BY id
+"""
 _USER_TOTALS = """
 SELECT base_currency, total_amount::text AS total_amount, tx_count, flagged_count, updated_at
-  FROM user_totals WHERE user_id = %s
+  FROM user_totals WHERE tenant = %s AND user_id = %s
 """
-_USER_ACTIONS = "SELECT action, count FROM user_action_counts WHERE user_id = %s ORDER BY action"
+_USER_ACTIONS = "SELECT action, count FROM user_action_counts WHERE tenant = %s AND user_id = %s ORDER BY action"
 _DEVICE = """
 SELECT si_unit, reading_count, reading_sum, reading_min, reading_max, out_of_range_count, updated_at
-  FROM device_stats WHERE device_id = %s ORDER BY si_unit
+  FROM device_stats WHERE tenant = %s AND device_id = %s ORDER BY si_unit
 """
 _DEAD_LETTERS = """
 SELECT id, event_id, source, topic, partition, "offset", spool_seq, error_kind, reason, attempts,
        length(payload) AS payload_bytes, created_at
-  FROM dead_letters WHERE id > %s ORDER BY id LIMIT %s
+  FROM dead_letters WHERE tenant = %s AND id > %s ORDER BY id LIMIT %s
 """
 # An event the spool drainer dead-lettered never reached the log, so it has no `events` row: its status is here.
 _SPOOL_DEAD_LETTER = """
 SELECT event_id AS id, topic, error_kind, reason, attempts, length(payload) AS payload_bytes, created_at
-  FROM dead_letters WHERE event_id = %s AND source = 'spool' ORDER BY id LIMIT 1
+  FROM dead_letters WHERE tenant = %s AND event_id = %s AND source = 'spool' ORDER BY id LIMIT 1
 """
 
 
@@ -63,17 +68,17 @@ class ReadStore:
         await self._all("SELECT 1 AS ok")
         return True
 
-    async def event(self, event_id: str) -> dict[str, Any] | None:
-        rows = await self._all(_EVENT, event_id)
+    async def event(self, tenant: str, event_id: str) -> dict[str, Any] | None:
+        rows = await self._all(_EVENT, tenant, event_id)
         if not rows:
-            return await self._spool_dead_letter(event_id)
+            return await self._spool_dead_letter(tenant, event_id)
         event = rows[0]
         if event["status"] == Outcome.DEAD_LETTERED:
-            event["dead_letter"] = (await self._all(_DEAD_FOR_EVENT, event_id) or [None])[0]
+            event["dead_letter"] = (await self._all(_DEAD_FOR_EVENT, tenant, event_id) or [None])[0]
         return event
 
-    async def _spool_dead_letter(self, event_id: str) -> dict[str, Any] | None:
-        rows = await self._all(_SPOOL_DEAD_LETTER, event_id)
+    async def _spool_dead_letter(self, tenant: str, event_id: str) -> dict[str, Any] | None:
+        rows = await self._all(_SPOOL_DEAD_LETTER, tenant, event_id)
         if not rows:
             return None
         dead = rows[0]
@@ -86,12 +91,12 @@ class ReadStore:
             "dead_letter": dead,
         }
 
-    async def audit(self, event_id: str) -> list[dict[str, Any]]:
-        return await self._all(_AUDIT, event_id)
+    async def audit(self, tenant: str, event_id: str) -> list[dict[str, Any]]:
+        return await self._all(_AUDIT, tenant, event_id)
 
-    async def user_summary(self, user_id: str) -> dict[str, Any] | None:
-        totals = await self._all(_USER_TOTALS, user_id)
-        actions = await self._all(_USER_ACTIONS, user_id)
+    async def user_summary(self, tenant: str, user_id: str) -> dict[str, Any] | None:
+        totals = await self._all(_USER_TOTALS, tenant, user_id)
+        actions = await self._all(_USER_ACTIONS, tenant, user_id)
         if not totals and not actions:
             return None
         return {
@@ -100,13 +105,13 @@ class ReadStore:
             "actions": {a["action"]: a["count"] for a in actions},
         }
 
-    async def device_summary(self, device_id: str) -> dict[str, Any] | None:
-        rows = await self._all(_DEVICE, device_id)
+    async def device_summary(self, tenant: str, device_id: str) -> dict[str, Any] | None:
+        rows = await self._all(_DEVICE, tenant, device_id)
         if not rows:
             return None
         for row in rows:
             row["reading_mean"] = row["reading_sum"] / row["reading_count"] if row["reading_count"] else None
         return {"device_id": device_id, "readings": rows}
 
-    async def dead_letters(self, after_id: int, limit: int) -> list[dict[str, Any]]:
-        return await self._all(_DEAD_LETTERS, after_id, limit)
+    async def dead_letters(self, tenant: str, after_id: int, limit: int) -> list[dict[str, Any]]:
+        return await self._all(_DEAD_LETTERS, tenant, after_id, limit)

@@ -33,24 +33,30 @@ class RetainedTable(StrEnum):
 
 # One chunk per statement; %(window_s)s is the retention window, %(limit)s the chunk size. Each walks the table's
 # time index oldest first (001: events_committed_at_idx; 006: the others; 007: audit_trail_committed_at_idx) and
-# deletes by primary key (audit_trail, which has none, by row address): `= ANY(ARRAY(...))` keeps the planner on the
-# key's index (or a TID scan), where `IN (...)` chose a hash join over a scan of the whole table per chunk. The events
-# chunk removes the results of the events it deletes in the same statement, so no result outlives its event. The
+# deletes by row address (a TID scan): `= ANY(ARRAY(...))` keeps the planner on it, where `IN (...)` chose a hash join
+# over a scan of the whole table per chunk. The events chunk removes the results of the events it deletes, matched by
+# their identity (tenant, id) through results' primary key, in the same statement, so no result outlives its event. The
 # audit chunk takes legacy rows first and fills the rest of the chunk from audit_trail; an audit_trail row (an
 # event's transitions in one commit) goes when its last transition, committed_at, is past the window.
 _CHUNK: dict[RetainedTable, str] = {
     RetainedTable.RESULTS: """
-DELETE FROM results WHERE event_id = ANY(ARRAY(
-    SELECT event_id FROM results WHERE created_at < now() - make_interval(secs => %(window_s)s)
+DELETE FROM results WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM results WHERE created_at < now() - make_interval(secs => %(window_s)s)
      ORDER BY created_at LIMIT %(limit)s))
 """,
     RetainedTable.EVENTS: """
 WITH doomed AS (
-    SELECT ARRAY(SELECT id FROM events WHERE committed_at < now() - make_interval(secs => %(window_s)s)
-                  ORDER BY committed_at LIMIT %(limit)s) AS ids
+    SELECT array_agg(ctid) AS rows, array_agg(tenant) AS tenants, array_agg(id) AS ids
+      FROM (SELECT ctid, tenant, id FROM events WHERE committed_at < now() - make_interval(secs => %(window_s)s)
+             ORDER BY committed_at LIMIT %(limit)s) AS d
 ),
-gone_results AS (DELETE FROM results WHERE event_id = ANY((SELECT ids FROM doomed)::text[]) RETURNING 1),
-gone AS (DELETE FROM events WHERE id = ANY((SELECT ids FROM doomed)::text[]) RETURNING 1)
+gone_results AS (
+    DELETE FROM results r
+     USING doomed, unnest(doomed.tenants, doomed.ids) AS e(tenant, id)  -- planned as a few rows: index probes
+     WHERE r.tenant = e.tenant AND r.event_id = e.id
+    RETURNING 1
+),
+gone AS (DELETE FROM events WHERE ctid = ANY((SELECT rows FROM doomed)::tid[]) RETURNING 1)
 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM gone_results)
 """,
     RetainedTable.AUDIT_LOG: """

@@ -9,6 +9,7 @@ in the same transaction, exactly the rows it judged unpublishable).
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import orjson
@@ -39,13 +40,13 @@ _DELETE = "DELETE FROM ingest_spool WHERE seq = ANY(%s)"
 _TO_DEAD_LETTERS = """
 WITH moved AS (
     DELETE FROM ingest_spool s
-     USING unnest(%s::bigint[], %s::text[]) AS d(seq, reason)
+     USING unnest(%s::bigint[], %s::text[], %s::text[]) AS d(seq, reason, tenant)
      WHERE s.seq = d.seq
- RETURNING s.seq, s.event_id, s.topic, s.key, s.value, s.headers, s.attempts, d.reason
+ RETURNING s.seq, s.event_id, s.topic, s.key, s.value, s.headers, s.attempts, d.reason, d.tenant
 )
-INSERT INTO dead_letters (event_id, topic, error_kind, reason, attempts, payload, source, spool_seq, record_key,
+INSERT INTO dead_letters (tenant, event_id, topic, error_kind, reason, attempts, payload, source, spool_seq, record_key,
                           record_headers)
-SELECT event_id, topic, %s, reason, attempts + 1, value, 'spool', seq, key, headers FROM moved
+SELECT tenant, event_id, topic, %s, reason, attempts + 1, value, 'spool', seq, key, headers FROM moved
  ORDER BY seq
 """
 _FAILED_ATTEMPT = "UPDATE ingest_spool SET attempts = attempts + 1, last_error = %s WHERE seq = %s"
@@ -172,8 +173,9 @@ class SpoolStore:
             for seq, event_id, topic, key, value, headers, attempts in rows
         ]
 
-    def settle(self, settlement: Settlement) -> int:
-        """Apply one round's settlement in one transaction; returns how many rows left the spool."""
+    def settle(self, settlement: Settlement, tenants: Mapping[int, str | None] | None = None) -> int:
+        """Apply one round's settlement in one transaction; returns how many rows left the spool. `tenants` (seq ->
+        the tenant the row's envelope names, None when it names none) goes with each dead letter."""
         if settlement.empty:
             return 0
         gone = 0
@@ -182,7 +184,10 @@ class SpoolStore:
                 gone += conn.execute(_DELETE, (list(settlement.acked),)).rowcount
             if settlement.dead:
                 seqs, reasons = [seq for seq, _ in settlement.dead], [reason for _, reason in settlement.dead]
-                gone += conn.execute(_TO_DEAD_LETTERS, (seqs, reasons, DeadLetterKind.PUBLISH_REJECTED.value)).rowcount
+                owners = [(tenants or {}).get(seq) for seq in seqs]
+                gone += conn.execute(
+                    _TO_DEAD_LETTERS, (seqs, reasons, owners, DeadLetterKind.PUBLISH_REJECTED.value)
+                ).rowcount
             if settlement.failed_attempt is not None:
                 seq, error = settlement.failed_attempt
                 conn.execute(_FAILED_ATTEMPT, (error, seq))

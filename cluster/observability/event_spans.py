@@ -263,6 +263,7 @@ class EventSpan:
     duration_ms: float
     correlation_id: str | None = None
     reason: str | None = None
+    tenant: str | None = None  # with event_id, the event's identity
 
 
 @dataclass
@@ -316,6 +317,7 @@ class ProcessingSpans:
                 seconds * 1000,
                 outcome.correlation_id,
                 outcome.reason if isinstance(outcome, DeadLetter) else None,
+                outcome.tenant,
             )
         )
 
@@ -397,7 +399,7 @@ class ProcessingSpans:
             if e.outcome is Outcome.DUPLICATE:
                 continue
             attributes = {"event.id": e.event_id or "", "eventpipe.commit": "event"}
-            if e.event_id in known:
+            if (e.tenant, e.event_id) in known:
                 attributes["event.already_stored"] = True
             span = self._tracer.start_span(
                 STATE_STORE,

@@ -54,19 +54,19 @@ def outcome_counts(
 ) -> Counter[tuple[str, str]]:
     """Events of a committed batch by (type, status): processed, dead_lettered, or duplicate (an id PostgreSQL already
     had, or seen twice in the batch)."""
-    known_ids = set(outcome.duplicate_ids)
-    type_of: dict[str, str] = {}
+    known = set(outcome.duplicate_ids)  # (tenant, id): an event's identity
+    type_of: dict[tuple[str | None, str], str] = {}
     counts: Counter[tuple[str, str]] = Counter()
     for event in (*batch.processed, *batch.dead):
         label = type_label(event.type, known_types)
         if event.event_id is not None:
-            type_of[event.event_id] = label
-        if event.event_id is not None and event.event_id in known_ids:
+            type_of[(event.tenant, event.event_id)] = label
+        if event.event_id is not None and (event.tenant, event.event_id) in known:
             counts[(label, Outcome.DUPLICATE)] += 1
         else:
             counts[(label, event.outcome)] += 1
-    for event_id, _offset in batch.in_batch_duplicates:
-        counts[(type_of.get(event_id, UNKNOWN), Outcome.DUPLICATE)] += 1
+    for event_id, _offset, tenant in batch.in_batch_duplicates:
+        counts[(type_of.get((tenant, event_id), UNKNOWN), Outcome.DUPLICATE)] += 1
     return counts
 
 
@@ -85,10 +85,10 @@ def record_commit(
     for (event_type, status), n in counts.items():
         labelled(metrics.events_processed, event_type, status).inc(n)
     metrics.commit_batch_size.observe(len(batch.processed) + len(batch.dead) + len(batch.in_batch_duplicates))
-    known_ids = set(outcome.duplicate_ids)
+    known = set(outcome.duplicate_ids)
     received: Counter[str] = Counter()
     for event in (*batch.processed, *batch.dead):
-        if event.event_id is not None and event.event_id in known_ids:
+        if event.event_id is not None and (event.tenant, event.event_id) in known:
             continue
         label = type_label(event.type, known_types)
         labelled(metrics.end_to_end_latency_seconds, label).observe(max(0.0, committed_at - event.received_at))

@@ -161,7 +161,10 @@ class _Bisection:
             reason = f"{reason}; dead-lettered before as {item.error_kind}: {item.reason}"
         received_at = item.received_at if isinstance(item, ProcessedEvent | DeadLetter) else self._whole.consumed_at
         attempts = item.attempts if isinstance(item, ProcessedEvent | DeadLetter) else 1
-        self._items[i] = bare_dead_letter(record.offset, refusal.kind, reason, record.value, received_at, attempts)
+        tenant = item.tenant  # every outcome knows its record's tenant, or None
+        self._items[i] = bare_dead_letter(
+            record.offset, refusal.kind, reason, record.value, received_at, attempts, tenant
+        )
         attempt = 0
         while True:
             result = self._commit(i, i + 1)

@@ -43,14 +43,23 @@ class RawProducer:
             }
         )
 
-    def produce(self, topic: str, partition: int, value: bytes | None, key: bytes | None = None) -> Delivered:
-        """Write one record and wait for the broker's answer."""
+    def produce(
+        self,
+        topic: str,
+        partition: int,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Delivered:
+        """Write one record (with these headers) and wait for the broker's answer."""
         out: list[Delivered] = []
 
         def report(err: KafkaError | None, msg: Message) -> None:
             out.append(Delivered(topic, partition, None if err else msg.offset(), err))
 
-        self._producer.produce(topic, value=value, key=key, partition=partition, on_delivery=report)
+        self._producer.produce(
+            topic, value=value, key=key, partition=partition, headers=headers or None, on_delivery=report
+        )
         self._producer.flush(60)
         if not out:
             raise AssertionError(f"no delivery report for a record to {topic}[{partition}] within 60 s")

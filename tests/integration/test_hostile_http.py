@@ -222,7 +222,10 @@ def test_a_spooled_row_the_broker_can_never_take_is_dead_lettered_with_its_bytes
     pipeline: Pipeline,
 ) -> None:
     prefix = unique_prefix("edge-jam")
-    oversized = b"x" * (pipeline.settings.kafka_message_max_bytes + 100_000)  # the API can no longer spool one
+    # An envelope the API can no longer spool (over message.max.bytes); its dead letter is its tenant's ('default')
+    note = "x" * (pipeline.settings.kafka_message_max_bytes + 100_000)
+    payload = {**_action(prefix, 0), "metadata": {"note": note}}
+    oversized = Envelope(f"{prefix}:0", "user_action", 1, payload, time.time()).encode()
     good = [_spool_row(pipeline, _action(prefix, n)) for n in range(1, 4)]
     rows = [(f"{prefix}:0", pipeline.settings.topic("user_action"), f"{prefix}-u0".encode(), oversized), *good]
     last_dead = int(pipeline.scalar("SELECT coalesce(max(id), 0) FROM dead_letters"))
@@ -245,11 +248,13 @@ def test_a_spooled_row_the_broker_can_never_take_is_dead_lettered_with_its_bytes
     )
     good_ids = [event_id for event_id, *_ in good]
     wait_until(lambda: _processed(pipeline, good_ids) == 3, 60, "the rows behind the bad one processed")
-    ((source, kind, size, reason, partition, offset),) = pipeline.query(
-        'SELECT source, error_kind, length(payload), reason, partition, "offset" FROM dead_letters WHERE event_id = %s',
+    ((source, kind, size, reason, partition, offset, tenant),) = pipeline.query(
+        """SELECT source, error_kind, length(payload), reason, partition, "offset", tenant FROM dead_letters
+            WHERE event_id = %s""",
         f"{prefix}:0",
     )
     assert (source, kind, size, partition, offset) == ("spool", "publish_rejected", len(oversized), None, None)
+    assert tenant == "default"
     assert "too large" in reason
     assert dlq_keys(bootstrap, dlq_topic, dlq_start)[f"spool:{seqs[0]}".encode()] >= 1  # also on the DLQ topic
 

@@ -34,19 +34,24 @@ def _batch() -> CommitBatch:
         parent_ids=("p1", "p2"),
         idempotency_key="idem",
     )
-    named = DeadLetter(11, DeadLetterKind.POISON, "kept failing", 3, b"\x00raw", 1.0, event_id="ev-a", type="sensor")
+    named = DeadLetter(
+        11, DeadLetterKind.POISON, "kept failing", 3, b"\x00raw", 1.0, event_id="ev-a", type="sensor", tenant="shop-eu"
+    )
     bare = DeadLetter(12, DeadLetterKind.INVALID, "not JSON", 1, None, 1.0)
-    return CommitBatch("t", 0, 1, "owner", 10, 20, 2.0, (processed,), (named, bare), (("ev-b", 13),), skipped=(14, 20))
+    return CommitBatch(
+        "t", 0, 1, "owner", 10, 20, 2.0, (processed,), (named, bare), (("ev-b", 13, "default"),), skipped=(14, 20)
+    )
 
 
 def test_every_list_reads_back_by_name_as_its_schema_declares() -> None:
     doc = decode(encode(_batch(), {10: "00-trace"}).doc)
 
     assert set(doc) == set(DOCUMENT)
-    # events sorted by id (one lock order across commits); a dead letter with an id is stored as an event too
-    assert [e["id"] for e in doc["events"]] == ["ev-a", "ev-b"]
-    dead_event, event = doc["events"]
+    # events sorted by (tenant, id) (one lock order across commits); a dead letter with an id is stored as an event too
+    assert [(e["ten"], e["id"]) for e in doc["events"]] == [("default", "ev-b"), ("shop-eu", "ev-a")]
+    event, dead_event = doc["events"]
     assert event == {
+        "ten": "default",
         "id": "ev-b",
         "type": "transaction",
         "v": 2,
@@ -71,19 +76,19 @@ def test_every_list_reads_back_by_name_as_its_schema_declares() -> None:
         "kept failing",
         None,
     )
-    assert doc["spend"] == [{"e": "ev-b", "u": "user-1", "c": "EUR", "a": "1.620000", "f": 1}]
-    assert doc["readings"] == [{"e": "ev-b", "d": "dev-1", "u": "K", "v": 294.5, "o": 0}]
-    assert doc["actions"] == [{"e": "ev-b", "u": "user-1", "a": "click"}]
+    assert doc["spend"] == [{"t": "default", "e": "ev-b", "u": "user-1", "c": "EUR", "a": "1.620000", "f": 1}]
+    assert doc["readings"] == [{"t": "default", "e": "ev-b", "d": "dev-1", "u": "K", "v": 294.5, "o": 0}]
+    assert doc["actions"] == [{"t": "default", "e": "ev-b", "u": "user-1", "a": "click"}]
     assert doc["dead"] == [
-        {"e": "ev-a", "off": 11, "k": "poison", "r": "kept failing", "att": 3, "p": "AHJhdw=="},
-        {"e": None, "off": 12, "k": "invalid", "r": "not JSON", "att": 1, "p": None},
+        {"t": "shop-eu", "e": "ev-a", "off": 11, "k": "poison", "r": "kept failing", "att": 3, "p": "AHJhdw=="},
+        {"t": None, "e": None, "off": 12, "k": "invalid", "r": "not JSON", "att": 1, "p": None},
     ]
-    assert doc["dups"] == [{"e": "ev-b", "off": 13}]
+    assert doc["dups"] == [{"t": "default", "e": "ev-b", "off": 13}]
     assert doc["gaps"] == [{"from_off": 14, "to_off": 20}]
 
 
 def test_the_sql_select_list_reads_each_column_at_its_position_with_its_type() -> None:
     select = EVENT.select("r")
-    assert select.startswith("r ->> 0 AS id, r ->> 1 AS type, (r ->> 2)::int AS v,")
-    assert "nullif(r -> 11, 'null') AS payload" in select  # a JSON null is an SQL NULL, as jsonb_to_recordset gave
+    assert select.startswith("r ->> 0 AS ten, r ->> 1 AS id, r ->> 2 AS type, (r ->> 3)::int AS v,")
+    assert "nullif(r -> 12, 'null') AS payload" in select  # a JSON null is an SQL NULL, as jsonb_to_recordset gave
     assert select.count(" AS ") == len(EVENT.columns)

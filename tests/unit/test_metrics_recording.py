@@ -79,9 +79,9 @@ def test_outcomes_are_counted_by_type_and_status():
     b = batch(
         events=[processed("a", 0), processed("b", 1), processed("c", 2)],
         dead_letters=[dead(3, "d", "sensor"), dead(4)],  # the second one never decoded: no id, no type
-        in_batch=[("a", 5)],
+        in_batch=[("a", 5, "default")],
     )
-    counts = outcome_counts(b, CommitOutcome(committed=True, duplicate_ids=("b",)), TYPES)
+    counts = outcome_counts(b, CommitOutcome(committed=True, duplicate_ids=(("default", "b"),)), TYPES)
     assert counts == {
         ("sensor", "processed"): 2,  # a, c
         ("sensor", "duplicate"): 2,  # b (PostgreSQL knew it), a again at offset 5
@@ -101,7 +101,7 @@ def test_a_commit_records_batch_size_and_end_to_end_latency_of_new_events_only()
     record_commit(
         metrics,
         b,
-        CommitOutcome(committed=True, duplicate_ids=("b",)),
+        CommitOutcome(committed=True, duplicate_ids=(("default", "b"),)),
         100.0,
         ingest_topic="events.ingest",
         known_types=TYPES,

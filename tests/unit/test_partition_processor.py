@@ -142,7 +142,7 @@ def test_mixed_batch_ends_every_record_as_processed_dead_or_duplicate(
         107: "exhausted",
         108: "handler_error",
     }
-    assert batch.in_batch_duplicates == (("sensor-1", 109),)
+    assert batch.in_batch_duplicates == (("sensor-1", 109, "default"),)
     assert dead_by_offset(batch)[107].attempts == 3
     assert len(sleeps) == 2 + 1  # two backoffs for the exhausted event, one for the event that succeeded on retry
     assert (batch.epoch, batch.owner_id, batch.expected_offset, batch.next_offset) == (7, "owner-a", 100, 112)
@@ -292,7 +292,7 @@ def test_in_batch_duplicates_of_one_id_are_kept_once_and_listed(processor, senso
     batch = run(processor, [first, second, third])
 
     assert [(p.event_id, p.offset) for p in batch.processed] == [("sensor-1", 10)]
-    assert batch.in_batch_duplicates == (("sensor-1", 11), ("sensor-1", 12))
+    assert batch.in_batch_duplicates == (("sensor-1", 11, "default"), ("sensor-1", 12, "default"))
     assert batch.next_offset == 13
 
 
@@ -300,7 +300,7 @@ def test_raw_records_with_the_same_client_id_are_duplicates(processor, user_acti
     batch = run(processor, [raw_record(0, user_action_data(id="same")), raw_record(1, user_action_data(id="same"))])
 
     assert [p.offset for p in batch.processed] == [0]
-    assert batch.in_batch_duplicates == (("same", 1),)
+    assert batch.in_batch_duplicates == (("same", 1, "default"),)
 
 
 def test_identical_raw_records_without_ids_are_distinct_events(processor, user_action_data):

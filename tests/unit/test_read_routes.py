@@ -65,8 +65,8 @@ def test_a_read_route_whose_database_is_down_answers_503_with_an_error_id_and_re
     async def ask() -> object:
         try:
             if route == "dead_letters":
-                return await reads.dead_letters(0, 10)
-            return await getattr(reads, route)("ev-1")
+                return await reads.dead_letters("default", 0, 10)
+            return await getattr(reads, route)("default", "ev-1")
         finally:
             await store.close()
 
@@ -81,6 +81,6 @@ def test_a_read_route_whose_database_is_down_answers_503_with_an_error_id_and_re
 
 def test_a_hostile_id_is_answered_without_touching_the_database():
     reads, store = _reads_of_a_database_that_is_down()  # a query would be a 503: a 404 proves none was made
-    reply = asyncio.run(reads.event("a\x00b"))
+    reply = asyncio.run(reads.event("default", "a\x00b"))
     asyncio.run(store.close())
     assert reply.status == 404 and reply.body["error"] == "not_found"
