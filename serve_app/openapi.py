@@ -34,8 +34,35 @@ _ERRORS = {
 }
 
 
+# Every route but /healthz, /readyz, /docs and /openapi.json needs an API key (serve_app/auth.py).
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "An eventpipe API key (`evp_…`)."},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "The same key, another header."},
+}
+_AUTH_ERRORS = {
+    "401": "No API key, or not a valid one (malformed, unknown or revoked); `WWW-Authenticate` says so.",
+    "403": "The API key lacks the scope this route needs (`insufficient_scope`, `scope` names it).",
+}
+
+
 def _responses() -> dict[str, Any]:
     return {"responses": {code: {"description": text} for code, text in _ERRORS.items()}}
+
+
+def protected(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`openapi_extra` of a route that needs an API key: its security requirement and its 401/403 answers, merged
+    into `extra` (a body schema and its other answers)."""
+    extra = dict(extra or {})
+    responses = {code: {"description": text} for code, text in _AUTH_ERRORS.items()}
+    extra["responses"] = {**extra.get("responses", {}), **responses}
+    extra["security"] = [{"bearer": []}, {"apiKey": []}]
+    return extra
+
+
+def with_security_schemes(schema: dict[str, Any]) -> dict[str, Any]:
+    """The generated OpenAPI document with the API key's security schemes declared."""
+    schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+    return schema
 
 
 def single_body_schema() -> dict[str, Any]:

@@ -22,9 +22,10 @@ import ray
 from ray import serve
 
 from actors import names
+from pipelines.api_keys import parse_key
 from pipelines.rate_limit import Measure, request_quota
-from serve_app.app import ApiGateway, development_principal
-from tests.pipeline import Pipeline, unique_prefix, wait_until
+from serve_app.app import ApiGateway
+from tests.pipeline import Pipeline, auth_headers, create_api_key, unique_prefix, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +39,19 @@ APP_NAME = "ratelimit-test"
 ROUTE = "/ratelimit-test"
 
 
+@dataclass(frozen=True)
+class LimitedApi:
+    base_url: str
+    namespace: str  # its own Ray namespace: its own limiter actor
+    key: str  # an API key limited to LIMIT_PER_MINUTE
+
+    @property
+    def key_id(self) -> str:
+        presented = parse_key(self.key)
+        assert presented is not None
+        return presented.key_id
+
+
 @dataclass
 class Tally:
     admitted: list[list[str]] = field(default_factory=list)  # event ids of each batch answered 202
@@ -49,9 +63,9 @@ class Tally:
 
 
 @pytest.fixture(scope="module")
-def limited_api(pipeline: Pipeline) -> Iterator[tuple[str, str]]:
+def limited_api(pipeline: Pipeline) -> Iterator[LimitedApi]:
     """A second Serve app of the pipeline's API with 2 replicas and a 120/min key limit; its own Ray namespace gives
-    it its own limiter actor. Yields (base URL, namespace)."""
+    it its own limiter actor, and a key limited to 120/min."""
     namespace = unique_prefix("ratelimit")
     settings = pipeline.settings.model_copy(
         update={
@@ -66,7 +80,9 @@ def limited_api(pipeline: Pipeline) -> Iterator[tuple[str, str]]:
     serve.run(app, name=APP_NAME, route_prefix=ROUTE, blocking=False)  # returns once the app is running
     try:
         wait_until(_running, 60, "the rate-limited app's 2 replicas running", interval_s=0.5)
-        yield f"{pipeline.base_url}{ROUTE}", namespace
+        key = create_api_key(pipeline.db_url, unique_prefix("rl-key"), requests_per_minute=LIMIT_PER_MINUTE)
+        wait_until(lambda: _authenticated(pipeline, key), 30, "the limited key loaded by the replicas")
+        yield LimitedApi(f"{pipeline.base_url}{ROUTE}", namespace, key)
     finally:
         serve.delete(APP_NAME)
         try:
@@ -91,8 +107,13 @@ def _batch(prefix: str) -> list[dict[str, object]]:
     ]  # fmt: skip
 
 
-def _hammer(base_url: str, prefix: str, until: float, tally: Tally) -> None:
-    with httpx.Client(base_url=base_url, timeout=30) as client:
+def _authenticated(pipeline: Pipeline, key: str) -> bool:
+    """The session API (which loads keys as every replica does) knows the key: the limited replicas do too by now."""
+    return httpx.get(f"{pipeline.base_url}/schemas", headers=auth_headers(key), timeout=10).status_code == 200
+
+
+def _hammer(api: LimitedApi, prefix: str, until: float, tally: Tally) -> None:
+    with httpx.Client(base_url=api.base_url, headers=auth_headers(api.key), timeout=30) as client:
         while time.monotonic() < until:
             events = _batch(prefix)
             ids = [str(e["id"]) for e in events]
@@ -109,18 +130,14 @@ def _hammer(base_url: str, prefix: str, until: float, tally: Tally) -> None:
             time.sleep(PAUSE_S)
 
 
-def test_two_replicas_together_admit_no_more_than_the_keys_bound(
-    pipeline: Pipeline, limited_api: tuple[str, str]
-) -> None:
-    base_url, namespace = limited_api
+def test_two_replicas_together_admit_no_more_than_the_keys_bound(pipeline: Pipeline, limited_api: LimitedApi) -> None:
+    api, namespace = limited_api, limited_api.namespace
     prefix = unique_prefix("rl")
     quota = request_quota(LIMIT_PER_MINUTE)
     tally = Tally()
     # when clients hammer one key through both replicas for RUN_S
     started = time.monotonic()
-    clients = [
-        threading.Thread(target=_hammer, args=(base_url, prefix, started + RUN_S, tally)) for _ in range(CLIENTS)
-    ]
+    clients = [threading.Thread(target=_hammer, args=(api, prefix, started + RUN_S, tally)) for _ in range(CLIENTS)]
     for c in clients:
         c.start()
     for c in clients:
@@ -128,7 +145,7 @@ def test_two_replicas_together_admit_no_more_than_the_keys_bound(
     elapsed = time.monotonic() - started  # every decision fell within [started, started + elapsed]
 
     # then both replicas asked the one limiter, and together they admitted no more than the bucket's bound
-    key = development_principal(pipeline.settings).key_id
+    key = api.key_id
     limiter = ray.get_actor(names.RATE_LIMITER, namespace=namespace)
     assert ray.get(limiter.sharing.remote(key, Measure.REQUESTS), timeout=30) == REPLICAS
     assert not tally.other, tally.other[:3]
@@ -161,17 +178,17 @@ def test_two_replicas_together_admit_no_more_than_the_keys_bound(
 
 
 def test_a_limiter_restart_mid_run_costs_at_most_a_few_bursts_and_no_error(
-    pipeline: Pipeline, limited_api: tuple[str, str]
+    pipeline: Pipeline, limited_api: LimitedApi
 ) -> None:
     # given clients hammering the key, when the limiter actor dies mid-run (Ray restarts it, knowing nothing)
-    base_url, namespace = limited_api
+    api, namespace = limited_api, limited_api.namespace
     quota = request_quota(LIMIT_PER_MINUTE)
     ttl_s = pipeline.settings.rate_limit_lease_ttl_s
     tally = Tally()
     run_s = 20.0
     started = time.monotonic()
     clients = [
-        threading.Thread(target=_hammer, args=(base_url, unique_prefix("rl-restart"), started + run_s, tally))
+        threading.Thread(target=_hammer, args=(api, unique_prefix("rl-restart"), started + run_s, tally))
         for _ in range(CLIENTS)
     ]
     for c in clients:
@@ -192,7 +209,7 @@ def test_a_limiter_restart_mid_run_costs_at_most_a_few_bursts_and_no_error(
     assert admitted <= bound, (admitted, bound)
     assert admitted >= 0.8 * quota.rate * elapsed  # the key kept getting its limit through the restart
     # and the restarted limiter serves both replicas again
-    key = development_principal(pipeline.settings).key_id
+    key = api.key_id
     limiter = ray.get_actor(names.RATE_LIMITER, namespace=namespace)
     wait_until(
         lambda: ray.get(limiter.sharing.remote(key, Measure.REQUESTS), timeout=30) >= 1,
