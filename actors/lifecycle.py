@@ -1,5 +1,5 @@
 """Starting and stopping the processing side: the metrics hub, the leader (which creates writers and owners), the
-spool drainer, readiness, drain.
+spool drainer, the rate limiter, readiness, drain.
 
 Used by the CLI and by tests; it holds no processing logic and never kills an owner with a batch in flight
 unless told to.
@@ -16,6 +16,7 @@ import ray
 from actors import names
 from actors.leader import Leader
 from actors.metrics_hub import MetricsHub
+from actors.rate_limiter import start_rate_limiter
 from actors.spool_drainer import SpoolDrainer
 from cluster.settings import Settings
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 def start_pipeline(settings: Settings, ready_timeout_s: float = 120.0) -> Any:
     """Create (or find) the metrics hub and the leader, and wait until every partition has a live owner."""
     start_metrics_hub(settings)  # first: every worker pushes its metrics to it from the start
+    start_rate_limiter(settings)  # before the API: its replicas' first requests lease from it
     leader = Leader.options(  # type: ignore[attr-defined]
         name=names.LEADER, lifetime="detached", get_if_exists=True, max_concurrency=64
     ).remote(settings)
@@ -80,6 +82,14 @@ def stop_metrics_hub() -> None:
     ray.kill(hub, no_restart=True)
 
 
+def stop_rate_limiter() -> None:
+    """Release the limiter; it holds nothing durable (a new one starts every key's bucket full)."""
+    try:
+        ray.kill(ray.get_actor(names.RATE_LIMITER), no_restart=True)
+    except ValueError:
+        return
+
+
 def stop_spool_drainer(timeout_s: float = 15.0) -> None:
     """Let the drainer finish its batch in flight, then release it; spooled rows stay for the next start."""
     try:
@@ -119,4 +129,5 @@ def stop_pipeline(leader: Any, drain_timeout_s: float = 30.0) -> None:
         ray.get(leader.kill_all.remote(), timeout=30)
     finally:
         ray.kill(leader, no_restart=True)
+        stop_rate_limiter()
         stop_metrics_hub()

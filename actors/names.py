@@ -10,6 +10,7 @@ import zlib
 LEADER = "eventpipe-leader"
 SPOOL_DRAINER = "spool-drainer"
 METRICS_HUB = "metrics-hub"
+RATE_LIMITER = "rate-limiter"
 
 
 def owner_name(topic: str, partition: int) -> str:

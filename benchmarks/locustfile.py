@@ -1,7 +1,8 @@
 """Locust user for interactive load tests: posts batches and single events (with Idempotency-Key) to the API.
 
 Checks only what a client can see (status codes, echoed ids); it never reads the database.
-Run: locust -f benchmarks/locustfile.py --host http://127.0.0.1:8000
+Run: locust -f benchmarks/locustfile.py --host http://127.0.0.1:8000 (the API key: $EVENTPIPE_API_KEY, else the
+development key in the data dir's api_key file)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ if __package__ in (None, "") and str(Path(__file__).resolve().parent.parent) not
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.events import EventFactory, run_prefix  # noqa: E402
+from benchmarks.stack import api_key, data_dir  # noqa: E402
 
 JSON = {"content-type": "application/json"}
 _user_numbers = count()
@@ -43,6 +45,7 @@ def _read_settings(environment: Environment, **_: Any) -> None:
     run_id = getattr(options, "run_id", "") if options else ""
     # Each worker process gets its own random token, so distributed runs never reuse an id.
     _settings["run_id"] = run_id or run_prefix(datetime.now(UTC), secrets.token_hex(3))
+    _settings["api_key"] = api_key(data_dir()) or ""
 
 
 class EventProducer(FastHttpUser):
@@ -57,6 +60,7 @@ class EventProducer(FastHttpUser):
         self.factory = EventFactory(f"{run_id}-{number}", seed=number)
         self.sent_singles: deque[tuple[str, bytes, str]] = deque(maxlen=200)  # (key, body, id)
         self.accepted_ids: deque[str] = deque(maxlen=1000)
+        self.client.auth_header = f"Bearer {_settings.get('api_key', '')}"  # FastHttpSession sends it on every request
 
     @task(4)
     def post_single(self) -> None:

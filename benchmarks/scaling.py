@@ -25,6 +25,7 @@ from benchmarks.components import Component
 from benchmarks.cost import GIB, TOTAL
 from benchmarks.local_stack import running_stack, stack_lock
 from benchmarks.report import make_console, render
+from benchmarks.stack import api_key as stack_api_key
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def scaling_table(rows: list[ScalingRow], rate: float, duration: float) -> Table
     return table
 
 
-def _throughput_args(args: argparse.Namespace, pid: int, database_url: str) -> argparse.Namespace:
+def _throughput_args(args: argparse.Namespace, pid: int, database_url: str, data_dir: Path) -> argparse.Namespace:
     return throughput.parse_args(
         [
             f"--rate={args.rate}",
@@ -123,6 +124,7 @@ def _throughput_args(args: argparse.Namespace, pid: int, database_url: str) -> a
             "--late-grace=0",
             f"--stack-pid={pid}",
             f"--database-url={database_url}",
+            f"--api-key={stack_api_key(data_dir) or ''}",
         ]
     )
 
@@ -134,7 +136,9 @@ def measure(partitions: int, args: argparse.Namespace, console: Console) -> dict
         with stack_lock(console.print):
             console.print(f"[bold]{partitions} partition(s) per topic[/]: starting a stack in {data_dir}")
             with running_stack(partitions, data_dir, args.start_timeout, args.stop_timeout, console.print) as stack:
-                figures = asyncio.run(throughput.run(_throughput_args(args, stack.pid, stack.database_url), console))
+                figures = asyncio.run(
+                    throughput.run(_throughput_args(args, stack.pid, stack.database_url, data_dir), console)
+                )
                 console.print("stopping the stack (SIGINT to its process group)")
         return figures
     finally:

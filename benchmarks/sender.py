@@ -182,10 +182,12 @@ class OpenLoopSender:
         )
 
 
-def make_client(base_url: str, plan: LoadPlan) -> httpx.AsyncClient:
-    """HTTP/1.1 keep-alive client with exactly `concurrency` connections."""
+def make_client(base_url: str, plan: LoadPlan, api_key: str | None = None) -> httpx.AsyncClient:
+    """HTTP/1.1 keep-alive client with exactly `concurrency` connections, sending `api_key` with every request."""
     limits = httpx.Limits(max_connections=plan.concurrency, max_keepalive_connections=plan.concurrency)
-    return httpx.AsyncClient(base_url=base_url, limits=limits, timeout=httpx.Timeout(plan.request_timeout), http1=True)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    timeout = httpx.Timeout(plan.request_timeout)
+    return httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout, http1=True, headers=headers)
 
 
 def schedule_ok(plan: LoadPlan) -> str | None:

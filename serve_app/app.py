@@ -1,12 +1,16 @@
 """The Ray Serve application: one ingress deployment serving ingestion, the read API, schemas and health.
 
 Clients (Kafka producer, kafka breaker, spool and read pools) are built once per replica in the constructor; routes
-only translate HTTP. Limits come before work: media type and declared size are judged before the body is read, the
-body is read under a byte cap, and a request's whole handling is bounded in time. No 5xx body carries exception text:
-it carries advice and an error id, and the log line with that id carries the cause.
+only translate HTTP. Every route but health, readiness and the OpenAPI document first authenticates its API key from
+the headers (serve_app/auth.py: keys held in memory, no query per request). Limits come before work: media type and
+declared size are judged before the body is read, the body is read under a byte cap, and a request's whole handling
+is bounded in time. No 5xx body carries exception text: it carries advice and an error id, and the log line with that
+id carries the cause.
 """
 
 import asyncio
+import dataclasses
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -18,8 +22,10 @@ from fastapi.responses import ORJSONResponse, Response
 from ray import serve
 
 from actors.metrics_hub import start_metrics_push
+from actors.rate_limiter import LimiterClient
 from cluster.adapters.kafka_config import producer_config
 from cluster.adapters.kafka_producer import KafkaPublisher
+from cluster.adapters.key_store import KeyStore
 from cluster.adapters.read_store import ReadStore
 from cluster.adapters.spool import AsyncSpool
 from cluster.observability.breakers import breaker
@@ -27,10 +33,13 @@ from cluster.observability.event_spans import IngestSpans
 from cluster.observability.logs import bind_correlation, setup_logging
 from cluster.observability.tracing import TRACEPARENT, Tracing, forced_parent
 from cluster.settings import Settings
-from pipelines.access import DEFAULT_TENANT
+from pipelines.access import Principal, Scope
+from pipelines.rate_lease import Decision
+from pipelines.rate_limit import Measure
 from pipelines.registry import default_registry
 from serve_app import replies
 from serve_app.admission import HandoverPolicy, InflightGate
+from serve_app.auth import UNAUTHENTICATED, Authenticator
 from serve_app.body import BadContentLength, BodyLease, declared_length
 from serve_app.delivery import Delivery, SpoolWatch
 from serve_app.edge import receive
@@ -47,14 +56,25 @@ from serve_app.openapi import (
     batch_body_schema,
     error_responses,
     install,
+    protected,
     readiness_responses,
     single_body_schema,
+    with_security_schemes,
 )
+from serve_app.rate_limits import RateLimits
 from serve_app.readiness import CachedReadiness
 from serve_app.reads import Reads
 
 log = logging.getLogger(__name__)
-app = FastAPI(
+
+
+class _Api(FastAPI):
+    def openapi(self) -> dict[str, Any]:
+        """The generated document with the API key's security schemes (routes name them in `protected()`)."""
+        return with_security_schemes(super().openapi())
+
+
+app = _Api(
     title="eventpipe",
     version="0.1.0",
     description="Exactly-once event ingestion and processing. Events are acknowledged (202) only after the broker "
@@ -87,15 +107,23 @@ async def invalid_parameters(request: Request, exc: RequestValidationError) -> R
     return _answer(replies.error(422, "validation_failed", "a parameter is out of its documented range", errors=errors))
 
 
-def _reply(reply: Reply, meta: RequestMeta) -> Response:
-    headers = {**(reply.headers or {}), "X-Correlation-ID": meta.correlation_id or ""}
+def _reply(reply: Reply, meta: RequestMeta, decision: Decision | None = None) -> Response:
+    """The answer, with the request's rate-limit headers when it was admitted (a refusal's own headers win)."""
+    limit_headers = replies.rate_limit_headers(decision) if decision is not None else {}
+    headers = {**limit_headers, **(reply.headers or {}), "X-Correlation-ID": meta.correlation_id or ""}
     return ORJSONResponse(reply.body, status_code=reply.status, headers=headers)
+
+
+def _principal(request: Request) -> Principal:
+    """The authenticated principal of a request that passed ApiGateway._authorize (tenant, scopes, limits)."""
+    principal: Principal = request.state.principal
+    return principal
 
 
 def _tenant(request: Request) -> str:
     """The tenant this request acts for: the one accessor every route asks (ingest scopes ids by it, reads filter by
-    it). Until API keys exist every request is the default tenant's; auth replaces this body by the Principal's."""
-    return DEFAULT_TENANT
+    it): its API key's tenant (the default tenant's when auth is off)."""
+    return _principal(request).tenant
 
 
 def _meta(request: Request, deadline: float) -> RequestMeta:
@@ -140,6 +168,17 @@ class ApiGateway:
         self._tracing = Tracing.start(settings, "api")
         start_metrics_push(settings, "api")
         self._settings = settings
+        database_url = settings.database_url.get_secret_value()
+        if not settings.auth_enabled:
+            log.warning("API keys are off (auth_enabled=false): every request acts for the default tenant, all scopes")
+        store = KeyStore(database_url) if settings.auth_enabled else None
+        anonymous = dataclasses.replace(  # auth off: every request, with the default limits
+            UNAUTHENTICATED,
+            requests_per_minute=settings.rate_limit_requests_per_minute,
+            events_per_minute=settings.rate_limit_events_per_minute,
+        )
+        self._auth = Authenticator(store, settings.auth_refresh_s, _INCIDENTS, anonymous)
+        self._auth.load()  # the keys before the first request; a failure is retried on the refresh timer
         self._registry = default_registry(
             settings.base_currency,
             settings.risk_amount_threshold,
@@ -154,7 +193,6 @@ class ApiGateway:
                 message_max_bytes=settings.kafka_message_max_bytes,
             )
         )
-        database_url = settings.database_url.get_secret_value()
         self._spool = AsyncSpool(database_url) if settings.spool_enabled else None
         self._watch = SpoolWatch(self._spool) if self._spool is not None else None
         self._delivery = Delivery(
@@ -184,6 +222,7 @@ class ApiGateway:
         self._reads_open = False
         self._reads = Reads(self._store, _INCIDENTS, settings.read_timeout_s)
         self._readiness = CachedReadiness(self._compute_readiness, ttl_s=_READY_TTL_S)
+        self._limits = RateLimits(settings, LimiterClient(settings))
         self._startup: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
 
@@ -200,6 +239,25 @@ class ApiGateway:
         await self._watch.refresh()
         self._watch_task = asyncio.create_task(self._watch.run(), name="spool-watch")
 
+    async def _admit_events(self, principal: Principal, count: int) -> Reply | None:
+        decision = await self._limits.events(principal, count)
+        if decision is None or decision.allowed:
+            return None
+        return replies.rate_limited(decision, Measure.EVENTS)
+
+    async def _read(self, request: Request, answer: Callable[[], Awaitable[Reply]]) -> Response:
+        """A read: the key and its `read` scope (401/403), its request limit (429, nothing read), then the answer,
+        with the RateLimit headers."""
+        refused = self._authorize(request, Scope.READ)
+        if refused is not None:
+            return refused
+        decision = await self._limits.request(_principal(request))
+        if not decision.allowed:
+            return _answer(replies.rate_limited(decision, Measure.REQUESTS))
+        reply = await answer()
+        headers = {**replies.rate_limit_headers(decision), **(reply.headers or {})}
+        return ORJSONResponse(reply.body, status_code=reply.status, headers=headers)
+
     async def _store(self) -> ReadStore:
         if not self._reads_open:
             await self._read_store.open()
@@ -212,32 +270,49 @@ class ApiGateway:
         if task is not None and task.done():
             raise RuntimeError(f"the spool watch stopped: {task.exception() if not task.cancelled() else 'cancelled'}")
 
+    def _authorize(self, request: Request, scope: Scope) -> Response | None:
+        """The 401/403 to answer when the request's API key does not hold `scope`; else None, and the principal is
+        kept for `_principal(request)`. Headers only: nothing of the body has been read."""
+        outcome = self._auth.decide(request.headers, scope)
+        if isinstance(outcome, Reply):
+            return _answer(outcome)
+        request.state.principal = outcome
+        return None
+
     async def _ingest(
         self, request: Request, limit: int, handle: Callable[[bytes, RequestMeta], Awaitable[Reply]]
     ) -> Response:
-        """Headers judged first, then the replica's start (503), the byte budget (429) and the body under `limit` bytes
-        (413, 408), all of it within the request's time bound."""
+        """Headers judged first (API key, then media type and size), then the replica's start (503), the byte budget
+        (429) and the body under `limit` bytes (413, 408), all of it within the request's time bound."""
+        refused = self._authorize(request, Scope.INGEST)
+        if refused is not None:
+            return refused
         deadline = asyncio.get_running_loop().time() + self._settings.request_timeout_s
         try:
             meta = _meta(request, deadline)
         except BadContentLength as exc:
             return _reply(replies.error(400, "bad_content_length", str(exc)), RequestMeta(None, None, None))
+        principal = _principal(request)
+        decision = await self._limits.request(principal)  # headers alone: before a byte of the body is read
+        if not decision.allowed:
+            return _reply(replies.rate_limited(decision, Measure.REQUESTS), meta)
+        meta = dataclasses.replace(meta, admit_events=functools.partial(self._admit_events, principal))
         problem = self._ingestor.precheck(meta, limit)
         if problem is not None:
-            return _reply(problem, meta)
+            return _reply(problem, meta, decision)
         lease = BodyLease(self._body_budget)
         try:
             body = await receive(request.stream(), meta, limit, lease, self._started, _INCIDENTS)
             if isinstance(body, Reply):
-                return _reply(body, meta)
-            return _reply(await handle(body, meta), meta)
+                return _reply(body, meta, decision)
+            return _reply(await handle(body, meta), meta, decision)
         finally:
             lease.release()
 
     @app.post(
         "/events",
         status_code=202,
-        openapi_extra=single_body_schema(),
+        openapi_extra=protected(single_body_schema()),
         responses=error_responses(*INGEST_ERRORS, ok=AcceptedEvent, ok_status=202),
         summary="Ingest one event",
     )
@@ -247,7 +322,7 @@ class ApiGateway:
     @app.post(
         "/events/batch",
         status_code=202,
-        openapi_extra=batch_body_schema(),
+        openapi_extra=protected(batch_body_schema()),
         responses=error_responses(*INGEST_ERRORS, ok=BatchAccepted, ok_status=202),
         summary="Ingest a batch of events",
     )
@@ -258,45 +333,60 @@ class ApiGateway:
         "/events/{event_id}",
         responses=error_responses(*READ_ERRORS),
         summary="An event's processing status, timestamps, position and result",
+        openapi_extra=protected(),
     )
     async def get_event(self, request: Request, event_id: str) -> Response:
-        return _answer(await self._reads.event(_tenant(request), event_id))
+        return await self._read(request, lambda: self._reads.event(_tenant(request), event_id))
 
     @app.get(
         "/events/{event_id}/audit",
         responses=error_responses(*READ_ERRORS),
         summary="Every state transition of an event",
+        openapi_extra=protected(),
     )
     async def get_audit(self, request: Request, event_id: str) -> Response:
-        return _answer(await self._reads.audit(_tenant(request), event_id))
+        return await self._read(request, lambda: self._reads.audit(_tenant(request), event_id))
 
     @app.get(
         "/users/{user_id}/summary",
         responses=error_responses(*READ_ERRORS),
         summary="Running totals and action counts of a user",
+        openapi_extra=protected(),
     )
     async def get_user(self, request: Request, user_id: str) -> Response:
-        return _answer(await self._reads.user(_tenant(request), user_id))
+        return await self._read(request, lambda: self._reads.user(_tenant(request), user_id))
 
     @app.get(
         "/devices/{device_id}/summary",
         responses=error_responses(*READ_ERRORS),
         summary="Reading statistics of a device, in SI units",
+        openapi_extra=protected(),
     )
     async def get_device(self, request: Request, device_id: str) -> Response:
-        return _answer(await self._reads.device(_tenant(request), device_id))
+        return await self._read(request, lambda: self._reads.device(_tenant(request), device_id))
 
     @app.get(
-        "/dead-letters", responses=error_responses(*LIST_ERRORS), summary="Dead letters, oldest first, paged by id"
+        "/dead-letters",
+        responses=error_responses(*LIST_ERRORS),
+        summary="Dead letters, oldest first, paged by id",
+        openapi_extra=protected(),
     )
     async def get_dead_letters(
         self, request: Request, after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)
     ) -> Response:
-        return _answer(await self._reads.dead_letters(_tenant(request), after, limit))
+        return await self._read(request, lambda: self._reads.dead_letters(_tenant(request), after, limit))
 
-    @app.get("/schemas", responses=error_responses(*OPEN_ERRORS), summary="JSON Schema of every event type and version")
-    async def get_schemas(self) -> dict[str, Any]:
-        return {"types": self._registry.json_schemas()}
+    @app.get(
+        "/schemas",
+        responses=error_responses(*OPEN_ERRORS),
+        summary="JSON Schema of every event type and version",
+        openapi_extra=protected(),
+    )
+    async def get_schemas(self, request: Request) -> Response:
+        return await self._read(request, self._schemas)
+
+    async def _schemas(self) -> Reply:
+        return Reply(200, {"types": self._registry.json_schemas()})
 
     @app.get("/healthz", summary="Liveness")
     async def healthz(self) -> dict[str, str]:

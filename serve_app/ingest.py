@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,9 @@ class RequestMeta:
     deadline: float | None = None  # event-loop time by which the request must be answered; None: from now
     trace_parent: SpanContext | None = None  # a sampled `traceparent` header: the request's events are traced
     content_encoding: str | None = None  # only identity is taken: a compressed body would escape the byte cap
+    # The key's events-per-minute limit: asked with the request's event count once the body is decoded, before any
+    # event is validated or published (a refused request is never half-taken); None: events are not limited.
+    admit_events: Callable[[int], Awaitable[Reply | None]] | None = None
 
 
 class EventTooLarge(Exception):
@@ -165,6 +169,8 @@ class Ingestor:
         raw = self._decode(body)
         if isinstance(raw, Reply):
             return raw
+        if meta.admit_events is not None and (limited := await meta.admit_events(1)) is not None:
+            return limited
         if not self._gate.try_acquire(1):
             return replies.overloaded(self._gate, 1)
         try:
@@ -214,6 +220,8 @@ class Ingestor:
                 "batch_too_large",
                 f"{len(items)} events exceed the {self._settings.max_batch_events}-event batch limit",
             )
+        if meta.admit_events is not None and (limited := await meta.admit_events(len(items))) is not None:
+            return limited
         if not self._gate.try_acquire(len(items)):
             return replies.overloaded(self._gate, len(items))
         try:

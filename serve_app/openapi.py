@@ -82,8 +82,8 @@ class BatchAccepted(BaseModel):
 # What each error answer means, by status; an operation documents the ones that apply to it.
 _MEANING = {
     400: "Malformed JSON, a bad Content-Length or Idempotency-Key.",
-    401: "No API key, or an unknown or revoked one (`WWW-Authenticate: Bearer`).",
-    403: "The API key lacks the scope this operation needs.",
+    401: "No API key, or not a valid one (malformed, unknown or revoked); `WWW-Authenticate` says so.",
+    403: "The API key lacks the scope this route needs (`insufficient_scope`, `scope` names it).",
     404: "No such event, user or device in the caller's tenant (an id no event can have is 404 too, never a 500).",
     408: "The body did not arrive within the request timeout; nothing was taken: send the same request again.",
     413: "The body is over its limit (from Content-Length alone, or while a chunked body streams), or the single "
@@ -130,6 +130,27 @@ def readiness_responses() -> dict[int | str, Any]:
 def _event_schema() -> dict[str, Any]:
     schema = _EVENT.json_schema(ref_template="#/components/schemas/{model}")
     schema.pop("$defs", None)
+    return schema
+
+
+# Every route but /healthz, /readyz, /docs and /openapi.json needs an API key (serve_app/auth.py).
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "An eventpipe API key (`evp_…`)."},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "The same key, another header."},
+}
+
+
+def protected(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`openapi_extra` of a route that needs an API key: its security requirement, merged into `extra` (a body
+    schema). Its 401 and 403 answers are documented with the others, by error_responses."""
+    extra = dict(extra or {})
+    extra["security"] = [{"bearer": []}, {"apiKey": []}]
+    return extra
+
+
+def with_security_schemes(schema: dict[str, Any]) -> dict[str, Any]:
+    """The generated OpenAPI document with the API key's security schemes declared."""
+    schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
     return schema
 
 

@@ -5,6 +5,7 @@ Bodies carry advice for the client and, for 5xx, an error id; they never carry e
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,8 @@ from cluster.adapters.kafka_producer import Delivered
 from cluster.observability.metrics import METRICS
 from cluster.observability.recording import invalid_reason
 from pipelines.errors import InvalidEvent
+from pipelines.rate_lease import Decision
+from pipelines.rate_limit import Measure
 from serve_app.admission import InflightGate
 from serve_app.delivery import EVENT_TOO_LARGE, Outcome, Refused, Rejected, Spooled, Unknown
 
@@ -57,6 +60,24 @@ def bodies_over_budget() -> Reply:
     """429: this replica holds its budget of request-body bytes (max_inflight_body_bytes); nothing was read."""
     reason = "this replica is reading as many request bytes as it may hold; nothing was taken, retry shortly"
     return Reply(429, {"error": "overloaded", "reason": reason}, {"Retry-After": "1"})
+
+
+def rate_limit_headers(decision: Decision) -> dict[str, str]:
+    """The IETF draft's RateLimit-* fields (whole seconds, rounded up), on admitted and refused answers alike."""
+    return {
+        "RateLimit-Limit": str(decision.limit),
+        "RateLimit-Remaining": str(decision.remaining),
+        "RateLimit-Reset": str(math.ceil(decision.reset_s)),
+    }
+
+
+def rate_limited(decision: Decision, measure: Measure) -> Reply:
+    """429: the key spent its requests (or events) per minute; nothing of the request was read or taken."""
+    retry_after = max(1, math.ceil(decision.retry_after_s))
+    what = "requests" if measure is Measure.REQUESTS else "events"
+    reason = f"this API key may send {decision.limit} {what} per minute; nothing was taken, retry in {retry_after}s"
+    headers = {**rate_limit_headers(decision), "Retry-After": str(retry_after)}
+    return Reply(429, {"error": "rate_limited", "reason": reason}, headers)
 
 
 def not_started(error_id: str) -> Reply:

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import confluent_kafka
+import httpx
 import psycopg
 import pytest
 import ray
@@ -23,12 +24,17 @@ from pydantic import SecretStr
 from ray import serve
 
 from actors.lifecycle import metrics_url, start_pipeline
+from cluster.adapters.key_store import KeyStore
 from cluster.adapters.migrations import migrate
 from cluster.cli import start_ray
 from cluster.local import free_port
 from cluster.ray_config import start_serve
 from cluster.settings import Settings
+from pipelines.access import DEFAULT_TENANT, Scope
 from tests.fakes.enrichment_service import FakeEnrichmentService
+
+# The session key's limits: the suite's own load must never meet the rate limiter (its tests set their own keys).
+TEST_KEY_REQUESTS_PER_MINUTE = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,16 @@ class Pipeline:
     base_url: str
     leader: Any
     direct_db_url: str  # straight to the server, not through `pg_proxy`: checks work while the proxy is faulted
+    api_key: str  # every scope, the default tenant (session_api_key)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What every request to the API carries: the session's API key."""
+        return auth_headers(self.api_key)
+
+    def client(self, **options: Any) -> httpx.Client:
+        """An HTTP client on the API that sends the session's key with every request."""
+        return httpx.Client(base_url=self.base_url, headers=self.headers, **options)
 
     @property
     def db_url(self) -> str:
@@ -61,6 +77,23 @@ class Pipeline:
         if url is None:
             raise AssertionError(f"the metrics hub has not bound port {self.settings.metrics_port}")
         return url
+
+
+def auth_headers(api_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"}
+
+
+def create_api_key(
+    db_url: str, name: str, scopes: frozenset[Scope] = frozenset(Scope), tenant: str = DEFAULT_TENANT, **limits: Any
+) -> str:
+    """A new API key in the pipeline's database (the replicas load it within auth_refresh_s)."""
+    store = KeyStore(db_url)
+    try:
+        limits.setdefault("requests_per_minute", TEST_KEY_REQUESTS_PER_MINUTE)
+        issued, _ = store.create(name, tenant, scopes, **limits)
+    finally:
+        store.close()
+    return issued.key
 
 
 def wait_until(condition: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.2) -> Any:
@@ -139,16 +172,21 @@ def pipeline(infra_settings: Settings, pg_url: str, enrichment_service: FakeEnri
             "database_url": SecretStr(url),
             # A commit failing this long makes an owner `stalled` (production: 30 s): test_stuck_partition.py
             "owner_stalled_after_s": 3.0,
+            # The development key's requests are not limited here: tests send thousands per minute through it. The
+            # rate limit is tested by its own Serve app and limit (tests/integration/test_rate_limit_http.py).
+            "rate_limit_requests_per_minute": TEST_KEY_REQUESTS_PER_MINUTE,
         }
     )
     migrate(settings.database_url.get_secret_value())
+    api_key = create_api_key(pg_url, unique_prefix("tests"))  # before the API starts: its replicas load it at once
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")  # no load balancer to wait for
     isolate_serve_ports()
     start_ray(settings, dashboard=False)  # its processes inherit DATABASE_URL: actors read it there, not from Ray
     try:
         leader = start_pipeline(settings)
         start_serve(settings)
-        yield Pipeline(settings, f"http://127.0.0.1:{settings.http_port}", leader, direct_db_url=pg_url)
+        base_url = f"http://127.0.0.1:{settings.http_port}"
+        yield Pipeline(settings, base_url, leader, direct_db_url=pg_url, api_key=api_key)
         serve.shutdown()
         ray.get(leader.kill_all.remote(), timeout=60)
         ray.kill(leader, no_restart=True)
@@ -176,6 +214,7 @@ def kcat(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def api_headers() -> dict[str, str]:
-    """Headers every API request of a test carries: none yet; once API keys exist, a key with every scope."""
-    return {}
+def api_headers(pipeline: Pipeline) -> dict[str, str]:
+    """Headers every API request of a contract or hostile-input test carries: the session's key (every scope). A run
+    without a key (expecting 401s) overrides this fixture with {}."""
+    return pipeline.headers

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from cluster.local import free_port
 from cluster.run_record import ProcTable, Role, RunDir, RunRecord, session_processes, still_ours, stop_processes
 from cluster.settings import Settings
-from tests.pipeline import wait_until
+from tests.pipeline import TEST_KEY_REQUESTS_PER_MINUTE, auth_headers, wait_until
 
 READY_LINE = "eventpipe is running."
 START_TIMEOUT_S = 300.0
@@ -42,6 +42,9 @@ def run_env(data_dir: Path, http_port: int, metrics_port: int, dashboard_port: i
             "EVENTPIPE_DASHBOARD_PORT": str(dashboard_port),
             "EVENTPIPE_PARTITIONS": "2",
             "EVENTPIPE_BREAKER_RESET_TIMEOUT_S": "2",
+            # The chaos workloads send far more than a key's 1,000 requests/min through the development key; the rate
+            # limit itself is tested with its own limit (tests/integration/test_rate_limit_http.py).
+            "EVENTPIPE_RATE_LIMIT_REQUESTS_PER_MINUTE": str(TEST_KEY_REQUESTS_PER_MINUTE),
             "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(30_000 + block * 100),
             "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(30_000 + block * 100 + 99),
             "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(31_000 + block * 100),
@@ -123,9 +126,10 @@ class EventpipeRun:
         db = re.search(r"PostgreSQL\s+(postgresql://\S+)", text)
         kafka = re.search(r"Kafka\s+(\S+)", text)
         api = re.search(r"HTTP API\s+(http://\S+)", text)
-        if not (db and kafka and api):
-            raise AssertionError(f"no PostgreSQL, Kafka and API addresses in the banner:\n{text}")
-        return Banner(db.group(1), kafka.group(1), api.group(1))
+        key = re.search(r"^API key: (evp_\S+)$", text, re.MULTILINE)
+        if not (db and kafka and api and key):
+            raise AssertionError(f"no PostgreSQL, Kafka and API addresses and API key in the banner:\n{text}")
+        return Banner(db.group(1), kafka.group(1), api.group(1), key.group(1))
 
     def cleanup(self) -> None:
         """After a test, however it ended: kill the supervisor, then every process its record still names."""
@@ -141,6 +145,7 @@ class Banner:
     database_url: str
     kafka_bootstrap: str
     base_url: str
+    api_key: str
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,11 @@ class RunPipeline:
     settings: Settings
     base_url: str
     direct_db_url: str
+    api_key: str  # the run's development key, from its banner
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return auth_headers(self.api_key)
 
     @classmethod
     def of(cls, banner: Banner, data_dir: Path) -> RunPipeline:
@@ -161,7 +171,7 @@ class RunPipeline:
             data_dir=data_dir,
             partitions=2,
         )
-        return cls(settings, banner.base_url, banner.database_url)
+        return cls(settings, banner.base_url, banner.database_url, banner.api_key)
 
     @property
     def db_url(self) -> str:

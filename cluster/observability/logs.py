@@ -26,7 +26,16 @@ from pythonjsonlogger.orjson import OrjsonFormatter
 from cluster.observability.redact import mask_credentials
 from cluster.settings import Settings
 
-SERVICES = ("api", "partition-owner", "checkpoint-writer", "leader", "spool-drainer", "metrics-hub", "cli")
+SERVICES = (
+    "api",
+    "partition-owner",
+    "checkpoint-writer",
+    "leader",
+    "spool-drainer",
+    "metrics-hub",
+    "rate-limiter",
+    "cli",
+)
 # Per-event lines (accepted, processed) go to this logger at INFO; it is at WARNING unless settings.log_events, so a
 # busy pipeline (10k events/s) does not write two lines per event by default. Dead letters are WARNING: always on.
 EVENT_LOGGER = "eventpipe.events"

@@ -44,6 +44,9 @@ class Metrics:
     validation_errors: Counter
     publish_duration_seconds: Histogram
     spool_depth: Gauge
+    # Rate limit (issue 11)
+    rate_limited: Counter
+    rate_limit_fallback: Counter
 
 
 def build(registry: CollectorRegistry) -> Metrics:
@@ -138,6 +141,19 @@ def build(registry: CollectorRegistry) -> Metrics:
         spool_depth=Gauge(
             "spool_depth",
             "Events in the durable ingest spool waiting for the broker",
+            registry=registry,
+        ),
+        rate_limited=Counter(
+            "rate_limited",
+            "Requests refused with 429 by the per-key rate limit, by key name (the first 100 names a replica sees, "
+            "then 'other')",
+            ["key"],
+            registry=registry,
+        ),
+        rate_limit_fallback=Counter(
+            "rate_limit_fallback",
+            "Rate-limit decisions an API replica took alone (its share of the key's limit) because the limiter actor "
+            "did not answer",
             registry=registry,
         ),
     )

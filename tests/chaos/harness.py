@@ -146,6 +146,7 @@ class Scenario:
         w = Workload(
             self.checker,
             self.pipeline.base_url,
+            headers=self.pipeline.headers,
             rate=rate,
             keys=keys,
             types=types,
@@ -309,7 +310,7 @@ class Scenario:
         event["id"] = f"{self.prefix}-canary{self._canaries}"
         self.checker.record_sent(event["id"], event)
         stop_at = min(deadline, time.monotonic() + 60)
-        with httpx.Client(base_url=self.pipeline.base_url, timeout=10) as client:
+        with httpx.Client(base_url=self.pipeline.base_url, headers=self.pipeline.headers, timeout=10) as client:
             while time.monotonic() < stop_at:
                 try:
                     r = client.post("/events", json=event)

@@ -203,7 +203,9 @@ def test_sql_looking_strings_in_valid_events_are_stored_byte_for_byte(scenario: 
     sent: list[dict[str, Any]] = []
     with scenario.workload(rate=50), rawlog.RawProducer(settings.kafka_bootstrap) as producer:
         with scenario.fault("SQL-looking strings in user_id and metadata"):
-            with httpx.Client(base_url=scenario.pipeline.base_url, timeout=30) as client:
+            with httpx.Client(
+                base_url=scenario.pipeline.base_url, headers=scenario.pipeline.headers, timeout=30
+            ) as client:
                 for n in range(3):
                     event = {
                         "id": f"{scenario.prefix}-sql{n}",

@@ -64,10 +64,10 @@ def runs(data_dir: Path, env: dict[str, str]) -> Iterator[list[EventpipeRun]]:
         run.cleanup()
 
 
-def send_batch(base_url: str, prefix: str, n: int) -> list[str]:
+def send_batch(base_url: str, headers: dict[str, str], prefix: str, n: int) -> list[str]:
     """n user actions in one batch request; all must be acknowledged (202, accepted). Their ids."""
     events = [build_event(prefix, i, 0, f"{prefix}-k", "user_action") for i in range(n)]
-    r = httpx.post(f"{base_url}/events/batch", json=events, timeout=30)
+    r = httpx.post(f"{base_url}/events/batch", json=events, headers=headers, timeout=30)
     assert r.status_code == 202, r.text
     assert [item["status"] for item in r.json()["results"]] == ["accepted"] * n, r.text
     return [e["id"] for e in events]
@@ -134,7 +134,7 @@ def test_run_refuses_a_second_start_survives_ray_dying_and_leaves_no_orphans(
     # supervisor reads the log ends, and the broker dies
     frozen = signal_actors(first.record(), data_dir, "PartitionOwner", signal.SIGSTOP)
     assert len(frozen) == 8, frozen
-    lost_ids = send_batch(pipeline.base_url, f"{scenario.prefix}-lost", LOST_EVENTS)
+    lost_ids = send_batch(pipeline.base_url, pipeline.headers, f"{scenario.prefix}-lost", LOST_EVENTS)
     steady(2.5)  # the supervisor reads the broker's log ends every 2 s
     mark = len(first.output)
     os.kill(broker_pid(first.record()), signal.SIGKILL)
@@ -145,7 +145,7 @@ def test_run_refuses_a_second_start_survives_ray_dying_and_leaves_no_orphans(
     first.wait_for(r"the broker is back on", 60, after=mark)
     first.wait_for(r"Ray and the pipeline are back in ([0-9.]+)s", RESTART_TIMEOUT_S, after=mark)
     # and processing resumes on the new log
-    after_ids = send_batch(pipeline.base_url, f"{scenario.prefix}-after", 20)
+    after_ids = send_batch(pipeline.base_url, pipeline.headers, f"{scenario.prefix}-after", 20)
     wait_until(
         lambda: pipeline.query("SELECT count(*) FROM events WHERE id = ANY(%s)", after_ids) == [(20,)],
         60,
@@ -161,7 +161,7 @@ def test_run_refuses_a_second_start_survives_ray_dying_and_leaves_no_orphans(
     # ...its API still acknowledges events into its broker's memory log, while its owners (paused here) commit none
     frozen = signal_actors(recorded, data_dir, "PartitionOwner", signal.SIGSTOP)
     assert len(frozen) == 8, frozen
-    orphan_ids = send_batch(pipeline.base_url, f"{scenario.prefix}-orphan", ORPHAN_EVENTS)
+    orphan_ids = send_batch(pipeline.base_url, pipeline.headers, f"{scenario.prefix}-orphan", ORPHAN_EVENTS)
     signal_actors(recorded, data_dir, "PartitionOwner", signal.SIGCONT)
 
     # ...and the next start drains that pipeline, stops exactly those processes, says so, and starts cleanly

@@ -83,6 +83,7 @@ class Workload:
         checker: Checker,
         base_url: str,
         *,
+        headers: dict[str, str] | None = None,
         rate: float = 200.0,
         keys: int = 16,
         types: Sequence[str] = ("transaction", "sensor", "user_action"),
@@ -98,6 +99,7 @@ class Workload:
             raise ValueError("rate, batch_size, keys and types must be positive")
         self.checker = checker
         self.base_url = base_url
+        self.headers = headers or {}  # the API key
         self.rate = rate
         self.keys = keys
         self.types = tuple(types)
@@ -172,7 +174,9 @@ class Workload:
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
         # Waiting for one of our own pooled connections is not the API's doing: no pool timeout, only I/O ones.
         timeout = httpx.Timeout(self.request_timeout_s, pool=None)
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout, limits=limits) as client:
+        async with httpx.AsyncClient(
+            base_url=self.base_url, headers=self.headers, timeout=timeout, limits=limits
+        ) as client:
             outstanding = asyncio.Semaphore(_MAX_OUTSTANDING)
             tasks: set[asyncio.Task[None]] = set()
             started = time.monotonic()

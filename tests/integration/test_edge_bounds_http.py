@@ -46,7 +46,7 @@ def hostile(prefix: str) -> list[tuple[str, dict[str, Any], str]]:
 
 def test_each_hostile_value_gets_a_422_naming_its_field(pipeline: Pipeline) -> None:
     prefix = unique_prefix("bounds")
-    with httpx.Client(base_url=pipeline.base_url, timeout=30) as client:
+    with httpx.Client(base_url=pipeline.base_url, headers=pipeline.headers, timeout=30) as client:
         for label, event, field in hostile(prefix):
             r = client.post("/events", json=event)
 
@@ -73,7 +73,7 @@ def test_a_batch_with_hostile_items_rejects_only_them_and_commits_the_rest(pipel
     ]
 
     # when it is posted
-    with httpx.Client(base_url=pipeline.base_url, timeout=30) as client:
+    with httpx.Client(base_url=pipeline.base_url, headers=pipeline.headers, timeout=30) as client:
         r = client.post("/events/batch", json=[good[0], *bad, good[1], good[2]])
 
     # then only the hostile items are rejected, and the valid ones are processed by their owner

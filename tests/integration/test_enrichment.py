@@ -31,7 +31,7 @@ def transaction(event_id: str, user_id: str, merchant_id: str | None, amount: st
 
 
 def post_batch(pipeline: Pipeline, events: list[dict[str, Any]]) -> None:
-    r = httpx.post(f"{pipeline.base_url}/events/batch", json=events, timeout=30)
+    r = httpx.post(f"{pipeline.base_url}/events/batch", json=events, headers=pipeline.headers, timeout=30)
     assert r.status_code == 202, r.text
     assert r.json()["accepted"] == len(events)
 
@@ -77,7 +77,7 @@ def test_transactions_carry_their_merchant_or_say_why_not(pipeline: Pipeline) ->
     assert got[f"{prefix}-none"]["enrichment"] == "not_requested"
     assert all(r["base_amount"] == "10.800000" for r in got.values())  # the FX conversion is unchanged
     # The API serves the enriched result too.
-    body = httpx.get(f"{pipeline.base_url}/events/{prefix}-coffee", timeout=10).json()
+    body = httpx.get(f"{pipeline.base_url}/events/{prefix}-coffee", headers=pipeline.headers, timeout=10).json()
     assert body["result"]["merchant"]["name"] == MERCHANTS["m-coffee"]["name"]
 
 

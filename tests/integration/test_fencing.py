@@ -58,7 +58,7 @@ def test_superseded_owner_actor_is_fenced_and_effects_stay_exactly_once(pipeline
         wait_until(lambda: ray.get(usurper.status.remote())["state"] == "running", 30, "the usurper to claim")
         rng = random.Random(5)
         events = [valid_event(prefix, 3 * n + 1, rng) for n in range(400)]  # sensor events only
-        with httpx.Client(base_url=pipeline.base_url, timeout=30) as client:
+        with httpx.Client(base_url=pipeline.base_url, headers=pipeline.headers, timeout=30) as client:
             for start in range(0, 400, 100):
                 r = client.post("/events/batch", json=events[start : start + 100])
                 assert r.status_code == 202, r.text

@@ -152,7 +152,7 @@ def test_fuzzed_events_get_a_4xx_or_a_committed_outcome_and_no_partition_stalls(
     collect()
     statuses: Counter[int] = Counter()
     accepted: list[str] = []
-    client = httpx.Client(base_url=pipeline.base_url, timeout=30)
+    client = httpx.Client(base_url=pipeline.base_url, headers=pipeline.headers, timeout=30)
 
     # When: each is sent alone over HTTP, then all again in batches, then written raw to events.ingest
     for n, event in enumerate(generated):

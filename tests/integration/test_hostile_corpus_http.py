@@ -364,6 +364,10 @@ def _answer(sock: socket.socket, timeout_s: float) -> tuple[int | None, bytes]:
     return int(data.split(b" ", 2)[1]), data.partition(b"\r\n\r\n")[0]
 
 
+def _lines(headers: dict[str, str]) -> list[str]:
+    return [f"{name}: {value}" for name, value in headers.items()]
+
+
 def _head(path: str, length: int | None, extra: list[str] | None = None) -> bytes:
     lines = [f"POST {path} HTTP/1.1", "Host: eventpipe", "Content-Type: application/json", *(extra or [])]
     lines.append(f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked")
@@ -372,14 +376,16 @@ def _head(path: str, length: int | None, extra: list[str] | None = None) -> byte
 
 @pytest.mark.parametrize("size", [10 * 1024 * 1024, 100 * 1024 * 1024], ids=["10MB", "100MB"])
 @pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
-def test_a_huge_body_is_refused_413_before_the_client_has_sent_it(pipeline: Pipeline, size: int, declared: bool):
+def test_a_huge_body_is_refused_413_before_the_client_has_sent_it(
+    pipeline: Pipeline, api_headers: dict[str, str], size: int, declared: bool
+):
     # given a client that starts sending a body far over max_body_bytes, declared or chunked
     piece = b" " * _CHUNK
     frame = piece if declared else f"{_CHUNK:x}\r\n".encode() + piece + b"\r\n"
     sent = 0
     started = time.monotonic()
     with _connect(pipeline) as sock:
-        sock.sendall(_head("/events/batch", size if declared else None))
+        sock.sendall(_head("/events/batch", size if declared else None, _lines(api_headers)))
         # when it keeps sending (paced at ~13 MB/s, so socket buffers do not swallow megabytes unseen) until an
         # answer is waiting, or the server stops taking bytes
         while sent < size and not select.select([sock], [], [], PACE_S)[0]:
@@ -407,12 +413,14 @@ def test_a_huge_body_is_refused_413_before_the_client_has_sent_it(pipeline: Pipe
     ],
     ids=["10000-headers", "64KiB-value", "1MiB-value", "1MiB-idempotency-key"],
 )
-def test_a_header_flood_is_answered_4xx_or_cut_never_5xx_or_a_hang(pipeline: Pipeline, extra: list[str]):
+def test_a_header_flood_is_answered_4xx_or_cut_never_5xx_or_a_hang(
+    pipeline: Pipeline, api_headers: dict[str, str], extra: list[str]
+):
     body = orjson.dumps(_action(unique_prefix("flood")))
     started = time.monotonic()
     with _connect(pipeline) as sock:
         try:
-            sock.sendall(_head("/events", len(body), extra) + body)
+            sock.sendall(_head("/events", len(body), _lines(api_headers) + extra) + body)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server stopped reading the headers: its answer, if any, is waiting
         status, head = _answer(sock, 15)
@@ -435,7 +443,7 @@ def test_slow_bodies_are_cut_off_within_the_request_bound_and_hold_no_worker(
     prefix = unique_prefix("slow")
     slow = [_connect(pipeline) for _ in range(SLOW_CLIENTS)]
     for sock in slow:
-        sock.sendall(_head("/events", 1000))
+        sock.sendall(_head("/events", 1000, _lines(api_headers)))
     started = time.monotonic()
     ended: dict[socket.socket, tuple[int | None, float]] = {}
     latencies: list[float] = []

@@ -49,8 +49,9 @@ def _connect(pipeline: Pipeline) -> socket.socket:
     return sock
 
 
-def _head(path: str, content_type: str, length: int | None) -> bytes:
+def _head(pipeline: Pipeline, path: str, content_type: str, length: int | None) -> bytes:
     lines = [f"POST {path} HTTP/1.1", "Host: eventpipe", f"Content-Type: {content_type}"]
+    lines += [f"{name}: {value}" for name, value in pipeline.headers.items()]
     lines.append(f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked")
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
@@ -80,7 +81,9 @@ def test_a_declared_length_over_the_limit_gets_413_before_any_body_byte_is_sent(
     limit = pipeline.settings.max_body_bytes
     with _connect(pipeline) as sock:
         started = time.monotonic()
-        sock.sendall(_head("/events/batch", "application/json", limit + 1))  # headers only: the body never comes
+        sock.sendall(
+            _head(pipeline, "/events/batch", "application/json", limit + 1)
+        )  # headers only: the body never comes
         status, body = _read_response(sock)
     assert status == 413, body
     assert body["error"] == "payload_too_large" and body["limit"] == limit
@@ -89,7 +92,7 @@ def test_a_declared_length_over_the_limit_gets_413_before_any_body_byte_is_sent(
 
 def test_a_wrong_content_type_gets_415_before_any_body_byte_is_sent(pipeline: Pipeline) -> None:
     with _connect(pipeline) as sock:
-        sock.sendall(_head("/events", "text/plain", 1000))
+        sock.sendall(_head(pipeline, "/events", "text/plain", 1000))
         status, body = _read_response(sock)
     assert status == 415 and body["error"] == "unsupported_media_type", body
 
@@ -100,7 +103,7 @@ def test_a_chunked_body_over_the_limit_gets_413_while_the_client_is_still_sendin
     frame = f"{_CHUNK:x}\r\n".encode() + b" " * _CHUNK + b"\r\n"  # whitespace: valid JSON padding so far
     sent = 0
     with _connect(pipeline) as sock:
-        sock.sendall(_head("/events", "application/json", None))
+        sock.sendall(_head(pipeline, "/events", "application/json", None))
         while sent < endless and not select.select([sock], [], [], 0)[0]:
             try:
                 sock.sendall(frame)
@@ -197,7 +200,7 @@ def test_a_batch_item_over_the_brokers_message_max_bytes_is_a_per_item_rejection
     prefix = unique_prefix("edge-http-item")
     big = pipeline.settings.kafka_message_max_bytes + 100_000  # the body as a whole is within max_body_bytes
     batch = [_action(prefix, 0), _action(prefix, 1, note_bytes=big), _action(prefix, 2)]
-    with httpx.Client(base_url=pipeline.base_url, timeout=30) as client:
+    with httpx.Client(base_url=pipeline.base_url, headers=pipeline.headers, timeout=30) as client:
         reply = client.post("/events/batch", json=batch)
     assert reply.status_code == 202, reply.text[:500]
     assert [r["status"] for r in reply.json()["results"]] == ["accepted", "rejected", "accepted"]
@@ -255,7 +258,7 @@ def test_a_spooled_row_the_broker_can_never_take_is_dead_lettered_with_its_bytes
     assert "too large" in reason
     assert dlq_keys(bootstrap, dlq_topic, dlq_start)[f"spool:{seqs[0]}".encode()] >= 1  # also on the DLQ topic
 
-    with httpx.Client(base_url=pipeline.base_url, timeout=30) as client:
+    with httpx.Client(base_url=pipeline.base_url, headers=pipeline.headers, timeout=30) as client:
         listed = client.get("/dead-letters", params={"after": last_dead, "limit": 1000})
         status = client.get(f"/events/{prefix}:0")
     assert listed.status_code == 200, listed.text
@@ -333,7 +336,7 @@ _HOSTILE_READS = [
 def test_a_hostile_path_id_on_a_read_route_is_404_before_any_query_never_500(pipeline: Pipeline, path: str) -> None:
     # given ids no event, user or device can have (NUL, over 128 characters, outside the event id pattern)
     # when a read route is asked for them
-    reply = httpx.get(pipeline.base_url + path, timeout=10)
+    reply = httpx.get(pipeline.base_url + path, headers=pipeline.headers, timeout=10)
     # then the answer is the client's fault, not the server's
     assert reply.status_code == 404, reply.text
     assert reply.json()["error"] == "not_found" and "\x00" not in reply.text
@@ -341,5 +344,5 @@ def test_a_hostile_path_id_on_a_read_route_is_404_before_any_query_never_500(pip
 
 def test_an_entity_id_outside_the_event_id_pattern_is_still_looked_up(pipeline: Pipeline) -> None:
     # user and device ids are free text (no NUL, at most 128 characters): a space is a lookup, answered 404 when unknown
-    reply = httpx.get(pipeline.base_url + "/users/no%20such%20user/summary", timeout=10)
+    reply = httpx.get(pipeline.base_url + "/users/no%20such%20user/summary", headers=pipeline.headers, timeout=10)
     assert reply.status_code == 404 and "no such user" in reply.json()["reason"], reply.text

@@ -38,7 +38,9 @@ async def _send_all(pipeline: Pipeline, prefix: str) -> dict[str, Any]:
     events = [valid_event(prefix, n, rng, with_id=n < 9_000) for n in range(10_000)]
     batch_events, single_events = events[:9_000], events[9_000:]
     limits = httpx.Limits(max_connections=32)
-    async with httpx.AsyncClient(base_url=pipeline.base_url, timeout=60, limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=pipeline.base_url, headers=pipeline.headers, timeout=60, limits=limits
+    ) as client:
         ids: list[str] = []
         for start in range(0, len(batch_events), 500):
             r = await client.post("/events/batch", json=batch_events[start : start + 500])
@@ -129,7 +131,7 @@ def test_ten_thousand_events_with_resends_and_invalid_ones_are_processed_exactly
 def test_processed_event_is_readable_with_status_timestamps_position_and_audit(pipeline: Pipeline) -> None:
     prefix = unique_prefix("read")
     event = valid_event(prefix, 0, random.Random(3), with_id=False)
-    with httpx.Client(base_url=pipeline.base_url, timeout=30) as client:
+    with httpx.Client(base_url=pipeline.base_url, headers=pipeline.headers, timeout=30) as client:
         r = client.post("/events", json=event, headers={"Idempotency-Key": f"{prefix}-k"})
         assert r.status_code == 202
         accepted = r.json()

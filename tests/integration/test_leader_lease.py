@@ -57,7 +57,7 @@ def checkpoints(pipeline: Pipeline) -> dict[tuple[str, int], tuple[int, str]]:
 
 
 def send(pipeline: Pipeline, events: list[dict[str, Any]]) -> None:
-    with httpx.Client(base_url=pipeline.base_url, timeout=30) as client:
+    with httpx.Client(base_url=pipeline.base_url, headers=pipeline.headers, timeout=30) as client:
         for start in range(0, len(events), 50):
             response = client.post("/events/batch", json=events[start : start + 50])
             assert response.status_code == 202, response.text

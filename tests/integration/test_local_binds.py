@@ -24,7 +24,7 @@ import pytest
 from cluster.local import free_port
 from cluster.run_record import ProcTable, still_ours
 from tests.factories import TS
-from tests.pipeline import unique_prefix, wait_until
+from tests.pipeline import auth_headers, unique_prefix, wait_until
 from tests.run_process import EventpipeRun, run_env
 
 pytestmark = pytest.mark.integration
@@ -122,7 +122,7 @@ def test_the_stack_on_loopback_processes_events(run: EventpipeRun) -> None:
     event_id = unique_prefix("binds")
     event = {"id": event_id, "type": "user_action", "timestamp": TS, "user_id": "u", "action": "click", "target": "t"}
     # when an event is sent to its API
-    reply = httpx.post(f"{banner.base_url}/events", json=event, timeout=30)
+    reply = httpx.post(f"{banner.base_url}/events", json=event, headers=auth_headers(banner.api_key), timeout=30)
     # then it is acknowledged and processed by a partition owner
     assert reply.status_code == 202, reply.text
 

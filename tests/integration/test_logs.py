@@ -51,7 +51,11 @@ def test_every_log_line_about_an_event_carries_its_trace_id_and_event_id(pipelin
     ]
     ids = [e["id"] for e in events]
 
-    reply = httpx.post(f"{pipeline.base_url}/events/batch", json=events, headers={"X-Correlation-ID": correlation_id})
+    reply = httpx.post(
+        f"{pipeline.base_url}/events/batch",
+        json=events,
+        headers={**pipeline.headers, "X-Correlation-ID": correlation_id},
+    )
 
     assert reply.status_code == 202, reply.text
     assert reply.json()["accepted"] == 3

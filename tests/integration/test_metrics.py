@@ -122,7 +122,7 @@ def post(pipeline: Pipeline, path: str, body: Any, **headers: str) -> httpx.Resp
     return httpx.post(
         f"{pipeline.base_url}{path}",
         content=content,
-        headers={"Content-Type": "application/json", **headers},
+        headers={"Content-Type": "application/json", **pipeline.headers, **headers},
         timeout=30,
     )
 

@@ -94,7 +94,7 @@ def test_events_sent_while_the_broker_is_unreachable_are_spooled_then_processed_
     prefix = unique_prefix("spool")
     users = range(3)
     sent: list[dict[str, Any]] = []
-    with httpx.Client(base_url=pipeline.base_url, timeout=60) as client:
+    with httpx.Client(base_url=pipeline.base_url, headers=pipeline.headers, timeout=60) as client:
         r = client.post("/events", json=transaction(prefix, 0, 0))
         assert r.status_code == 202 and "offset" in r.json(), r.text  # given a healthy broker: published directly
         sent.append(transaction(prefix, 0, 0))

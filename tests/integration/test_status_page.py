@@ -63,8 +63,9 @@ def browser() -> Iterator[WebDriver]:
 class Load:
     """POSTs batches of valid events in a background thread until stopped (bounded in count and time)."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, headers: dict[str, str]) -> None:
         self._base_url = base_url
+        self._headers = headers
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="status-page-load", daemon=True)
         self.accepted = 0
@@ -81,7 +82,7 @@ class Load:
     def _run(self) -> None:
         prefix, rng, n = unique_prefix("status"), random.Random(4), 0
         deadline = time.monotonic() + LOAD_MAX_S
-        with httpx.Client(base_url=self._base_url, timeout=30) as client:
+        with httpx.Client(base_url=self._base_url, headers=self._headers, timeout=30) as client:
             while not self._stop.is_set() and time.monotonic() < deadline:
                 batch = [valid_event(prefix, n + i, rng) for i in range(LOAD_BATCH)]
                 n += LOAD_BATCH
@@ -122,7 +123,7 @@ def test_status_page_shows_non_zero_throughput_while_events_flow(pipeline: Pipel
     received_before = _value(browser, "received-total") or 0.0
     processed_before = _value(browser, "processed-total") or 0.0
     # when events flow through the API
-    with Load(pipeline.base_url) as load:
+    with Load(pipeline.base_url, pipeline.headers) as load:
         # and the status page has refreshed
         _wait_for(browser, "two more refreshes", lambda b: _refreshes(b) >= 3)
         _wait_for(

@@ -17,12 +17,12 @@ import pytest
 
 from cluster.adapters.read_store import ReadStore
 from pipelines import ids
-from pipelines.access import DEFAULT_TENANT
+from pipelines.access import DEFAULT_TENANT, Scope
 from serve_app.ingest import RequestMeta
 from tests.chaos.rawlog import RawProducer
 from tests.factories import TS
 from tests.ingestor import in_process_ingestor
-from tests.pipeline import Pipeline, unique_prefix, wait_until
+from tests.pipeline import Pipeline, auth_headers, create_api_key, unique_prefix, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -119,8 +119,17 @@ def test_two_tenants_with_the_same_id_and_idempotency_key_are_each_processed_onc
     # and reads across tenants find nothing: another tenant's event is a missing one
     assert reads(pipeline, DEFAULT_TENANT, order, user) == {"event": None, "audit": [], "user": None}
     assert reads(pipeline, us, eu_ids[0], user)["event"] is None
-    assert httpx.get(f"{pipeline.base_url}/events/{order}", timeout=10).status_code == 404  # the API: 'default'
-    assert httpx.get(f"{pipeline.base_url}/users/{user}/summary", timeout=10).status_code == 404
+    # and over HTTP: the default tenant's key finds none of it; a key of tenant eu reads eu's
+    assert httpx.get(f"{pipeline.base_url}/events/{order}", headers=pipeline.headers, timeout=10).status_code == 404
+    user_url = f"{pipeline.base_url}/users/{user}/summary"
+    assert httpx.get(user_url, headers=pipeline.headers, timeout=10).status_code == 404
+    eu_key = auth_headers(create_api_key(pipeline.direct_db_url, f"{eu}-reader", frozenset({Scope.READ}), tenant=eu))
+    wait_until(
+        lambda: httpx.get(f"{pipeline.base_url}/events/{order}", headers=eu_key, timeout=10).status_code == 200,
+        timeout_s=30,
+        what="tenant eu's key reading eu's order-1 over HTTP (keys reload every auth_refresh_s)",
+    )
+    assert httpx.get(user_url, headers=eu_key, timeout=10).json()["actions"] == {"click": 2}
 
 
 def test_a_raw_record_of_an_unknown_tenant_is_dead_lettered_and_the_next_record_is_processed(

@@ -54,7 +54,9 @@ def test_one_http_event_is_one_trace_across_the_api_and_the_owner_process(pipeli
         "currency": "EUR",
     }
 
-    reply = httpx.post(f"{pipeline.base_url}/events", json=event, headers={"X-Correlation-ID": correlation_id})
+    reply = httpx.post(
+        f"{pipeline.base_url}/events", json=event, headers={**pipeline.headers, "X-Correlation-ID": correlation_id}
+    )
 
     assert reply.status_code == 202, reply.text
     assert reply.headers["X-Correlation-ID"] == correlation_id
@@ -127,7 +129,7 @@ def test_eventpipe_trace_prints_the_span_tree_with_timings(pipeline: Pipeline):
         "unit": "C",
         "location": {"lat": 52.5, "lon": 13.4},
     }
-    reply = httpx.post(f"{pipeline.base_url}/events", json=event)
+    reply = httpx.post(f"{pipeline.base_url}/events", json=event, headers=pipeline.headers)
     assert reply.status_code == 202, reply.text
     generated = reply.headers["X-Correlation-ID"]  # none was sent: the API made one
     wait_until(lambda: _complete_trace(pipeline, event["id"]), 60, "the event's spans")
@@ -167,7 +169,7 @@ def test_a_sampled_client_traceparent_is_the_parent_of_the_events_traces(pipelin
     # given a client that sends a sampled W3C traceparent with a single event and with a batch
     prefix = unique_prefix("forced")
     trace_id, span_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
-    headers = {"traceparent": f"00-{trace_id}-{span_id}-01"}
+    headers = {**pipeline.headers, "traceparent": f"00-{trace_id}-{span_id}-01"}
     single, first, second = f"{prefix}:1", f"{prefix}:2", f"{prefix}:3"
 
     # when both requests are sent
@@ -190,7 +192,9 @@ def test_a_sampled_client_traceparent_is_the_parent_of_the_events_traces(pipelin
 def test_an_unsampled_or_malformed_traceparent_is_accepted_and_ignored(pipeline: Pipeline, value: bytes):
     event_id = f"{unique_prefix('ignored')}:1"
 
-    reply = httpx.post(f"{pipeline.base_url}/events", json=_event(event_id), headers={"traceparent": value})
+    reply = httpx.post(
+        f"{pipeline.base_url}/events", json=_event(event_id), headers={**pipeline.headers, "traceparent": value}
+    )
 
     assert reply.status_code == 202, reply.text
     by_name = wait_until(lambda: _complete_trace(pipeline, event_id), 60, "the event's spans")

@@ -178,7 +178,15 @@ def test_scaling_table_has_one_line_per_partition_count() -> None:
 def test_a_benchmark_stack_ignores_foreign_infrastructure_and_gets_its_partitions() -> None:
     base = {"PATH": "/bin", "DATABASE_URL": "postgresql://prod", "EVENTPIPE_KAFKA_BOOTSTRAP": "k:9092"}
     env = stack_environment(4, Path("/tmp/d"), base)
+    unlimited = env.pop("EVENTPIPE_RATE_LIMIT_REQUESTS_PER_MINUTE")  # the development key's limit lifted (below)
     assert env == {"PATH": "/bin", "EVENTPIPE_PARTITIONS": "4", "EVENTPIPE_DATA_DIR": "/tmp/d"}
+    assert int(unlimited) > 1000
+
+
+def test_a_benchmark_stack_is_not_capped_by_the_development_keys_rate_limit() -> None:
+    # a throughput run sends thousands of requests a second through the one development key
+    env = stack_environment(1, Path("/tmp/d"), {})
+    assert int(env["EVENTPIPE_RATE_LIMIT_REQUESTS_PER_MINUTE"]) >= 1_000_000
 
 
 def test_the_embedded_database_url_comes_from_the_data_dir(tmp_path: Path) -> None:

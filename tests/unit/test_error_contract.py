@@ -21,10 +21,14 @@ import orjson
 import pytest
 
 from cluster.adapters.read_store import ReadStore
-from pipelines.access import DEFAULT_TENANT
+from pipelines.access import DEFAULT_TENANT, Scope
+from pipelines.api_keys import Denial, Denied
 from pipelines.jsontext import ambiguity
+from pipelines.rate_lease import never
+from pipelines.rate_limit import Measure, request_quota
 from pipelines.registry import default_registry
 from serve_app.admission import InflightGate
+from serve_app.auth import denied
 from serve_app.body import BodyLease
 from serve_app.delivery import Refused, Rejected
 from serve_app.edge import receive
@@ -32,6 +36,7 @@ from serve_app.incidents import Incidents
 from serve_app.ingest import Ingestor, Reply, RequestMeta
 from serve_app.openapi import ErrorBody
 from serve_app.reads import Reads
+from serve_app.replies import rate_limited
 from tests.unit.test_ingest_limits import JSON, AnsweringDelivery, RecordingDelivery, _event, _ingestor, _settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -40,8 +45,8 @@ INCIDENTS = Incidents(logging.getLogger("tests.error_contract"))
 
 def documented_rows() -> set[tuple[int, str]]:
     """(status, error) of every row of the README's error table."""
-    rows = re.findall(r"^\| (\d{3}) \| `([a-z_]+)` \|", README.read_text(), flags=re.MULTILINE)
-    return {(int(status), code) for status, code in rows}
+    rows = re.findall(r"^\| (\d{3}) \| (`[a-z_]+`(?: / `[a-z_]+`)*) \|", README.read_text(), flags=re.MULTILINE)
+    return {(int(status), code) for status, codes in rows for code in re.findall(r"`([a-z_]+)`", codes)}
 
 
 # -- one producer per row: the real path that answers it ---------------------------------------------------------
@@ -136,6 +141,10 @@ ROWS: dict[tuple[int, str], list[Any]] = {
         lambda _: _single(orjson.dumps(_event(0)), RequestMeta("application/json", "", None)),
         lambda _: _single(orjson.dumps(_event(0)), RequestMeta("application/json", "k" * 257, None)),
     ],
+    (401, "missing_api_key"): [lambda _: denied(Denied(Denial.MISSING))],
+    (401, "invalid_api_key"): [lambda _: denied(Denied(Denial.INVALID))],
+    (403, "insufficient_scope"): [lambda _: denied(Denied(Denial.INSUFFICIENT_SCOPE, Scope.INGEST))],
+    (429, "rate_limited"): [lambda _: rate_limited(never(request_quota(10), 100), Measure.REQUESTS)],
     (408, "request_timeout"): [lambda _: _receive(_chunks(b"{", b"}", pause_s=0.5), InflightGate(1000))],
     (413, "payload_too_large"): [
         lambda _: _single(orjson.dumps(_event(0, metadata_bytes=4096))),
@@ -174,7 +183,9 @@ NEEDS = {  # what a row's body carries beside `error` and `reason`
     "database_unavailable": ("error_id",),
     "spool_full": ("error_id",),
     "timeout": ("error_id", "id"),
+    "insufficient_scope": ("scope",),
 }
+CHALLENGED = {401, 403}  # answers that carry WWW-Authenticate
 RETRY_AFTER = {429, 503, 504}
 
 
@@ -195,6 +206,8 @@ def test_each_error_is_answered_with_its_status_code_and_body(row: tuple[int, st
     if code == "validation_failed":  # field errors: the event's own, or each batch item's
         errors = reply.body.get("errors") or [e for item in reply.body["results"] for e in item["errors"]]
         assert errors and all(set(e) == {"loc", "msg", "type"} for e in errors), reply.body
+    if status in CHALLENGED:
+        assert (reply.headers or {})["WWW-Authenticate"].startswith("Bearer"), reply.headers
     if status in RETRY_AFTER:
         assert int((reply.headers or {})["Retry-After"]) >= 1
     ErrorBody.model_validate(reply.body)

@@ -7,6 +7,7 @@ In-process, with a recording delivery in place of the broker: no broker, no data
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,7 +21,7 @@ from pipelines.registry import default_registry
 from serve_app.admission import InflightGate
 from serve_app.body import BadContentLength, BodyTooLarge, declared_length, read_capped
 from serve_app.delivery import Refused, Unknown
-from serve_app.ingest import Ingestor, RequestMeta
+from serve_app.ingest import Ingestor, Reply, RequestMeta
 
 MAX_EVENT_BYTES = 2048
 JSON = RequestMeta("application/json", None, None)
@@ -249,3 +250,44 @@ def test_batch_events_whose_spooling_is_unknown_are_marked_unknown_not_failed():
     reply = asyncio.run(_ingestor(delivery).batch(orjson.dumps([_event(0), _event(1)]), JSON))
     assert reply.status == 504 and reply.body["unknown"] == 2 and reply.body["error_id"] == "err-3"
     assert [(r["status"], r["id"]) for r in reply.body["results"]] == [("unknown", "limits-0"), ("unknown", "limits-1")]
+
+
+# -- the key's events limit: after decoding, before validation ----------------------------------------------------
+
+
+def test_a_batch_over_the_events_limit_is_refused_after_decoding_and_nothing_is_delivered() -> None:
+    # given an ingestor whose request carries the key's events admission, with room for 4 events
+    async def run() -> None:
+        delivery = RecordingDelivery()
+        ingestor = _ingestor(delivery)
+        asked: list[int] = []
+        refusal = Reply(429, {"error": "rate_limited", "reason": "test"}, {"Retry-After": "1"})
+
+        async def admit(count: int) -> Reply | None:
+            asked.append(count)
+            return refusal if sum(asked) > 4 else None
+
+        meta = dataclasses.replace(JSON, admit_events=admit)
+        # when a batch of 3 and then a batch of 3 more (and an invalid one) arrive
+        first = await ingestor.batch(orjson.dumps([_event(n) for n in range(3)]), meta)
+        second = await ingestor.batch(orjson.dumps([_event(n) for n in range(3, 5)] + [{"type": "x"}]), meta)
+        # then the second is refused whole: not one of its events, valid or not, was validated or delivered
+        assert first.status == 202 and second is refusal
+        assert asked == [3, 3]
+        assert [event_id for event_id, _ in delivery.delivered] == [f"limits-{n}" for n in range(3)]
+
+    asyncio.run(run())
+
+
+def test_a_malformed_body_is_not_counted_against_the_events_limit() -> None:
+    async def run() -> None:
+        asked: list[int] = []
+
+        async def admit(count: int) -> Reply | None:
+            asked.append(count)
+            return None
+
+        reply = await _ingestor(RecordingDelivery()).batch(b"[{", dataclasses.replace(JSON, admit_events=admit))
+        assert reply.status == 400 and asked == []
+
+    asyncio.run(run())

@@ -29,6 +29,8 @@ EXPECTED = {
     "spool_depth": ("gauge", set()),
     "partition_oldest_uncommitted_age_seconds": ("gauge", {"topic", "partition"}),
     "partition_commit_failures": ("counter", {"topic", "partition", "reason"}),
+    "rate_limited": ("counter", {"key"}),
+    "rate_limit_fallback": ("counter", set()),
 }
 
 SAMPLE_LABELS = {
@@ -41,6 +43,7 @@ SAMPLE_LABELS = {
     "route": "/events",
     "method": "POST",
     "reason": "invalid_json",
+    "key": "shop-eu",
 }
 
 
