@@ -27,7 +27,7 @@ from cluster.adapters.retention import RetainedTable, RetentionPolicy, Retention
 from cluster.observability.logs import setup_logging
 from cluster.observability.redact import mask_credentials
 from cluster.observability.terminal import printable, terminal_text
-from cluster.ray_config import RAY_CORE_ENV, serve_ingress_env
+from cluster.ray_config import RAY_CORE_ENV, client_env, haproxy_wrapper_env, serve_ingress_env
 from cluster.run_command import Terminal
 from cluster.settings import Settings, secrets_in_environment
 
@@ -45,7 +45,8 @@ def start_ray(settings: Settings, *, dashboard: bool = True) -> None:
     so actors and replicas build their secrets themselves; a cluster joined must have it set on every node."""
     import ray
 
-    for key, value in {**RAY_CORE_ENV, **serve_ingress_env()}.items():
+    own_head = {} if settings.ray_address else haproxy_wrapper_env(settings)
+    for key, value in {**RAY_CORE_ENV, **serve_ingress_env(), **own_head}.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("RAY_SERVE_ENABLE_ACCESS_LOG", "0")
     with secrets_in_environment(settings):
@@ -94,6 +95,7 @@ def _status_address(settings: Settings) -> str:
     token_path = settings.data_dir.resolve() / "ray" / "auth_token"
     if recorded and token_path.exists() and not settings.ray_address:
         os.environ.update(auth_env(token_path))
+        os.environ.update(client_env(recorded))  # a loopback head: ray.init must not rewrite 127.0.0.1
         return recorded
     return settings.ray_address or "auto"
 

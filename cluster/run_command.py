@@ -26,7 +26,15 @@ from cluster.dev_key import dev_key, key_file
 from cluster.local import EmbeddedBroker, EmbeddedPostgres, EmbeddedStartError, LocalStack
 from cluster.observability.lag import HighWatermarks, watermark_consumer_config
 from cluster.observability.redact import mask_credentials
-from cluster.ray_config import RAY_CORE_ENV, SERVE_ENV, haproxy_env, ray_temp_dir, serve_ingress_env
+from cluster.ray_config import (
+    RAY_CORE_ENV,
+    SERVE_ENV,
+    haproxy_env,
+    haproxy_wrapper_env,
+    loopback_env,
+    ray_temp_dir,
+    serve_ingress_env,
+)
 from cluster.ray_head import JoinedRay, RayHead, RayStartError, auth_env
 from cluster.run_record import (
     AlreadyRunning,
@@ -108,6 +116,8 @@ def ray_env(settings: Settings, token_path: Path | None) -> dict[str, str]:
     env = {**RAY_CORE_ENV, **serve_ingress_env(), **SERVE_ENV, **haproxy_env(settings.data_dir)}
     if token_path is not None:
         env.update(auth_env(token_path))
+        env.update(loopback_env(settings))  # our own head only: a joined cluster's node IPs are its own
+        env.update(haproxy_wrapper_env(settings))
     for name, variable in SECRET_FIELDS.items():
         value = getattr(settings, name).get_secret_value()
         if value:

@@ -78,13 +78,16 @@ class Deployer:
         lines = done.stdout.decode(errors="replace").strip().splitlines()
         if done.returncode != 0 or not lines:
             raise DeployError(f"`deploy {action}` failed ({done.returncode}); see {self.log_path}")
-        try:
-            result: dict[str, Any] = json.loads(lines[-1])
-        except ValueError:
-            raise DeployError(f"`deploy {action}` ended without its JSON result; see {self.log_path}") from None
-        if not isinstance(result, dict):
-            raise DeployError(f"`deploy {action}` ended without its JSON result; see {self.log_path}")
-        return result
+        # Ray pushes raylet warnings to every driver's stdout ("N PYTHON worker processes have been started ..."),
+        # even after the child printed its result: the result is the last line that is a JSON object.
+        for line in reversed(lines):
+            try:
+                result = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(result, dict):
+                return result
+        raise DeployError(f"`deploy {action}` ended without its JSON result; see {self.log_path}")
 
     def up(self) -> Deployed:
         result = self.run("up")

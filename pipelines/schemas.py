@@ -5,6 +5,7 @@ Pure data definitions: no I/O, no knowledge of Kafka, Ray or PostgreSQL.
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -25,11 +26,22 @@ def _storable(value: str) -> str:
 
 
 Storable = AfterValidator(_storable)
+
+
+def _nfc(value: str) -> str:
+    """An id that differs from another only by Unicode normalisation ('café' composed or decomposed) would name a
+    second user who looks the same: ids must be sent in NFC, the form nearly every system writes."""
+    if not value.isascii() and not unicodedata.is_normalized("NFC", value):
+        raise PydanticCustomError("not_nfc", "must be in Unicode normalisation form NFC (composed characters)")
+    return value
+
+
+Canonical = AfterValidator(_nfc)
 EventId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
-EntityId = Annotated[str, StringConstraints(min_length=1, max_length=128), Storable]
+EntityId = Annotated[str, StringConstraints(min_length=1, max_length=128), Storable, Canonical]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=256), Storable]
 # Blank lineage ids are refused: stripped to "", they made an envelope the partition owner rejects after a 202.
-LineageId = Annotated[str, StringConstraints(min_length=1, max_length=128), Storable]
+LineageId = Annotated[str, StringConstraints(min_length=1, max_length=128), Storable, Canonical]
 
 SUPPORTED_CURRENCIES = ("USD", "EUR", "GBP", "JPY", "CHF", "CAD", "AUD")
 SUPPORTED_UNITS = ("C", "F", "K", "Pa", "kPa", "bar", "psi", "%", "m", "cm", "ft", "lux")

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import ORJSONResponse, Response
 from ray import serve
 
@@ -45,7 +46,21 @@ from serve_app.edge import receive
 from serve_app.http_metrics import RequestMetrics
 from serve_app.incidents import Incidents
 from serve_app.ingest import Ingestor, Reply, RequestMeta
-from serve_app.openapi import batch_body_schema, protected, single_body_schema, with_security_schemes
+from serve_app.openapi import (
+    INGEST_ERRORS,
+    LIST_ERRORS,
+    OPEN_ERRORS,
+    READ_ERRORS,
+    AcceptedEvent,
+    BatchAccepted,
+    batch_body_schema,
+    error_responses,
+    install,
+    protected,
+    readiness_responses,
+    single_body_schema,
+    with_security_schemes,
+)
 from serve_app.rate_limits import RateLimits
 from serve_app.readiness import CachedReadiness
 from serve_app.reads import Reads
@@ -66,6 +81,7 @@ app = _Api(
     "acknowledged them; processing status, audit trail and read models are served from PostgreSQL.",
     default_response_class=ORJSONResponse,
 )
+install(app)  # the event models join the document's components; FastAPI's own 422 model leaves it
 app.add_middleware(RequestMetrics)  # http_requests_total{route,method,status}
 _INCIDENTS = Incidents(log)  # error ids of this replica's 5xx answers (a log helper, not a client)
 _READY_TTL_S = 1.0
@@ -79,6 +95,16 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
     error_id = _INCIDENTS.report(f"unexpected error answering {where}", exc, level=logging.ERROR)
     body = {"error": "internal_error", "reason": "the request failed unexpectedly; retry later", "error_id": error_id}
     return ORJSONResponse(body, status_code=500)
+
+
+@app.exception_handler(RequestValidationError)
+async def invalid_parameters(request: Request, exc: RequestValidationError) -> Response:
+    """A path or query parameter out of its documented range: 422 in the API's own error body, not FastAPI's."""
+    errors = [
+        {"loc": ".".join(map(str, e.get("loc", ()))), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        for e in exc.errors()
+    ]
+    return _answer(replies.error(422, "validation_failed", "a parameter is out of its documented range", errors=errors))
 
 
 def _reply(reply: Reply, meta: RequestMeta, decision: Decision | None = None) -> Response:
@@ -119,6 +145,7 @@ def _meta(request: Request, deadline: float) -> RequestMeta:
         content_length=declared_length(h.get("content-length")),
         deadline=deadline,
         trace_parent=forced_parent(h.get(TRACEPARENT)),
+        content_encoding=h.get("content-encoding"),
     )
 
 
@@ -282,7 +309,13 @@ class ApiGateway:
         finally:
             lease.release()
 
-    @app.post("/events", status_code=202, openapi_extra=protected(single_body_schema()), summary="Ingest one event")
+    @app.post(
+        "/events",
+        status_code=202,
+        openapi_extra=protected(single_body_schema()),
+        responses=error_responses(*INGEST_ERRORS, ok=AcceptedEvent, ok_status=202),
+        summary="Ingest one event",
+    )
     async def post_event(self, request: Request) -> Response:
         return await self._ingest(request, self._ingestor.single_limit, self._ingestor.single)
 
@@ -290,6 +323,7 @@ class ApiGateway:
         "/events/batch",
         status_code=202,
         openapi_extra=protected(batch_body_schema()),
+        responses=error_responses(*INGEST_ERRORS, ok=BatchAccepted, ok_status=202),
         summary="Ingest a batch of events",
     )
     async def post_batch(self, request: Request) -> Response:
@@ -297,35 +331,57 @@ class ApiGateway:
 
     @app.get(
         "/events/{event_id}",
+        responses=error_responses(*READ_ERRORS),
         summary="An event's processing status, timestamps, position and result",
         openapi_extra=protected(),
     )
     async def get_event(self, request: Request, event_id: str) -> Response:
         return await self._read(request, lambda: self._reads.event(_tenant(request), event_id))
 
-    @app.get("/events/{event_id}/audit", summary="Every state transition of an event", openapi_extra=protected())
+    @app.get(
+        "/events/{event_id}/audit",
+        responses=error_responses(*READ_ERRORS),
+        summary="Every state transition of an event",
+        openapi_extra=protected(),
+    )
     async def get_audit(self, request: Request, event_id: str) -> Response:
         return await self._read(request, lambda: self._reads.audit(_tenant(request), event_id))
 
     @app.get(
-        "/users/{user_id}/summary", summary="Running totals and action counts of a user", openapi_extra=protected()
+        "/users/{user_id}/summary",
+        responses=error_responses(*READ_ERRORS),
+        summary="Running totals and action counts of a user",
+        openapi_extra=protected(),
     )
     async def get_user(self, request: Request, user_id: str) -> Response:
         return await self._read(request, lambda: self._reads.user(_tenant(request), user_id))
 
     @app.get(
-        "/devices/{device_id}/summary", summary="Reading statistics of a device, in SI units", openapi_extra=protected()
+        "/devices/{device_id}/summary",
+        responses=error_responses(*READ_ERRORS),
+        summary="Reading statistics of a device, in SI units",
+        openapi_extra=protected(),
     )
     async def get_device(self, request: Request, device_id: str) -> Response:
         return await self._read(request, lambda: self._reads.device(_tenant(request), device_id))
 
-    @app.get("/dead-letters", summary="Dead letters, oldest first, paged by id", openapi_extra=protected())
+    @app.get(
+        "/dead-letters",
+        responses=error_responses(*LIST_ERRORS),
+        summary="Dead letters, oldest first, paged by id",
+        openapi_extra=protected(),
+    )
     async def get_dead_letters(
         self, request: Request, after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)
     ) -> Response:
         return await self._read(request, lambda: self._reads.dead_letters(_tenant(request), after, limit))
 
-    @app.get("/schemas", summary="JSON Schema of every event type and version", openapi_extra=protected())
+    @app.get(
+        "/schemas",
+        responses=error_responses(*OPEN_ERRORS),
+        summary="JSON Schema of every event type and version",
+        openapi_extra=protected(),
+    )
     async def get_schemas(self, request: Request) -> Response:
         return await self._read(request, self._schemas)
 
@@ -336,7 +392,11 @@ class ApiGateway:
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Readiness: the broker or the spool can take events (degraded when not both)")
+    @app.get(
+        "/readyz",
+        responses=readiness_responses(),
+        summary="Readiness: the broker or the spool can take events (degraded when not both)",
+    )
     async def readyz(self) -> Response:
         status, body = await self._readiness.get()
         return ORJSONResponse(body, status_code=status)

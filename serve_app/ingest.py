@@ -24,7 +24,7 @@ from cluster.observability.metrics import METRICS
 from cluster.observability.recording import invalid_reason
 from cluster.observability.tracing import Tracing
 from cluster.settings import Settings
-from pipelines import ids
+from pipelines import ids, jsontext
 from pipelines.access import DEFAULT_TENANT
 from pipelines.entity import entity_of
 from pipelines.envelope import Envelope
@@ -62,6 +62,7 @@ class RequestMeta:
     content_length: int | None = None  # as declared by the client; None for a chunked body
     deadline: float | None = None  # event-loop time by which the request must be answered; None: from now
     trace_parent: SpanContext | None = None  # a sampled `traceparent` header: the request's events are traced
+    content_encoding: str | None = None  # only identity is taken: a compressed body would escape the byte cap
     # The key's events-per-minute limit: asked with the request's event count once the body is decoded, before any
     # event is validated or published (a refused request is never half-taken); None: events are not limited.
     admit_events: Callable[[int], Awaitable[Reply | None]] | None = None
@@ -106,6 +107,10 @@ class Ingestor:
         if ctype not in JSON_TYPES:
             got = ctype or "none"
             return replies.error(415, "unsupported_media_type", f"Content-Type must be application/json, got {got!r}")
+        encoding = (meta.content_encoding or "identity").strip().lower()
+        if encoding != "identity":
+            reason = f"Content-Encoding {encoding[:32]!r} is not supported: send the body uncompressed (identity)"
+            return replies.error(415, "unsupported_media_type", reason)
         if meta.content_length is not None and meta.content_length > limit:
             return replies.body_too_large(limit, meta.content_length)
         if meta.idempotency_key is not None and not (1 <= len(meta.idempotency_key) <= 256):
@@ -120,10 +125,14 @@ class Ingestor:
 
     def _decode(self, body: bytes) -> Any | Reply:
         try:
-            return orjson.loads(body)
+            value = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             where = f"line {exc.lineno}, column {exc.colno}"  # the position only: the parser's text stays here
             return replies.error(400, "malformed_json", f"body is not valid JSON (at {where})")
+        problem = jsontext.ambiguity(body)
+        if problem is not None:
+            return replies.error(400, "malformed_json", f"body is not valid JSON: {problem}")
+        return value
 
     def _deadline(self, meta: RequestMeta) -> float:
         if meta.deadline is not None:

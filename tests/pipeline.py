@@ -211,3 +211,10 @@ def kcat(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     shim = tmp_path_factory.mktemp("kcat-lib")
     (shim / "librdkafka.so.1").symlink_to(candidates[0])
     return ["env", f"LD_LIBRARY_PATH={shim}", binary]
+
+
+@pytest.fixture(scope="session")
+def api_headers(pipeline: Pipeline) -> dict[str, str]:
+    """Headers every API request of a contract or hostile-input test carries: the session's key (every scope). A run
+    without a key (expecting 401s) overrides this fixture with {}."""
+    return pipeline.headers

@@ -217,3 +217,17 @@ def test_every_problem_in_one_event_is_reported_at_once(registry, transaction_da
 @pytest.mark.parametrize("version", [2, 0, "1", 1.0, None])
 def test_unsupported_schema_version_is_rejected(registry, sensor_data, version):
     assert errors_of(registry, sensor_data(schema_version=version)) == {"schema_version": "unsupported_version"}
+
+
+# --- ids that differ only by Unicode normalisation ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["user_id", "correlation_id", "causation_id"])
+def test_an_id_not_in_nfc_is_refused_so_no_two_ids_differ_only_by_normalisation(registry, user_action_data, field):
+    composed, decomposed = "caf\u00e9", "cafe\u0301"  # the same text to a reader, two byte strings
+    assert registry.parse(user_action_data(**{field: composed}))
+    assert errors_of(registry, user_action_data(**{field: decomposed})) == {field: "not_nfc"}
+
+
+def test_a_device_id_not_in_nfc_is_refused(registry, sensor_data):
+    assert errors_of(registry, sensor_data(device_id="\u212b-sensor")) == {"device_id": "not_nfc"}  # Angstrom sign

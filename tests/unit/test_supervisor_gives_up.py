@@ -151,10 +151,23 @@ def test_a_stop_requested_while_ray_restarts_ends_the_restarts_before_the_next_a
 def test_a_deploy_that_ends_without_its_json_result_is_a_deploy_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # given `python -m cluster.deploy up` that exits 0 but prints a log line last instead of its JSON result
+    # given `python -m cluster.deploy up` that exits 0 but prints log lines and no JSON result
     def run(*args: Any, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.CompletedProcess(args, 0, b'{"owners": 8}\nWARNING something\n', None)
+        return subprocess.CompletedProcess(args, 0, b"starting\nWARNING something\n[1, 2]\n", None)
 
     monkeypatch.setattr(supervisor.subprocess, "run", run)
     with pytest.raises(DeployError, match="ended without its JSON result"):
         Deployer({}, tmp_path / "deploy.log").up()
+
+
+def test_a_deploy_result_followed_by_rays_warnings_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # given the JSON result, then a raylet warning Ray pushed to the driver's stdout after it (seen on `make run`)
+    warning = b"\x1b[33m(raylet)\x1b[0m WARNING: 10 PYTHON worker processes have been started on node: abc\n"
+    out = b'{"metrics_url": "http://127.0.0.1:9", "owners": 8}\n' + warning
+
+    def run(*args: Any, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.CompletedProcess(args, 0, out, None)
+
+    monkeypatch.setattr(supervisor.subprocess, "run", run)
+    deployed = Deployer({}, tmp_path / "deploy.log").up()
+    assert deployed.owners == 8
