@@ -161,13 +161,25 @@ def test_keys_made_by_the_cli_work_and_a_revoke_reaches_every_replica_within_sec
     pipeline: Pipeline, two_replicas: str
 ) -> None:
     name = unique_prefix("cli-key")
-    created = _eventpipe(pipeline, "create", "--name", name, "--scopes", "read", "--tenant", "cli-tenant")
+    # a limit the polling below never meets (the default 1000/min would answer it 429 before the revoke's 401)
+    created = _eventpipe(
+        pipeline,
+        "create",
+        "--name",
+        name,
+        "--scopes",
+        "read",
+        "--tenant",
+        "cli-tenant",
+        "--requests-per-minute",
+        "100000",
+    )
     assert created.returncode == 0, created.stderr
     key = next(line for line in created.stdout.splitlines() if line.startswith("evp_"))
     listed = _eventpipe(pipeline, "list", "--json")
     rows = {row["name"]: row for row in json.loads(listed.stdout)}
     assert rows[name]["tenant"] == "cli-tenant" and rows[name]["scopes"] == ["read"]
-    assert rows[name]["requests_per_minute"] == 1000 and rows[name]["revoked_at"] is None
+    assert rows[name]["requests_per_minute"] == 100_000 and rows[name]["revoked_at"] is None
     assert key not in listed.stdout and key[-20:] not in listed.stdout  # neither the key nor a part of it
     table = _eventpipe(pipeline, "list")
     assert name in table.stdout and key[-20:] not in table.stdout
