@@ -1,4 +1,5 @@
-"""The rate limiter's cost and accuracy: CPU µs per request of the decision (taken locally from a held lease; and
+"""The cost of access control and the rate limiter's accuracy: CPU µs per request of the API key's check (the
+replica's Authenticator with 1,000 keys loaded) and of the limit's decision (taken locally from a held lease; and
 through the replica's RateLimits with its lease refills amortised, against the real limiter actor when Ray is
 started), and admitted requests per 60 s window / limit across N replicas on a virtual clock.
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import random
 import tempfile
 import time
@@ -17,8 +19,11 @@ from collections.abc import Sequence
 from benchmarks.ratelimit_sim import Sim, max_in_window
 from cluster.settings import Settings
 from pipelines.access import DEFAULT_TENANT, Principal, Scope
+from pipelines.api_keys import ActiveKey, issue_key
 from pipelines.rate_lease import LeasedQuota
 from pipelines.rate_limit import Grant, Ledger, Measure, Quota, request_quota
+from serve_app.auth import Authenticator
+from serve_app.incidents import Incidents
 from serve_app.rate_limits import Limiter, RateLimits
 
 
@@ -50,6 +55,42 @@ class MemoryLimiter:
     async def release(self, key: str, measure: Measure, returns: Sequence[tuple[int, int]]) -> None:
         for lease_id, unused in returns:
             self.ledger.release(key, measure, lease_id, unused, self.clock())
+
+
+class RingOnly:
+    """The key store as a replica's Authenticator reads it, in memory: `keys` active keys."""
+
+    def __init__(self, keys: int) -> None:
+        self.issued = [issue_key() for _ in range(keys)]
+
+    def active(self) -> list[ActiveKey]:
+        scopes = frozenset(Scope)
+        return [ActiveKey(i.key_hash, Principal(i.key_id, i.key_id, DEFAULT_TENANT, scopes, 1000)) for i in self.issued]
+
+    def touch(self, key_ids: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def auth_decision_us(requests: int, keys: int = 1000) -> float:
+    """CPU µs of Authenticator.decide for a valid `Authorization: Bearer` key: header parse, checksum, SHA-256, lookup,
+    constant-time compare (the replica's whole check; Starlette's header parsing is not in it)."""
+    store = RingOnly(keys)
+    gate = Authenticator(store, 3600.0, Incidents(logging.getLogger("bench")))  # type: ignore[arg-type]
+    gate.load()
+    headers = {"authorization": f"Bearer {store.issued[keys // 2].key}"}
+
+    async def run() -> float:
+        started = time.process_time()
+        for _ in range(requests):
+            gate.decide(headers, Scope.INGEST)
+        elapsed = time.process_time() - started
+        await gate.close()
+        return elapsed
+
+    return asyncio.run(run()) / requests * 1e6
 
 
 def local_decision_us(requests: int) -> float:
@@ -135,6 +176,8 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings(_env_file=None, ray_namespace="ratelimit-bench")  # type: ignore[call-arg]
 
+    auth_us = auth_decision_us(args.requests)
+    print(f"API key check (Authenticator.decide, 1000 keys):      {auth_us:6.2f} µs/request")
     print(f"local decision from a held lease (LeasedQuota.take):  {local_decision_us(args.requests):6.2f} µs/request")
     for per_minute in (1000, 60_000):
         us, allowed, calls = replica_decision_us(args.requests, per_minute, settings)
@@ -142,6 +185,7 @@ def main() -> None:
             f"replica decision at {per_minute}/min, refills included:  {us:6.2f} µs/request "
             f"({calls} limiter calls for {allowed} admitted: one per {allowed / max(1, calls):.1f})"
         )
+        print(f"  key check + limit at {per_minute}/min:                 {auth_us + us:6.2f} µs/request")
     if not args.no_ray:
         cpu_us, wall_ms = actor_call_cpu_us(ray_limiter(settings))
         print(f"one refill through the limiter actor: {cpu_us:.0f} µs of the replica's CPU, {wall_ms:.2f} ms wall")

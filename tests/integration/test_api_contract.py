@@ -99,3 +99,38 @@ def test_every_operation_answers_as_documented(
         STATUSES[(f"{method} {path}", str(response.status_code))] += 1
 
     answers_as_documented()
+
+
+PROTECTED = [(m, p) for m, p in OPERATIONS if "security" in _DOCUMENT[p][m.lower()]]
+OPEN = sorted(set(OPERATIONS) - set(PROTECTED))
+NO_KEY_EXAMPLES = 10  # per operation: every answer must be the documented 401, whatever the request
+
+
+def test_only_health_readiness_and_the_document_itself_are_open() -> None:
+    assert OPEN == [("GET", "/healthz"), ("GET", "/readyz")]  # /openapi.json and /docs are not in the document
+
+
+@pytest.mark.parametrize(("method", "path"), PROTECTED, ids=[f"{m} {p}" for m, p in PROTECTED])
+def test_without_a_key_every_protected_operation_answers_401_as_documented(
+    live_schema: Any, method: str, path: str
+) -> None:
+    operation = live_schema[path][method]
+
+    @settings(
+        max_examples=NO_KEY_EXAMPLES,
+        deadline=5_000,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+        database=None,
+    )
+    @given(case=operation.as_strategy(generation_mode=GenerationMode.POSITIVE))
+    def refused_as_documented(case: Any) -> None:
+        # given a valid request sent with no API key at all
+        CASES[(f"{method} {path}", "no key")] += 1
+        response = case.call_and_validate(headers={}, checks=CHECKS, timeout=30)
+        STATUSES[(f"{method} {path}", str(response.status_code))] += 1
+        # then it is refused before anything is read, with the challenge that names the scheme
+        assert response.status_code == 401, (response.status_code, response.text[:200])
+        assert response.headers["www-authenticate"].startswith("Bearer")
+
+    refused_as_documented()
