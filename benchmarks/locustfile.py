@@ -2,11 +2,12 @@
 
 Checks only what a client can see (status codes, echoed ids); it never reads the database.
 Run: locust -f benchmarks/locustfile.py --host http://127.0.0.1:8000 (the API key: $EVENTPIPE_API_KEY, else the
-development key in the data dir's api_key file)
+driver's own 'benchmark' key, made in the stack's database: benchmarks/stack.py api_key)
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 from collections import deque
@@ -25,7 +26,7 @@ if __package__ in (None, "") and str(Path(__file__).resolve().parent.parent) not
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.events import EventFactory, run_prefix  # noqa: E402
-from benchmarks.stack import api_key, data_dir  # noqa: E402
+from benchmarks.stack import api_key, data_dir, embedded_database_url  # noqa: E402
 
 JSON = {"content-type": "application/json"}
 _user_numbers = count()
@@ -45,7 +46,8 @@ def _read_settings(environment: Environment, **_: Any) -> None:
     run_id = getattr(options, "run_id", "") if options else ""
     # Each worker process gets its own random token, so distributed runs never reuse an id.
     _settings["run_id"] = run_id or run_prefix(datetime.now(UTC), secrets.token_hex(3))
-    _settings["api_key"] = api_key(data_dir()) or ""
+    database_url = os.environ.get("DATABASE_URL") or embedded_database_url(data_dir())
+    _settings["api_key"] = api_key(data_dir(), database_url) or ""
 
 
 class EventProducer(FastHttpUser):

@@ -56,9 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--api-key",
-        default=stack.api_key(stack.data_dir()),
-        help="API key with the ingest scope (default: $EVENTPIPE_API_KEY, else the data dir's api_key file); the dev "
-        "key allows 1000 requests/min: create one with a higher --requests-per-minute for long runs",
+        help="API key with the ingest scope (default: $EVENTPIPE_API_KEY, else a 'benchmark' key the driver makes in "
+        "the stack's database and keeps in the data dir, else the development key)",
     )
     p.add_argument("--rate", type=float, default=10_000, help="target events per second")
     p.add_argument("--duration", type=float, default=60, help="seconds of sending")
@@ -108,7 +107,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-floor", action="store_true", help="do not probe the broker's own produce -> readable latency")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write all figures as JSON")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.api_key is None:
+        args.api_key = stack.api_key(stack.data_dir(), args.database_url)
+    return args
 
 
 def _mix(text: str) -> EventMix:

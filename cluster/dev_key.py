@@ -23,18 +23,25 @@ def key_file(data_dir: Path) -> Path:
 
 
 def dev_key(
-    store: KeyStore, data_dir: Path, requests_per_minute: int, events_per_minute: int | None = None
+    store: KeyStore,
+    data_dir: Path,
+    requests_per_minute: int,
+    events_per_minute: int | None = None,
+    *,
+    name: str = DEV_KEY_NAME,
+    file: str = KEY_FILE,
 ) -> tuple[str, bool]:
-    """The development key and whether it was made now: the file's key while the database holds it active, else a
-    new one (first start, a wiped database, a revoked key), which replaces the file and retires the old "dev"."""
-    path = key_file(data_dir)
+    """The development key (or another local key of all scopes kept in `data_dir/file`, such as the benchmark's) and
+    whether it was made now: the file's key while the database holds it active, else a new one (first start, a wiped
+    database, a revoked key), which replaces the file and retires the old key of that name."""
+    path = data_dir.resolve() / file
     if path.exists():
         os.chmod(path, KEY_FILE_MODE)  # a copy restored with looser rights is tightened before it is read
         key = path.read_text(encoding="ascii", errors="replace").strip()
         if store.is_active(key):
             return key, False
-    store.retire(DEV_KEY_NAME)
-    issued, _ = store.create(DEV_KEY_NAME, DEFAULT_TENANT, frozenset(Scope), requests_per_minute, events_per_minute)
+    store.retire(name)
+    issued, _ = store.create(name, DEFAULT_TENANT, frozenset(Scope), requests_per_minute, events_per_minute)
     write_private(path, issued.key + "\n")
     return issued.key, True
 
