@@ -81,8 +81,11 @@ def run(args: argparse.Namespace, settings: Settings, console: Console) -> int:
 def _create(args: argparse.Namespace, store: KeyStore, console: Console, settings: Settings) -> int:
     scopes = parse_scopes(args.scopes)
     tenant = args.tenant if args.tenant is not None else args.name
-    per_minute = args.requests_per_minute or settings.rate_limit_requests_per_minute
-    events = args.events_per_minute or settings.rate_limit_events_per_minute
+    # `is None`, not `or`: an explicit 0 is refused by the store's check, never replaced by the default
+    per_minute = (
+        settings.rate_limit_requests_per_minute if args.requests_per_minute is None else args.requests_per_minute
+    )
+    events = settings.rate_limit_events_per_minute if args.events_per_minute is None else args.events_per_minute
     issued, record = store.create(args.name, tenant, scopes, per_minute, events)
     console.print(
         f"created key {record.name!r} ({record.key_id}) for tenant {record.tenant!r}, scopes "

@@ -21,7 +21,7 @@ class Scope(StrEnum):
 
 
 def valid_tenant(name: str) -> bool:
-    return bool(TENANT_PATTERN.match(name))
+    return bool(TENANT_PATTERN.fullmatch(name))  # fullmatch: `$` alone would admit a trailing newline
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,7 +88,7 @@ def parse_key(text: str) -> PresentedKey | None:
     another service's token), decided without a lookup. Never raises, never echoes the text."""
     if len(text) != KEY_LENGTH:
         return None
-    match = _KEY.match(text)
+    match = _KEY.fullmatch(text)
     if match is None or not hmac.compare_digest(_checksum(text[:-CHECKSUM_CHARS]), match["checksum"]):
         return None
     return PresentedKey(match["key_id"], key_hash(text))

@@ -67,6 +67,7 @@ class KnownTenants:
         self._names: frozenset[str] = frozenset({DEFAULT_TENANT})
         self._loaded_at: float | None = None
         self._miss_reload_at: float | None = None  # when a missing name last caused a reload (tried)
+        self._miss_reload_failed = False  # that reload failed: a missing name cannot be judged until one succeeds
         self._age_reload_at: float | None = None  # when the age of the set last caused one (tried)
         self.loads = 0  # how many times the loader ran (status, tests)
 
@@ -84,8 +85,9 @@ class KnownTenants:
         now = self._clock()
         if any(n not in self._names and valid_tenant(n) for n in names):
             if self._miss_reload_at is not None and now - self._miss_reload_at < self._min_refresh_s:
-                if self._loaded_at is None:
-                    raise TenantsUnavailable("the known tenants were never loaded")
+                if self._loaded_at is None or self._miss_reload_failed:
+                    # never judged by a set that a failure of ours kept stale: the batch waits (the owner retries)
+                    raise TenantsUnavailable("the known tenants could not be reloaded for a name they lack")
                 return  # rate-bounded: judged by the set we have
             self._miss_reload_at = now
             self._reload(now, missing=True)
@@ -100,7 +102,9 @@ class KnownTenants:
             self.loads += 1
             self._names = frozenset(self._load()) | {DEFAULT_TENANT}
             self._loaded_at = now
+            self._miss_reload_failed = False
         except Exception as exc:
             if missing:
+                self._miss_reload_failed = True
                 raise TenantsUnavailable(f"the known tenants could not be loaded: {type(exc).__name__}: {exc}") from exc
             # Every name of the batch is known: the stale set judges it; a later batch tries again.

@@ -76,7 +76,7 @@ class KeyRecord:
 
 def check_new_key(name: str, tenant: str, requests_per_minute: int, events_per_minute: int | None) -> None:
     """Raises ValueError saying what is wrong with a key about to be created (before any database work)."""
-    if not KEY_NAME_PATTERN.match(name):
+    if not KEY_NAME_PATTERN.fullmatch(name):
         raise ValueError(f"key name {name!r} must match {KEY_NAME_PATTERN.pattern}")
     if not valid_tenant(tenant):
         raise ValueError(f"tenant {tenant!r} must be 1-63 lowercase letters, digits or '-', starting with no '-'")

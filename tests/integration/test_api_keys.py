@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import ray
 from ray import serve
 
 from cluster.adapters.key_store import KeyStore
@@ -226,6 +227,10 @@ def test_no_key_text_reaches_a_log_line_or_a_span(pipeline: Pipeline) -> None:
     data_dir = pipeline.settings.data_dir
     texts = _texts(data_dir / "logs") + _texts(data_dir / "traces")
     assert texts, f"no log or span files under {data_dir}"
+    # and Ray's own logs of this session: replicas' and actors' stdout/stderr (tracebacks), Serve's, the raylet's
+    ray_logs = _texts(Path(ray._private.worker._global_node.get_logs_dir_path()))
+    assert "ApiGateway" in ray_logs, "no Serve replica log found in Ray's log directory"
     for key in (planted, unknown, pipeline.api_key):
         secret = key[-30:]
         assert secret not in texts, "an API key's text is in a log or span file"
+        assert secret not in ray_logs, "an API key's text is in Ray's logs"

@@ -9,6 +9,7 @@ import string
 
 import pytest
 
+from cluster.adapters.key_store import check_new_key
 from pipelines.access import DEFAULT_TENANT, Principal, Scope
 from pipelines.api_keys import (
     KEY_ID_CHARS,
@@ -132,3 +133,12 @@ def test_scopes_parse_from_a_comma_list_and_unknown_ones_are_named() -> None:
         parse_scopes("ingest,write")
     with pytest.raises(ValueError, match="no scope"):
         parse_scopes(" , ")
+
+
+def test_a_key_name_with_a_trailing_newline_or_a_limit_of_zero_is_refused():
+    with pytest.raises(ValueError):
+        check_new_key("dev\n", "default", 1000, None)
+    with pytest.raises(ValueError):
+        check_new_key("dev", "default", 0, None)
+    with pytest.raises(ValueError):
+        check_new_key("dev", "acme\n", 1000, None)

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from pipelines import ids
-from pipelines.access import DEFAULT_TENANT
+from pipelines.access import DEFAULT_TENANT, valid_tenant
 from pipelines.batch import DeadLetter, InBatchDuplicate, ProcessedEvent, SourceRecord
 from pipelines.engine import PartitionProcessor
 from pipelines.envelope import Envelope, tenant_of
@@ -161,6 +161,27 @@ def test_a_name_that_cannot_be_judged_while_the_tenants_cannot_be_loaded_stops_t
         known.prepare(["shop-eu"])
 
 
+def test_a_new_tenant_is_never_judged_unknown_because_its_reload_failed():
+    # given a cache loaded once, and a tenant created while PostgreSQL blips
+    table, clock = Tenants("shop-eu"), Clock()
+    known = KnownTenants(table, clock, max_age_s=5.0, min_refresh_s=1.0)
+    known.prepare(["shop-eu"])
+    table.names.add("acme")
+    table.failing = True
+    clock.now += 1.5
+    with pytest.raises(TenantsUnavailable):
+        known.prepare(["acme"])  # the reload its name asked for fails
+    # when the owner retries sooner than the refresh interval (its first backoff is 0.5 s), the database back
+    table.failing = False
+    clock.now += 0.5
+    # then the name is not judged by the stale set (that would dead-letter a real tenant's record): the batch waits
+    with pytest.raises(TenantsUnavailable):
+        known.prepare(["acme"])
+    clock.now += 0.6
+    known.prepare(["acme"])
+    assert "acme" in known
+
+
 # --- the engine ----------------------------------------------------------------------------------------------------
 
 
@@ -238,3 +259,8 @@ def test_a_periodic_reload_just_before_does_not_delay_the_reload_a_new_tenant_as
     known.prepare(["shop-us"])
 
     assert "shop-us" in known and known.loads == 3
+
+
+@pytest.mark.parametrize("name", ["acme\n", "acme\r\n", "\nacme", "Acme", "-acme", "a" * 64, ""])
+def test_a_tenant_name_outside_the_pattern_is_refused_whole(name: str):
+    assert not valid_tenant(name)
