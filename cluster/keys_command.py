@@ -40,7 +40,9 @@ def add_parser(sub: Any) -> None:
         "--requests-per-minute", type=int, help="default: the rate_limit_requests_per_minute setting (1000)"
     )
     create.add_argument(
-        "--events-per-minute", type=int, help="default: the rate_limit_events_per_minute setting (none: no limit)"
+        "--events-per-minute",
+        type=int,
+        help="at least max_batch_events (1000); default: the rate_limit_events_per_minute setting (none: no limit)",
     )
     listing = actions.add_parser("list", help="names, tenants, scopes, limits, created and last used; never the key")
     listing.add_argument("--json", action="store_true", help="one JSON document instead of a table")
@@ -86,6 +88,9 @@ def _create(args: argparse.Namespace, store: KeyStore, console: Console, setting
         settings.rate_limit_requests_per_minute if args.requests_per_minute is None else args.requests_per_minute
     )
     events = settings.rate_limit_events_per_minute if args.events_per_minute is None else args.events_per_minute
+    if events is not None and events < settings.max_batch_events:
+        # the events bucket's burst is at least one full batch: a smaller limit could not hold per 60 s (ADR 0014)
+        raise ValueError(f"--events-per-minute must be at least max_batch_events ({settings.max_batch_events})")
     issued, record = store.create(args.name, tenant, scopes, per_minute, events)
     console.print(
         f"created key {record.name!r} ({record.key_id}) for tenant {record.tenant!r}, scopes "
