@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cluster.adapters.migrations import migrate
+from cluster.adapters.migrations import MIGRATIONS_DIR, migrate
 from cluster.local import EmbeddedPostgres
 
 
@@ -35,3 +35,21 @@ def query(url: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
     with psycopg.connect(url, autocommit=True) as conn:
         cur = conn.execute(statement, params)  # type: ignore[arg-type]
         return cur.fetchall() if cur.description else []
+
+
+def migrate_before(url: str, migration: str) -> None:
+    """Apply the migrations older than `migration` (its file name), recorded as `migrate` records them: the schema an
+    installation had before that migration, for tests of the migration on existing rows."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE schema_migrations "
+            "(version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for path in sorted(MIGRATIONS_DIR.glob("[0-9][0-9][0-9]_*.sql")):
+            if path.name >= migration:
+                break
+            with conn.transaction():
+                conn.execute(path.read_text())  # type: ignore[arg-type]  # trusted file from the package
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (int(path.name[:3]), path.name)
+                )

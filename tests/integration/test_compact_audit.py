@@ -18,7 +18,7 @@ from cluster.adapters.migrations import MIGRATIONS_DIR, migrate
 from cluster.local import EmbeddedPostgres
 from pipelines.batch import dead_instead
 from pipelines.errors import DeadLetterKind
-from tests.databases import fresh_database, query
+from tests.databases import fresh_database, migrate_before, query
 from tests.factories import one_event_batch
 from tests.leases import private_lease
 
@@ -38,19 +38,7 @@ def db(embedded_pg: EmbeddedPostgres) -> Iterator[str]:
 def db_before_compact_audit(embedded_pg: EmbeddedPostgres) -> Iterator[str]:
     """A database migrated up to the migration before the compact audit, as an installation before it was."""
     with fresh_database(embedded_pg, "audit", migrated=False) as url:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(
-                "CREATE TABLE schema_migrations "
-                "(version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            for path in sorted(MIGRATIONS_DIR.glob("[0-9][0-9][0-9]_*.sql")):
-                if path.name >= COMPACT:
-                    break
-                with conn.transaction():
-                    conn.execute(path.read_text())  # type: ignore[arg-type]
-                    conn.execute(
-                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (int(path.name[:3]), path.name)
-                    )
+        migrate_before(url, COMPACT)
         yield url
 
 

@@ -25,7 +25,7 @@ from pipelines.access import DEFAULT_TENANT
 from pipelines.batch import CommitBatch, DeadLetter
 from pipelines.effects import ActionCount, DeviceReading, UserSpend
 from pipelines.errors import DeadLetterKind
-from tests.databases import fresh_database, query
+from tests.databases import fresh_database, migrate_before, query
 from tests.factories import one_event_batch
 from tests.leases import private_lease
 
@@ -51,19 +51,7 @@ def db(embedded_pg: EmbeddedPostgres) -> Iterator[str]:
 def db_before_tenant_rows(embedded_pg: EmbeddedPostgres) -> Iterator[str]:
     """A database migrated up to the migration before 009, as an installation before tenant-scoped rows was."""
     with fresh_database(embedded_pg, "tenants", migrated=False) as url:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(
-                "CREATE TABLE schema_migrations "
-                "(version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            for path in sorted(MIGRATIONS_DIR.glob("[0-9][0-9][0-9]_*.sql")):
-                if path.name >= TENANT_ROWS:
-                    break
-                with conn.transaction():
-                    conn.execute(path.read_text())  # type: ignore[arg-type]
-                    conn.execute(
-                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (int(path.name[:3]), path.name)
-                    )
+        migrate_before(url, TENANT_ROWS)
         yield url
 
 
