@@ -3,6 +3,8 @@ client API replicas reach it through. It leases blocks of tokens and takes them 
 
 Restarted (max_restarts=-1), it knows nothing: every bucket starts full while the leases granted before the crash may
 still be spent until they expire, so a 60 s window that holds a restart admits at most limit + 2 x burst (x 1.10).
+Each incarnation has a random id, sent in every grant: lease ids restart at 1, and an id of the old incarnation
+(a replica's spent report or return) is ignored rather than applied to a new lease of the same number.
 It never blocks on anything but its own ledger: one call at a time (max_concurrency=1), no locks needed.
 """
 
@@ -38,19 +40,29 @@ class RateLimiter:
             log.warning("rate limiter restarted: buckets start full; leases granted before may add one burst per key")
 
     def acquire(
-        self, key: str, measure: Measure, quota: Quota, replica: str, need: int, spent: Sequence[tuple[int, int]]
+        self,
+        key: str,
+        measure: Measure,
+        quota: Quota,
+        replica: str,
+        need: int,
+        spent: Sequence[tuple[int, int]],
+        incarnation: str | None = None,
+        debt: int = 0,
     ) -> Grant:
         now = time.monotonic()
         self._calls += 1
         if now - self._swept_at > _SWEEP_EVERY_S:
             self._ledger.sweep(now)
             self._swept_at = now
-        return self._ledger.acquire(key, measure, quota, replica, need, now, spent)
+        return self._ledger.acquire(key, measure, quota, replica, need, now, spent, incarnation, debt)
 
-    def release(self, key: str, measure: Measure, returns: Sequence[tuple[int, int]]) -> None:
+    def release(
+        self, key: str, measure: Measure, returns: Sequence[tuple[int, int]], incarnation: str | None = None
+    ) -> None:
         now = time.monotonic()
         for lease_id, unused in returns:
-            self._ledger.release(key, measure, lease_id, unused, now)
+            self._ledger.release(key, measure, lease_id, unused, now, incarnation)
 
     def sharing(self, key: str, measure: Measure) -> int:
         """Replicas that asked for this key's bucket lately (for tests and the status page)."""
@@ -80,13 +92,23 @@ class LimiterClient:
         self._actor: Any | None = None
 
     async def acquire(
-        self, key: str, measure: Measure, quota: Quota, replica: str, need: int, spent: Sequence[tuple[int, int]]
+        self,
+        key: str,
+        measure: Measure,
+        quota: Quota,
+        replica: str,
+        need: int,
+        spent: Sequence[tuple[int, int]],
+        incarnation: str | None = None,
+        debt: int = 0,
     ) -> Grant:
-        grant: Grant = await self._call("acquire", key, measure, quota, replica, need, list(spent))
+        grant: Grant = await self._call("acquire", key, measure, quota, replica, need, list(spent), incarnation, debt)
         return grant
 
-    async def release(self, key: str, measure: Measure, returns: Sequence[tuple[int, int]]) -> None:
-        await self._call("release", key, measure, list(returns))
+    async def release(
+        self, key: str, measure: Measure, returns: Sequence[tuple[int, int]], incarnation: str | None = None
+    ) -> None:
+        await self._call("release", key, measure, list(returns), incarnation)
 
     async def _call(self, method: str, *args: Any) -> Any:
         try:

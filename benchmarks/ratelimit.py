@@ -47,14 +47,24 @@ class MemoryLimiter:
         self.calls = 0
 
     async def acquire(
-        self, key: str, measure: Measure, quota: Quota, replica: str, need: int, spent: Sequence[tuple[int, int]]
+        self,
+        key: str,
+        measure: Measure,
+        quota: Quota,
+        replica: str,
+        need: int,
+        spent: Sequence[tuple[int, int]],
+        incarnation: str | None = None,
+        debt: int = 0,
     ) -> Grant:
         self.calls += 1
-        return self.ledger.acquire(key, measure, quota, replica, need, self.clock(), spent)
+        return self.ledger.acquire(key, measure, quota, replica, need, self.clock(), spent, incarnation, debt)
 
-    async def release(self, key: str, measure: Measure, returns: Sequence[tuple[int, int]]) -> None:
+    async def release(
+        self, key: str, measure: Measure, returns: Sequence[tuple[int, int]], incarnation: str | None = None
+    ) -> None:
         for lease_id, unused in returns:
-            self.ledger.release(key, measure, lease_id, unused, self.clock())
+            self.ledger.release(key, measure, lease_id, unused, self.clock(), incarnation)
 
 
 class RingOnly:

@@ -65,6 +65,7 @@ class LeasedQuota:
         self.replicas = 1  # replicas sharing the key, as the limiter last said
         self.fetching = False  # a fetch for this quota is in flight (set and cleared by the caller)
         self._spent: dict[int, int] = {}  # lease id -> tokens spent since the last report
+        self.incarnation: str | None = None  # the limiter's whose leases these are (None: none granted yet)
 
     @property
     def held(self) -> int:
@@ -95,12 +96,24 @@ class LeasedQuota:
         refill."""
         return decision(self.quota, False, self.held + self._free, cost / self.quota.rate)
 
+    def slow(self, retry_after_s: float) -> Decision:
+        """Refused: the limiter is slow to answer the fetch this request needs (still in flight, not abandoned);
+        retry shortly."""
+        return decision(self.quota, False, self.held + self._free, retry_after_s)
+
     def need(self, cost: int) -> int:
         """Tokens to ask for so that a request of `cost` can be decided."""
         return max(1, cost - self.held)
 
     def granted(self, grant: Grant, sent_at: float, now: float) -> None:
-        """Record the limiter's answer to a request sent at `sent_at` (the lease's lifetime counts from then)."""
+        """Record the limiter's answer to a request sent at `sent_at` (the lease's lifetime counts from then). An answer
+        from another incarnation (a restarted limiter) drops the leases and spent counts of the old one: their ids
+        would name the new limiter's leases, and the new one does not know them."""
+        if grant.incarnation != self.incarnation:
+            if self.incarnation is not None:
+                self._held.clear()
+                self._spent.clear()
+            self.incarnation = grant.incarnation
         self._free = float(grant.free)
         self.replicas = grant.replicas
         if grant.tokens > 0:
@@ -117,9 +130,10 @@ class LeasedQuota:
         self._drop_expired(now)
         return self.held * 2 <= self._block
 
-    def to_return(self, now: float) -> list[tuple[int, int]]:
-        """Leases close to their expiry, as (lease id, unused tokens), removed: give them back to the limiter now."""
-        soon = now + EXPIRY_MARGIN_S
+    def to_return(self, now: float, everything: bool = False) -> list[tuple[int, int]]:
+        """Leases close to their expiry (or all of them: the replica is closing), as (lease id, unused tokens),
+        removed: give them back to the limiter now."""
+        soon = math.inf if everything else now + EXPIRY_MARGIN_S
         leaving = [h for h in self._held if h.expires_at <= soon]
         self._held = [h for h in self._held if h.expires_at > soon]
         for h in leaving:
@@ -148,21 +162,42 @@ class LeasedQuota:
 
 class FallbackBucket:
     """The replica's own token bucket while the limiter cannot be reached: its share (1/replicas) of the key's limit
-    and burst, starting full. All replicas in fallback together admit at most what the limiter would."""
+    and burst. All replicas in fallback together admit at most what the limiter would. It is kept while the limiter
+    answers and charged (never below empty) for what the leases admit, so an outage starts from the level the
+    replica's recent traffic left, not full each time."""
 
     def __init__(self, quota: Quota, replicas: int, now: float) -> None:
         self.quota = quota
-        share = max(1, replicas)
-        self._rate = quota.rate / share
-        self._burst = max(1.0, quota.burst / share)
-        self._free = self._burst
+        self._rate = quota.rate
+        self._burst = float(quota.burst)
+        self._free = 0.0
         self._at = now
+        self.replicas = replicas
+        self.share(replicas, now)
+        self._free = self._burst
+
+    def share(self, replicas: int, now: float) -> None:
+        """The replicas sharing the key changed: this replica's share of the rate and burst follows."""
+        self._refill(now)
+        self.replicas = replicas
+        share = max(1, replicas)
+        self._rate = self.quota.rate / share
+        self._burst = max(1.0, self.quota.burst / share)
+        self._free = min(self._free, self._burst)
+
+    def charge(self, cost: int, now: float) -> None:
+        """`cost` admitted from the leases: it empties this bucket too (down to empty, no debt)."""
+        self._refill(now)
+        self._free = max(0.0, self._free - cost)
+
+    def _refill(self, now: float) -> None:
+        self._free = min(self._burst, self._free + self._rate * max(0.0, now - self._at))
+        self._at = max(self._at, now)
 
     def take(self, cost: int, now: float) -> Decision:
         if cost > self.quota.burst:
             return never(self.quota, cost)
-        self._free = min(self._burst, self._free + self._rate * max(0.0, now - self._at))
-        self._at = max(self._at, now)
+        self._refill(now)
         # A batch larger than this replica's share passes on a full share and leaves it in debt (the bound grows by
         # that batch, once per outage), else it could not pass at all while the limiter is away.
         if self._free >= min(cost, self._burst):

@@ -11,6 +11,7 @@ unused tokens back. It must never grant a token that would break the invariant.
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -62,7 +63,8 @@ def event_quota(per_minute: int, largest_batch: int) -> Quota:
 @dataclass(frozen=True, slots=True)
 class Grant:
     """The limiter's answer to one replica: `tokens` to spend within `ttl_s` (0 when the bucket cannot cover `need`:
-    then ask again after `retry_after_s`), the bucket's free tokens after the grant, and how many replicas share it."""
+    then ask again after `retry_after_s`), the bucket's free tokens after the grant, how many replicas share it, and
+    the ledger's incarnation (lease ids restart at 1 with a restarted limiter: an id means something only with it)."""
 
     lease_id: int
     tokens: int
@@ -70,6 +72,7 @@ class Grant:
     free: int
     retry_after_s: float
     replicas: int
+    incarnation: str = ""  # the ledger's: lease ids of another one (before a limiter restart) mean nothing here
 
 
 @dataclass(slots=True)
@@ -126,10 +129,15 @@ class _Bucket:
 class Ledger:
     """Every bucket of the cluster, keyed by (key id, measure). Time is passed in (monotonic seconds)."""
 
-    def __init__(self, lease_ttl_s: float) -> None:
+    def __init__(self, lease_ttl_s: float, incarnation: str | None = None) -> None:
         self._ttl_s = lease_ttl_s
         self._buckets: dict[tuple[str, Measure], _Bucket] = {}
         self._next_lease = 1
+        self.incarnation = incarnation or uuid.uuid4().hex[:12]
+
+    def _ours(self, incarnation: str | None) -> bool:
+        """Whether lease ids sent with `incarnation` are this ledger's (None: the caller knows no other ledger)."""
+        return incarnation is None or incarnation == self.incarnation
 
     def acquire(
         self,
@@ -140,13 +148,20 @@ class Ledger:
         need: int,
         now: float,
         spent: Iterable[tuple[int, int]] = (),
+        incarnation: str | None = None,
+        debt: int = 0,
     ) -> Grant:
         """Lease at least `need` tokens to `replica`, up to its share of the burst among the replicas asking.
 
         `spent` reports (lease id, tokens) the replica spent since its last report: they leave the leases, which makes
-        room for refill. Until reported, a leased token counts as unspent (refill cannot fill its place)."""
+        room for refill. Until reported, a leased token counts as unspent (refill cannot fill its place). Ids of
+        another `incarnation` (leases of the limiter before a restart) are ignored. `debt` is what the replica admitted
+        alone while the limiter was unreachable: taken from the free tokens (which may go below 0, to be refilled)."""
         bucket = self._bucket(key, measure, quota, now)
-        bucket.spend(spent)
+        if self._ours(incarnation):
+            bucket.spend(spent)
+        if debt > 0:
+            bucket.free -= debt
         bucket.seen[replica] = now
         replicas = self._active(bucket, now)
         # Half a share of the burst per block: a replica that asks first leaves room for one that has not asked yet,
@@ -154,20 +169,22 @@ class Ledger:
         block = max(need, math.ceil(quota.burst / (2 * replicas)))
         if bucket.free < need:
             wait = (need - bucket.free) / quota.rate
-            return Grant(0, 0, self._ttl_s, math.floor(bucket.free), wait, replicas)
+            return Grant(0, 0, self._ttl_s, math.floor(bucket.free), wait, replicas, self.incarnation)
         tokens = min(block, math.floor(bucket.free))
         lease_id = self._next_lease
         self._next_lease += 1
         bucket.free -= tokens
         bucket.held += tokens
         bucket.leases[lease_id] = _Lease(replica, tokens, now + self._ttl_s)
-        return Grant(lease_id, tokens, self._ttl_s, math.floor(bucket.free), 0.0, replicas)
+        return Grant(lease_id, tokens, self._ttl_s, math.floor(bucket.free), 0.0, replicas, self.incarnation)
 
-    def release(self, key: str, measure: Measure, lease_id: int, unused: int, now: float) -> None:
+    def release(
+        self, key: str, measure: Measure, lease_id: int, unused: int, now: float, incarnation: str | None = None
+    ) -> None:
         """A replica gives back a lease it no longer uses; its `unused` tokens are free again. An unknown or expired
-        lease is ignored (expired tokens were counted as spent)."""
+        lease, or one of another incarnation, is ignored (expired tokens were counted as spent)."""
         bucket = self._buckets.get((key, measure))
-        if bucket is None:
+        if bucket is None or not self._ours(incarnation):
             return
         bucket.advance(now)
         lease = bucket.leases.pop(lease_id, None)

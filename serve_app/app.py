@@ -226,6 +226,12 @@ class ApiGateway:
         self._startup: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
 
+    async def __del__(self) -> None:
+        """Serve awaits this once when it stops the replica (after draining): the leases held go back to the limiter
+        (else their tokens count as spent until they expire) and the key store's refresh and connection close."""
+        await self._limits.close()
+        await self._auth.close()
+
     async def _started(self) -> None:
         """Open the spool and learn whether it holds rows before the first event is routed (once per replica)."""
         if self._startup is None:

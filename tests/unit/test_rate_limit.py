@@ -233,3 +233,47 @@ def test_the_ledger_knows_how_many_replicas_share_a_key() -> None:
     assert ledger.sharing(KEY, Measure.REQUESTS, now=1.0) == 2
     assert ledger.sharing(KEY, Measure.REQUESTS, now=11.0) == 0  # neither asked within two lease lifetimes
     assert ledger.sharing("unknown", Measure.REQUESTS, now=1.0) == 0
+
+
+def test_lease_ids_of_a_limiter_before_its_restart_are_ignored_by_the_new_one() -> None:
+    quota = request_quota(1000)  # burst 50
+    before = Ledger(5.0, incarnation="old")
+    old = before.acquire("k", Measure.REQUESTS, quota, "r1", 1, 0.0)
+    after = Ledger(5.0, incarnation="new")  # restarted: numbers its leases from 1 again
+    theirs = after.acquire("k", Measure.REQUESTS, quota, "r2", 1, 0.0)
+    assert old.lease_id == theirs.lease_id == 1 and theirs.tokens == 25
+    # r1's spent report and return of its old lease 1 must not land on r2's lease 1
+    after.acquire("k", Measure.REQUESTS, quota, "r1", 1, 0.0, spent=[(1, 20)], incarnation=old.incarnation)
+    after.release("k", Measure.REQUESTS, 1, old.tokens, 0.0, incarnation=old.incarnation)
+    # r2's lease is whole: giving it back frees all 25 tokens (r1's new block of 13 still held)
+    after.release("k", Measure.REQUESTS, theirs.lease_id, theirs.tokens, 0.0, incarnation=theirs.incarnation)
+    assert after.acquire("k", Measure.REQUESTS, quota, "r3", 37, 0.0).tokens >= 37
+
+
+def test_a_replica_drops_the_leases_of_a_limiter_that_restarted() -> None:
+    quota = request_quota(1000)
+    local = LeasedQuota(quota)
+    before, after = Ledger(5.0, incarnation="old"), Ledger(5.0, incarnation="new")
+    local.granted(before.acquire("k", Measure.REQUESTS, quota, "r1", 1, 0.0), 0.0, 0.0)
+    assert local.take(1, 0.1) is not None and local.incarnation == "old"
+    local.granted(after.acquire("k", Measure.REQUESTS, quota, "r1", 1, 0.2), 0.2, 0.2)
+    assert local.incarnation == "new"
+    assert local.held == 25  # the new lease only: the old one's tokens are not spent any more
+    assert local.report() == []  # nor its spent count reported (its id names another lease there)
+
+
+def test_tokens_admitted_alone_are_debt_the_ledger_refills_before_granting_again() -> None:
+    quota = request_quota(1000)  # burst 50, 1000/60 tokens a second
+    ledger = Ledger(5.0)
+    refused = ledger.acquire("k", Measure.REQUESTS, quota, "r1", 1, 0.0, debt=60)
+    assert refused.tokens == 0 and refused.free == -10
+    assert refused.retry_after_s == pytest.approx(11 / quota.rate)
+    assert ledger.acquire("k", Measure.REQUESTS, quota, "r1", 1, refused.retry_after_s + 0.01).tokens >= 1
+
+
+def test_a_fallback_bucket_keeps_the_level_the_leases_left() -> None:
+    quota = request_quota(1200)  # burst 60, 20 tokens a second
+    bucket = FallbackBucket(quota, 2, 0.0)  # share: 30, 10 a second
+    bucket.charge(30, 0.0)  # the leases admitted 30 just before the outage
+    assert not bucket.take(1, 0.0).allowed
+    assert bucket.take(1, 0.1).allowed  # one token refilled

@@ -1,8 +1,9 @@
 """An API replica's rate limiting (serve_app.rate_limits) against an in-memory limiter on a manual clock: the first
-request of a key waits for one lease, the next ones are decided locally, a limiter that is down or slow makes the
-replica decide alone with its share (logged once, counted), refusals are counted by key name, events are limited
-only for keys that have an events limit, and a refused request's answer carries Retry-After and the RateLimit-*
-headers."""
+request of a key waits for one lease, the next ones are decided locally, a limiter that is down makes the replica
+decide alone with its share (logged once, counted) after two failed calls and report what it admitted as debt, a slow
+one refuses briefly but never decides alone (the reviewer's two-replica case stays within the bound), closing gives
+the leases back, refusals are counted by key name, events are limited only for keys that have an events limit, and a
+refused request's answer carries Retry-After and the RateLimit-* headers."""
 
 from __future__ import annotations
 
@@ -37,22 +38,34 @@ class MemoryLimiter:
         self.calls = 0
         self.down = False
         self.delay_s = 0.0
+        self.debts: list[int] = []
 
     async def acquire(
-        self, key: str, measure: Measure, quota: Quota, replica: str, need: int, spent: Sequence[tuple[int, int]]
+        self,
+        key: str,
+        measure: Measure,
+        quota: Quota,
+        replica: str,
+        need: int,
+        spent: Sequence[tuple[int, int]],
+        incarnation: str | None = None,
+        debt: int = 0,
     ) -> Grant:
         self.calls += 1
+        self.debts.append(debt)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.down:
             raise LimiterUnavailable("ActorDiedError")
-        return self.ledger.acquire(key, measure, quota, replica, need, self.clock(), spent)
+        return self.ledger.acquire(key, measure, quota, replica, need, self.clock(), spent, incarnation, debt)
 
-    async def release(self, key: str, measure: Measure, returns: Sequence[tuple[int, int]]) -> None:
+    async def release(
+        self, key: str, measure: Measure, returns: Sequence[tuple[int, int]], incarnation: str | None = None
+    ) -> None:
         if self.down:
             raise LimiterUnavailable("ActorDiedError")
         for lease_id, unused in returns:
-            self.ledger.release(key, measure, lease_id, unused, self.clock())
+            self.ledger.release(key, measure, lease_id, unused, self.clock(), incarnation)
 
 
 def principal(name: str = "shop-eu", per_minute: int = 1200, events: int | None = None) -> Principal:
@@ -135,7 +148,7 @@ def test_a_limiter_that_is_down_makes_the_replica_decide_alone_with_its_share(ca
         fallback_before = METRICS.rate_limit_fallback._value.get()
         out = [(await rl.request(who)).allowed for _ in range(40)]
         assert METRICS.rate_limit_fallback._value.get() - fallback_before == 40
-        assert limiter.calls == 1  # it asked once, then stayed alone for a lease lifetime
+        assert limiter.calls == 2  # two failed calls, then alone for a lease lifetime
         await rl.close()
         return out
 
@@ -145,15 +158,89 @@ def test_a_limiter_that_is_down_makes_the_replica_decide_alone_with_its_share(ca
     assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 1
 
 
-def test_a_slow_limiter_counts_as_unreachable() -> None:
+def test_a_slow_limiter_refuses_briefly_and_never_makes_the_replica_decide_alone() -> None:
     async def run() -> None:
         clock = Clock()
         limiter = MemoryLimiter(clock, 5.0)
-        limiter.delay_s = 1.0
-        rl = limits(clock, limiter, rate_limit_fetch_timeout_s=0.05)
-        decision = await rl.request(principal())
+        limiter.delay_s = 0.2
+        rl = limits(clock, limiter, rate_limit_fetch_timeout_s=0.02)
+        fallback_before = METRICS.rate_limit_fallback._value.get()
+        slow = await rl.request(principal())
+        await asyncio.sleep(0.3)  # the fetch was not abandoned: its lease arrives
+        later = await rl.request(principal())
         await rl.close()
-        assert decision.allowed  # decided alone, from a full share, within the timeout
+        assert not slow.allowed and 0 < slow.retry_after_s <= 1.0
+        assert later.allowed
+        assert limiter.calls == 1
+        assert METRICS.rate_limit_fallback._value.get() == fallback_before
+
+    asyncio.run(run())
+
+
+class LateLimiter(MemoryLimiter):
+    """The shared ledger, answering only after `delay_s` of real time (a loaded box): later than the fetch timeout."""
+
+    def __init__(self, shared: MemoryLimiter, delay_s: float) -> None:
+        super().__init__(shared.clock, 5.0)
+        self.ledger = shared.ledger
+        self.delay_s = delay_s
+
+
+def test_two_replicas_one_with_late_answers_stay_within_the_bound() -> None:
+    """The reviewer's case: A's fetches time out, B's do not; both offered 1.2x the limit for 60 s."""
+
+    async def run() -> tuple[int, int]:
+        clock = Clock()
+        fast = MemoryLimiter(clock, 5.0)
+        late = LateLimiter(fast, delay_s=0.01)
+        settings = {"rate_limit_fetch_timeout_s": 0.002, "ingest_replicas": 2}
+        a = RateLimits(Settings(_env_file=None, rate_limit_lease_ttl_s=5.0, **settings), late, clock, "a")  # type: ignore[call-arg]
+        b = RateLimits(Settings(_env_file=None, rate_limit_lease_ttl_s=5.0, **settings), fast, clock, "b")  # type: ignore[call-arg]
+        who = principal(name="late", per_minute=1000)
+        admitted = {"a": 0, "b": 0}
+        start = clock.now
+        while clock.now - start < 60.0:  # one request on each replica every 50 ms: 1,200/min each
+            clock.now += 0.05
+            admitted["a"] += (await a.request(who)).allowed
+            admitted["b"] += (await b.request(who)).allowed
+            await asyncio.sleep(0)
+        await a.close()
+        await b.close()
+        return admitted["a"], admitted["b"]
+
+    admitted_a, admitted_b = asyncio.run(run())
+    assert admitted_a + admitted_b <= request_quota(1000).window_bound  # 1,050
+    assert admitted_a > 0 and admitted_b > 0
+
+
+def test_what_was_admitted_alone_is_reported_as_spent_once_the_limiter_answers() -> None:
+    async def run() -> None:
+        clock = Clock()
+        limiter = MemoryLimiter(clock, 5.0)
+        limiter.down = True
+        rl = limits(clock, limiter, ingest_replicas=2)
+        who = principal(per_minute=1200)
+        alone = sum([(await rl.request(who)).allowed for _ in range(10)])
+        limiter.down = False
+        clock.now += 5.1
+        assert (await rl.request(who)).allowed
+        await rl.close()
+        assert alone == 10
+        assert limiter.debts[-1] == 10
+
+    asyncio.run(run())
+
+
+def test_close_gives_every_held_lease_back() -> None:
+    async def run() -> None:
+        clock = Clock()
+        limiter = MemoryLimiter(clock, 5.0)
+        rl = limits(clock, limiter)
+        who = principal(per_minute=6000)  # burst 300
+        await rl.request(who)
+        await rl.close()
+        grant = limiter.ledger.acquire(who.key_id, Measure.REQUESTS, request_quota(6000), "other", 299, clock.now)
+        assert grant.tokens >= 299  # all but the one spent token came back at once, not at the lease's expiry
 
     asyncio.run(run())
 
@@ -172,7 +259,7 @@ def test_the_limiter_is_asked_again_after_a_lease_lifetime_alone(caplog: pytest.
         clock.now += 5.1
         await rl.request(who)
         await rl.close()
-        assert limiter.calls == 3
+        assert limiter.calls == 4  # two failures; one more after a lifetime alone (still failing); then answered
 
     with caplog.at_level(logging.WARNING, logger="serve_app.rate_limits"):
         asyncio.run(run())
